@@ -1,0 +1,70 @@
+//! Inference: `/v1/infer`, a forward pass of a synthetic model. A model that is not active is
+//! switched to first (trigger `auto`).
+
+use std::sync::Arc;
+
+use axum::{Router, extract::State, routing::post};
+use vramkeeper_crds::api::{InferRequest, InferResponse};
+
+use super::ApiJson;
+use crate::{
+    app::App,
+    error::{ApiError, Result},
+    models::ModelKind,
+    worker::protocol::{Request, Response},
+};
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new().route("/v1/infer", post(infer))
+}
+
+async fn infer(
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<InferRequest>,
+) -> Result<ApiJson<InferResponse>> {
+    let device = app.device(req.gpu)?;
+    let spec = device.spec(&req.model)?;
+    let ModelKind::Synthetic(synthetic) = &spec.kind else {
+        return Err(ApiError::Invalid(format!(
+            "{} is a {} model; /v1/infer serves synthetic models (use /v1/embeddings)",
+            spec.name,
+            spec.kind.name()
+        )));
+    };
+    if req.tokens.is_empty() {
+        return Err(ApiError::Invalid("tokens must not be empty".into()));
+    }
+    if req.tokens.len() > synthetic.context as usize {
+        return Err(ApiError::Invalid(format!(
+            "{} tokens exceed {}'s context of {}",
+            req.tokens.len(),
+            spec.name,
+            synthetic.context
+        )));
+    }
+    if let Some(bad) = req.tokens.iter().find(|t| **t >= synthetic.vocab) {
+        return Err(ApiError::Invalid(format!(
+            "token {bad} is not below {}'s vocabulary size {}",
+            spec.name, synthetic.vocab
+        )));
+    }
+    let (response, switched) = device
+        .serve(&req.model, Request::Infer { tokens: req.tokens })
+        .await?;
+    match response {
+        Response::Inferred {
+            next_tokens,
+            checksum,
+            compute_ms,
+        } => Ok(ApiJson(InferResponse {
+            model: req.model,
+            next_tokens,
+            checksum,
+            switched,
+            compute_ms,
+        })),
+        other => Err(ApiError::Internal(format!(
+            "worker answered {other:?} to infer"
+        ))),
+    }
+}

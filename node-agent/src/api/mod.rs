@@ -1,0 +1,85 @@
+//! The agent's HTTP API (axum). Routes live in one file per group; this module merges them,
+//! and holds what they share: the JSON extractor, the token check and the device lookup.
+
+pub mod auth;
+mod debug;
+mod gpu;
+mod health;
+mod infer;
+mod models;
+mod status;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, FromRequest},
+    middleware,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::{
+    app::App,
+    device::Device,
+    error::{ApiError, Result},
+};
+
+/// The largest request body accepted (embedding batches are the largest).
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// `Json` whose rejections are [`ApiError`]s (400, 413, 415, 422 with a clear message).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for ApiJson<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Every route of the agent.
+pub fn router(app: Arc<App>) -> Router {
+    let acting = Router::new()
+        .merge(models::router())
+        .merge(gpu::router())
+        .merge(debug::router(app.test_ops))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_token,
+        ));
+    let reads = Router::new()
+        .merge(status::router())
+        .merge(infer::router())
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_token_for_reads,
+        ));
+    Router::new()
+        .merge(acting)
+        .merge(reads)
+        .merge(health::router())
+        .merge(crate::ui::router())
+        .fallback(|| async { ApiError::Invalid("no such route".into()) })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+impl App {
+    /// The device of index `gpu`, or a 404 naming the ones there are.
+    pub fn device(&self, gpu: u32) -> Result<&Arc<Device>> {
+        self.devices
+            .iter()
+            .find(|d| d.info.index == gpu)
+            .ok_or_else(|| ApiError::UnknownDevice {
+                gpu,
+                known: self
+                    .devices
+                    .iter()
+                    .map(|d| d.info.index.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}

@@ -1,0 +1,260 @@
+//! The agent process: devices, sampling loops, the HTTP server, and an orderly shutdown.
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
+use vramkeeper_crds::{SwitchTrigger, api::AgentInfo};
+
+use crate::{
+    api::{self, auth::Token},
+    args::{DeviceChoice, ServeArgs},
+    device::{AgentContext, Device, DeviceConfig},
+    metrics::Metrics,
+    models::Catalog,
+    probe,
+    state_file::StateStore,
+    worker::client::WorkerLaunch,
+    zombie::ZombiePolicy,
+};
+
+/// What every route shares.
+pub struct App {
+    /// The devices, by index order.
+    pub devices: Vec<Arc<Device>>,
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Facts about this process.
+    pub agent: AgentInfo,
+    /// The bearer token, when configured.
+    pub token: Option<Token>,
+    /// Whether reads need the token too.
+    pub auth_reads: bool,
+    /// Test-only routes.
+    pub test_ops: bool,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Limits acting requests.
+    pub acting_limiter: Limiter,
+}
+
+/// A rate limit that answers how long to wait.
+pub struct Limiter(DefaultDirectRateLimiter);
+
+impl Limiter {
+    /// `per_second` requests a second, in bursts of as many.
+    pub fn new(per_second: u32) -> Self {
+        let n = NonZeroU32::new(per_second.max(1)).expect("at least 1");
+        Self(RateLimiter::direct(Quota::per_second(n)))
+    }
+
+    /// Ok, or the seconds to wait (rounded up).
+    pub fn check(&self) -> Result<(), u64> {
+        self.0.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            wait.as_secs() + 1
+        })
+    }
+}
+
+fn default_dir(env: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+        .unwrap_or_else(|| std::env::temp_dir())
+        .join("vramkeeper")
+}
+
+/// A short stable id from the state directory's absolute path.
+fn derive_agent_id(state_dir: &Path) -> String {
+    let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in path.to_string_lossy().bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    format!("{:012x}", h & 0xffff_ffff_ffff)
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("{what} must be a non-negative number of seconds"))
+}
+
+/// Builds the agent from its arguments: devices with their baselines, the catalog, the
+/// state of earlier runs.
+pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
+    let catalog = match &args.catalog {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::builtin(),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("XDG_STATE_HOME", ".local/state"));
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache"));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
+    let agent_id = args
+        .agent_id
+        .clone()
+        .unwrap_or_else(|| derive_agent_id(&state_dir));
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(Token::new(t.clone())),
+        (None, Some(path)) => Some(Token::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        )),
+        (None, None) => None,
+    };
+    let detected = probe::detect(&agent_id, args.device == DeviceChoice::Cpu);
+    tracing::info!(reason = %detected.reason, "device");
+    let names: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
+    let indices: Vec<u32> = detected.probes.iter().map(|p| p.info().index).collect();
+    let metrics = Arc::new(Metrics::new(&names, &indices));
+    let config = DeviceConfig {
+        load_timeout: secs(args.load_timeout_s, "--load-timeout-s")?,
+        infer_timeout: secs(args.infer_timeout_s, "--infer-timeout-s")?,
+        control_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        verify_timeout: Duration::from_millis(args.verify_timeout_ms),
+        release_tolerance: args.release_tolerance_mib << 20,
+        idle_unload: args
+            .idle_unload_s
+            .map(|s| secs(s, "--idle-unload-s"))
+            .transpose()?,
+        queue_timeout: Duration::from_secs(120),
+        policy: ZombiePolicy {
+            threshold_bytes: args.zombie_threshold_mib << 20,
+            persist: secs(args.zombie_persist_s, "--zombie-persist-s")?,
+            auto_free: args.auto_free,
+            cooldown: secs(args.free_cooldown_s, "--free-cooldown-s")?,
+            kill_foreign: args.kill_foreign_processes,
+        },
+    };
+    let ctx = Arc::new(AgentContext {
+        launch: WorkerLaunch {
+            exe: std::env::current_exe().context("cannot find the agent's own binary")?,
+            agent_id: agent_id.clone(),
+            instance: instance.clone(),
+            run_dir: state_dir.join("run"),
+            cache_dir,
+            test_ops: args.enable_test_ops,
+            start_timeout: Duration::from_secs(60),
+        },
+        catalog: catalog.clone(),
+        config,
+        metrics: metrics.clone(),
+    });
+    let mut devices = vec![];
+    for probe in detected.probes {
+        let index = probe.info().index;
+        let store = StateStore::new(state_dir.join(format!("device-{index}.json")));
+        let loaded = store.load();
+        if let Some(warning) = &loaded.warning {
+            tracing::warn!(gpu = index, "{warning}");
+        }
+        let device = Device::new(probe, ctx.clone(), store, loaded.tracker)
+            .with_context(|| format!("cannot read device {index}"))?;
+        devices.push(Arc::new(device));
+    }
+    Ok(Arc::new(App {
+        devices,
+        catalog,
+        agent: AgentInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            instance,
+            started_at: Timestamp::now().to_string(),
+            node: std::env::var("NODE_NAME").ok(),
+            device_reason: detected.reason,
+            auth_required: token.is_some(),
+        },
+        token,
+        auth_reads: args.auth_reads,
+        test_ops: args.enable_test_ops,
+        metrics,
+        acting_limiter: Limiter::new(args.rate_limit),
+    }))
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C, then stops its workers and writes its state.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let app = build(&args)?;
+    let shutdown = CancellationToken::new();
+    for device in &app.devices {
+        let device = device.clone();
+        let stop = shutdown.clone();
+        let period = Duration::from_millis(args.sample_ms.max(10));
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut tick = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = ticker.tick() => {
+                        tick += 1;
+                        device.sample(tick).await;
+                    }
+                }
+            }
+        });
+    }
+    if let Some(model) = &args.load {
+        let device = &app.devices[0];
+        match device.switch(model, SwitchTrigger::Api).await {
+            Ok(r) => tracing::info!(model, vram_mb = r.vram_mb, "loaded at start"),
+            Err(e) => tracing::error!(model, error = %e, "cannot load at start"),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, agent_id = %app.devices[0].ctx().launch.agent_id, "serving; status page at http://{addr}/");
+    // The first line on stdout is the address: tests and scripts read it.
+    println!("listening on {addr}");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    let router = api::router(app.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+    tracing::info!("shutting down: stopping workers");
+    for device in &app.devices {
+        if let Ok(Some(release)) = device.unload(SwitchTrigger::Api).await {
+            tracing::info!(gpu = device.info.index, model = release.model, "stopped");
+        }
+        device.save_state();
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,164 @@
+//! Command-line arguments (each also from an environment variable).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// vramkeeper's node agent: runs models in worker processes, measures what each really costs,
+/// finds the memory nothing accounts for, and frees it.
+#[derive(Parser, Debug)]
+#[command(name = "vramkeeper-agent", version, about)]
+pub struct Cli {
+    /// What to run (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Agent options (when serving).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the API, the status page and the models (the default).
+    Serve,
+    /// A worker process (started by the agent; not for direct use).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// Which device the agent manages.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// Every NVIDIA GPU NVML finds, else the CPU.
+    Auto,
+    /// The CPU, even where GPUs exist.
+    Cpu,
+}
+
+/// The agent's options.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the API and the status page.
+    #[arg(long, env = "VRAMKEEPER_LISTEN", default_value = "127.0.0.1:8470")]
+    pub listen: SocketAddr,
+
+    /// Model catalog (TOML); the built-in catalog when absent.
+    #[arg(long, env = "VRAMKEEPER_CATALOG")]
+    pub catalog: Option<PathBuf>,
+
+    /// Where the state file lives (records survive restarts). Default: $XDG_STATE_HOME/vramkeeper.
+    #[arg(long, env = "VRAMKEEPER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Downloaded weights and compiled kernels. Default: $XDG_CACHE_HOME/vramkeeper.
+    #[arg(long, env = "VRAMKEEPER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Stable identity of this agent, carried by its workers so that a restarted agent finds
+    /// the orphans of its earlier runs. Default: derived from the state directory.
+    #[arg(long, env = "VRAMKEEPER_AGENT_ID")]
+    pub agent_id: Option<String>,
+
+    /// Which device to manage.
+    #[arg(long, env = "VRAMKEEPER_DEVICE", value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// Load this model at start.
+    #[arg(long, env = "VRAMKEEPER_LOAD")]
+    pub load: Option<String>,
+
+    /// Bearer token required by acting routes (switch, unload, test-load, free, reset).
+    #[arg(long, env = "VRAMKEEPER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the bearer token (a mounted Secret).
+    #[arg(long, env = "VRAMKEEPER_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// Require the token on read routes too.
+    #[arg(long, env = "VRAMKEEPER_AUTH_READS")]
+    pub auth_reads: bool,
+
+    /// Acting requests allowed per second (a burst of that many, refilled evenly).
+    #[arg(long, env = "VRAMKEEPER_RATE_LIMIT", default_value_t = 20)]
+    pub rate_limit: u32,
+
+    /// Milliseconds between memory samples.
+    #[arg(long, env = "VRAMKEEPER_SAMPLE_MS", default_value_t = 1000)]
+    pub sample_ms: u64,
+
+    /// Ghost memory above this many MiB is suspicious.
+    #[arg(long, env = "VRAMKEEPER_ZOMBIE_THRESHOLD_MIB", default_value_t = 1536)]
+    pub zombie_threshold_mib: u64,
+
+    /// Seconds the ghost must stay above the threshold to be zombie memory.
+    #[arg(long, env = "VRAMKEEPER_ZOMBIE_PERSIST_S", default_value_t = 30.0)]
+    pub zombie_persist_s: f64,
+
+    /// Free zombie memory automatically (turn off when an operator manages the agent).
+    #[arg(long, env = "VRAMKEEPER_AUTO_FREE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_free: bool,
+
+    /// Seconds between automatic frees.
+    #[arg(long, env = "VRAMKEEPER_FREE_COOLDOWN_S", default_value_t = 60.0)]
+    pub free_cooldown_s: f64,
+
+    /// Let free and reset kill processes that are no worker of this agent.
+    #[arg(long, env = "VRAMKEEPER_KILL_FOREIGN")]
+    pub kill_foreign_processes: bool,
+
+    /// Unload a model that served nothing for this many seconds.
+    #[arg(long, env = "VRAMKEEPER_IDLE_UNLOAD_S")]
+    pub idle_unload_s: Option<f64>,
+
+    /// Seconds a model load (warm-up included) may take.
+    #[arg(long, env = "VRAMKEEPER_LOAD_TIMEOUT_S", default_value_t = 300.0)]
+    pub load_timeout_s: f64,
+
+    /// Seconds one inference request may take.
+    #[arg(long, env = "VRAMKEEPER_INFER_TIMEOUT_S", default_value_t = 120.0)]
+    pub infer_timeout_s: f64,
+
+    /// Milliseconds a worker may take to exit when asked before it is killed.
+    #[arg(long, env = "VRAMKEEPER_SHUTDOWN_GRACE_MS", default_value_t = 1000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Milliseconds to wait for released memory to show in the readings.
+    #[arg(long, env = "VRAMKEEPER_VERIFY_TIMEOUT_MS", default_value_t = 5000)]
+    pub verify_timeout_ms: u64,
+
+    /// MiB above the pre-load level that still counts as released.
+    #[arg(long, env = "VRAMKEEPER_RELEASE_TOLERANCE_MIB", default_value_t = 64)]
+    pub release_tolerance_mib: u64,
+
+    /// Enable test-only routes (/v1/debug/leak). Never in production.
+    #[arg(long, env = "VRAMKEEPER_ENABLE_TEST_OPS", hide = true)]
+    pub enable_test_ops: bool,
+}
+
+/// A worker's options (set by the agent).
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The agent it belongs to.
+    #[arg(long)]
+    pub agent_id: String,
+    /// The run of the agent that started it.
+    #[arg(long)]
+    pub instance: String,
+    /// The Unix socket to listen on.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// `cuda` or `ndarray`.
+    #[arg(long)]
+    pub backend: String,
+    /// GPU index.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: u32,
+    /// Kernel caches and weights.
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    /// Allow the test-only ops.
+    #[arg(long)]
+    pub test_ops: bool,
+}

@@ -1,0 +1,234 @@
+//! Free and reset: the two remedies for ghost memory, each measured before and after.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use vramkeeper_crds::{
+    GhostSourceKind, SwitchTrigger,
+    api::{GhostSource, KilledProcess, RemediationAction, RemediationReport, RemediationTrigger},
+};
+
+use super::{Device, OpGuard, switch::mib};
+use crate::{
+    error::Result,
+    ghost::Holder,
+    probe::{DeviceReading, process},
+    worker::client::kill_pid,
+};
+
+/// How long a killed process may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+impl Device {
+    /// Free: release pooled memory in the live worker, end this run's zombie workers and the
+    /// orphans of earlier runs (and foreign processes, when policy allows).
+    pub async fn free(&self, trigger: RemediationTrigger) -> Result<RemediationReport> {
+        let held = self.try_op("freeing memory")?;
+        Ok(self.free_held(&held, trigger).await)
+    }
+
+    async fn free_held(
+        &self,
+        _held: &OpGuard<'_>,
+        trigger: RemediationTrigger,
+    ) -> RemediationReport {
+        let started = Instant::now();
+        let (used_before, ghost_before) = self.measure_ghost().await;
+        let mut cleaned = 0;
+        {
+            let slot = self.slot.read().await;
+            if let Some(active) = slot.as_ref() {
+                let timeout = self.ctx.config.control_timeout;
+                match active.worker.cleanup(timeout).await {
+                    Ok(bytes) => cleaned = bytes,
+                    Err(e) => tracing::warn!(gpu = self.info.index, error = %e, "cleanup failed"),
+                }
+                if let Ok(memory) = active.worker.memory(timeout).await {
+                    self.with_state(|s| {
+                        if let Some(a) = s.active.as_mut() {
+                            a.pooled_bytes = memory.pooled_bytes();
+                        }
+                    });
+                }
+            }
+        }
+        let reading = self.read().await.ok();
+        let (killed, spared) = self.end_strays(reading.as_ref(), false).await;
+        let (used_after, ghost_after) = self.measure_ghost().await;
+        self.finish(RemediationReport {
+            action: RemediationAction::Free,
+            trigger,
+            at: Timestamp::now().to_string(),
+            used_before_mb: mib(used_before),
+            used_after_mb: mib(used_after),
+            ghost_before_mb: mib(ghost_before),
+            ghost_after_mb: mib(ghost_after),
+            cleaned_mb: mib(cleaned),
+            killed,
+            spared,
+            reloaded: None,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            at_baseline: None,
+        })
+    }
+
+    /// Reset: end every worker, wait until memory is back at the baseline, reload the model
+    /// that was active.
+    pub async fn reset(&self, trigger: RemediationTrigger) -> Result<RemediationReport> {
+        let held = self.try_op("resetting")?;
+        let started = Instant::now();
+        let (used_before, ghost_before) = self.measure_ghost().await;
+        let active = self.active_model();
+        if active.is_some() {
+            self.set_busy("resetting: stopping the worker".into());
+            self.unload_held(&held, SwitchTrigger::Reset).await?;
+        }
+        let reading = self.read().await.ok();
+        let (killed, spared) = self.end_strays(reading.as_ref(), true).await;
+        self.set_busy("resetting: waiting for memory to return to the baseline".into());
+        let spared_pids: Vec<u32> = spared.iter().filter_map(|s| s.pid).collect();
+        let baseline = self.with_state(|s| s.baseline);
+        let (_, at_baseline) = self
+            .wait_for_level(
+                baseline + self.ctx.config.release_tolerance,
+                |r: &DeviceReading| spared_pids.iter().map(|p| r.usage_of(*p)).sum(),
+            )
+            .await;
+        let mut reloaded = None;
+        if let Some(model) = &active {
+            self.set_busy(format!("resetting: reloading {model}"));
+            match self.switch_held(&held, model, SwitchTrigger::Reset).await {
+                Ok(_) => reloaded = Some(model.clone()),
+                Err(e) => {
+                    tracing::warn!(gpu = self.info.index, model, error = %e, "reload after reset failed")
+                }
+            }
+        }
+        let (used_after, ghost_after) = self.measure_ghost().await;
+        Ok(self.finish(RemediationReport {
+            action: RemediationAction::Reset,
+            trigger,
+            at: Timestamp::now().to_string(),
+            used_before_mb: mib(used_before),
+            used_after_mb: mib(used_after),
+            ghost_before_mb: mib(ghost_before),
+            ghost_after_mb: mib(ghost_after),
+            cleaned_mb: 0.0,
+            killed,
+            spared,
+            reloaded,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            at_baseline: Some(at_baseline),
+        }))
+    }
+
+    /// Ends zombie workers and orphans (and foreign processes when policy allows). With
+    /// `all_orphans`, also orphans that hold nothing on this device now.
+    async fn end_strays(
+        &self,
+        reading: Option<&DeviceReading>,
+        all_orphans: bool,
+    ) -> (Vec<KilledProcess>, Vec<GhostSource>) {
+        let kill_foreign = self.ctx.config.policy.kill_foreign;
+        let mut targets: Vec<(u32, GhostSourceKind, u64)> = vec![];
+        let mut spared = vec![];
+        if let Some(reading) = reading {
+            let state = self.state.lock().unwrap();
+            for p in &reading.processes {
+                let kind = match self.classify(&state, p.pid) {
+                    Holder::Zombie { .. } => GhostSourceKind::ZombieWorker,
+                    Holder::Orphan => GhostSourceKind::OrphanWorker,
+                    Holder::Foreign if kill_foreign => GhostSourceKind::ForeignProcess,
+                    Holder::Foreign => {
+                        spared.push(GhostSource {
+                            kind: GhostSourceKind::ForeignProcess,
+                            mb: mib(p.used_bytes),
+                            pid: Some(p.pid),
+                            name: Some(process::name(p.pid)),
+                        });
+                        continue;
+                    }
+                    Holder::Active { .. } => continue,
+                };
+                targets.push((p.pid, kind, p.used_bytes));
+            }
+        }
+        if all_orphans {
+            for (pid, marker) in process::workers_of(&self.ctx.launch.agent_id) {
+                let ours = marker.instance == self.ctx.launch.instance;
+                if !ours && !targets.iter().any(|t| t.0 == pid) {
+                    targets.push((pid, GhostSourceKind::OrphanWorker, 0));
+                }
+            }
+        }
+        let mut killed = vec![];
+        for (pid, kind, bytes) in targets {
+            let name = process::name(pid);
+            if kill_pid(pid, KILL_WAIT).await {
+                tracing::info!(
+                    gpu = self.info.index,
+                    pid,
+                    name,
+                    kind = kind.as_str(),
+                    "ended"
+                );
+                killed.push(KilledProcess {
+                    pid,
+                    name,
+                    kind,
+                    mb: mib(bytes),
+                });
+            } else {
+                tracing::warn!(
+                    gpu = self.info.index,
+                    pid,
+                    name,
+                    "could not end the process"
+                );
+            }
+        }
+        let gone: Vec<u32> = killed.iter().map(|k| k.pid).collect();
+        self.with_state(|s| s.zombies.retain(|(pid, _)| !gone.contains(pid)));
+        (killed, spared)
+    }
+
+    /// Reads the device and computes its ghost now.
+    pub(crate) async fn measure_ghost(&self) -> (u64, u64) {
+        match self.read().await {
+            Ok(reading) => {
+                let ghost = self.ghost_of(&reading);
+                let used = reading.used_bytes;
+                let policy = &self.ctx.config.policy;
+                self.with_state(|s| {
+                    s.ghost = ghost.clone();
+                    s.zombie.observe(ghost.bytes, policy, Timestamp::now());
+                });
+                (used, ghost.bytes)
+            }
+            Err(_) => self.with_state(|s| {
+                (
+                    s.reading.as_ref().map_or(0, |r| r.used_bytes),
+                    s.ghost.bytes,
+                )
+            }),
+        }
+    }
+
+    fn finish(&self, report: RemediationReport) -> RemediationReport {
+        tracing::info!(
+            gpu = self.info.index,
+            action = ?report.action,
+            trigger = ?report.trigger,
+            ghost_before_mb = report.ghost_before_mb,
+            ghost_after_mb = report.ghost_after_mb,
+            killed = report.killed.len(),
+            "remediated"
+        );
+        self.ctx
+            .metrics
+            .remediated(self.info.index, report.action, report.trigger);
+        self.with_state(|s| s.tracker.push_remediation(report.clone()));
+        self.save_state();
+        report
+    }
+}

@@ -1,0 +1,412 @@
+//! Switching models: unload (and verify the release) before load; load, clean, measure.
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use vramkeeper_crds::{
+    SwitchTrigger,
+    api::{ReleaseReport, SwitchRecord, SwitchResponse, TestLoadEntry, TestLoadResponse},
+};
+
+use super::{Active, ActiveView, Device, OpGuard};
+use crate::{
+    error::{ApiError, Result},
+    models::ModelSpec,
+    probe::process,
+    worker::{
+        client::{WorkerError, WorkerHandle},
+        protocol::{Request, Response},
+    },
+};
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Bytes to MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A finished switch and the worker it left active.
+pub struct SwitchOutcome {
+    /// What the API answers.
+    pub response: SwitchResponse,
+}
+
+impl Device {
+    /// Switches to `model` with the device already held.
+    pub async fn switch_held(
+        &self,
+        _held: &OpGuard<'_>,
+        model: &str,
+        trigger: SwitchTrigger,
+    ) -> Result<SwitchOutcome> {
+        let spec = self.spec(model)?;
+        let from = self.active_model();
+        if from.as_deref() == Some(model) {
+            return Ok(SwitchOutcome {
+                response: self.already_active(model, trigger),
+            });
+        }
+        self.set_busy(format!(
+            "switching {} → {model}",
+            from.as_deref().unwrap_or("(none)")
+        ));
+        let started = Instant::now();
+        let mut slot = self.slot.write().await;
+        let release = match slot.take() {
+            Some(old) => Some(self.release(old).await),
+            None => None,
+        };
+        let unload_ms = ms(started.elapsed());
+        let loaded = self.load(&spec).await;
+        let now = Timestamp::now();
+        let record = |to: Option<String>, vram, ram, load_ms, error| SwitchRecord {
+            at: now.to_string(),
+            from: from.clone(),
+            to,
+            trigger,
+            unload_ms,
+            load_ms,
+            vram_mb: vram,
+            ram_mb: ram,
+            release_verified: release.as_ref().map(|r| r.verified),
+            error,
+        };
+        match loaded {
+            Ok((active, load_ms)) => {
+                let vram = active.expected_bytes;
+                let ram = process::rss_bytes(active.worker.pid()).unwrap_or(0);
+                let response = SwitchResponse {
+                    from: from.clone(),
+                    to: model.to_string(),
+                    trigger,
+                    unload_ms,
+                    verify_ms: release.as_ref().map_or(0.0, |r| r.elapsed_ms),
+                    load_ms,
+                    vram_mb: mib(vram),
+                    ram_mb: mib(ram),
+                    release: release.clone(),
+                    already_active: false,
+                };
+                self.with_state(|s| {
+                    s.active = Some(ActiveView {
+                        model: model.to_string(),
+                        pid: active.worker.pid(),
+                        expected_bytes: vram,
+                        pooled_bytes: 0,
+                        requests: 0,
+                    });
+                    s.loading_pid = None;
+                    s.tracker.loaded(model, trigger, vram, ram, load_ms, now);
+                    s.tracker.push_switch(record(
+                        Some(model.into()),
+                        Some(mib(vram)),
+                        Some(mib(ram)),
+                        load_ms,
+                        None,
+                    ));
+                });
+                *slot = Some(active);
+                self.ctx
+                    .metrics
+                    .switched(self.info.index, trigger, true, unload_ms, load_ms);
+                tracing::info!(
+                    gpu = self.info.index, from = ?from, to = model, trigger = trigger.as_str(),
+                    unload_ms, load_ms, vram_mb = mib(vram), "switched"
+                );
+                self.save_state();
+                Ok(SwitchOutcome { response })
+            }
+            Err(e) => {
+                self.with_state(|s| {
+                    s.loading_pid = None;
+                    s.tracker
+                        .push_switch(record(None, None, None, 0.0, Some(e.to_string())));
+                });
+                self.ctx
+                    .metrics
+                    .switched(self.info.index, trigger, false, unload_ms, 0.0);
+                tracing::warn!(gpu = self.info.index, model, error = %e, "load failed");
+                self.save_state();
+                Err(e)
+            }
+        }
+    }
+
+    /// Switches to `model`, answering busy at once if the device is held.
+    pub async fn switch(&self, model: &str, trigger: SwitchTrigger) -> Result<SwitchResponse> {
+        self.spec(model)?;
+        let held = self.try_op(format!("switching to {model}"))?;
+        Ok(self.switch_held(&held, model, trigger).await?.response)
+    }
+
+    /// Unloads the active model (if any).
+    pub async fn unload(&self, trigger: SwitchTrigger) -> Result<Option<ReleaseReport>> {
+        let held = self.try_op("unloading")?;
+        self.unload_held(&held, trigger).await
+    }
+
+    /// Unloads the active model with the device already held.
+    pub async fn unload_held(
+        &self,
+        _held: &OpGuard<'_>,
+        trigger: SwitchTrigger,
+    ) -> Result<Option<ReleaseReport>> {
+        let Some(model) = self.active_model() else {
+            return Ok(None);
+        };
+        self.set_busy(format!("unloading {model}"));
+        let started = Instant::now();
+        let mut slot = self.slot.write().await;
+        let Some(old) = slot.take() else {
+            return Ok(None);
+        };
+        let release = self.release(old).await;
+        let now = Timestamp::now();
+        self.with_state(|s| {
+            s.tracker.push_switch(SwitchRecord {
+                at: now.to_string(),
+                from: Some(model.clone()),
+                to: None,
+                trigger,
+                unload_ms: ms(started.elapsed()),
+                load_ms: 0.0,
+                vram_mb: None,
+                ram_mb: None,
+                release_verified: Some(release.verified),
+                error: None,
+            })
+        });
+        self.save_state();
+        Ok(Some(release))
+    }
+
+    /// Ends a worker and waits until its memory is back at the level before it was loaded.
+    pub(crate) async fn release(&self, old: Arc<Active>) -> ReleaseReport {
+        let model = old.spec.name.clone();
+        let pid = old.worker.pid();
+        let started = Instant::now();
+        let before = self.last_used();
+        let ended = old.worker.shutdown(self.ctx.config.shutdown_grace).await;
+        let target = old.pre_load_used;
+        let tolerance = self.ctx.config.release_tolerance;
+        let (after, verified) = self.wait_for_level(target + tolerance, |_| 0).await;
+        let elapsed_ms = ms(started.elapsed());
+        let now = Timestamp::now();
+        self.with_state(|s| {
+            s.active = None;
+            if process::is_alive(pid) {
+                s.zombies.push((pid, model.clone()));
+            }
+            s.tracker.unloaded(&model, now);
+        });
+        self.ctx
+            .metrics
+            .released(self.info.index, verified, elapsed_ms);
+        if !verified {
+            tracing::warn!(
+                gpu = self.info.index,
+                model,
+                after_mb = mib(after),
+                target_mb = mib(target),
+                "memory did not come back after the unload"
+            );
+        }
+        ReleaseReport {
+            model,
+            before_mb: mib(before),
+            after_mb: mib(after),
+            target_mb: mib(target),
+            tolerance_mb: mib(tolerance),
+            verified,
+            killed: ended.killed,
+            elapsed_ms,
+        }
+    }
+
+    /// Polls the device until `used - spared(reading)` is at most `level`, or the verify
+    /// timeout passes. Returns the last reading's used bytes and whether the level was reached.
+    pub(crate) async fn wait_for_level(
+        &self,
+        level: u64,
+        spared: impl Fn(&crate::probe::DeviceReading) -> u64,
+    ) -> (u64, bool) {
+        let deadline = Instant::now() + self.ctx.config.verify_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Ok(reading) = self.read().await {
+                let used = reading.used_bytes.saturating_sub(spared(&reading));
+                if used <= level {
+                    return (reading.used_bytes, true);
+                }
+                if Instant::now() > deadline {
+                    return (reading.used_bytes, false);
+                }
+            } else if Instant::now() > deadline {
+                return (self.last_used(), false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Memory in use at the last good reading.
+    pub(crate) fn last_used(&self) -> u64 {
+        self.with_state(|s| s.reading.as_ref().map_or(0, |r| r.used_bytes))
+    }
+
+    /// Starts a worker, loads the model, cleans the pool and measures. On any failure the
+    /// worker is ended and its memory verified gone.
+    async fn load(&self, spec: &ModelSpec) -> Result<(Arc<Active>, f64)> {
+        let started = Instant::now();
+        let pre_load_used = match self.read().await {
+            Ok(r) => r.used_bytes,
+            Err(_) => self.last_used(),
+        };
+        let fail = |reason: String| ApiError::LoadFailed {
+            model: spec.name.clone(),
+            reason,
+        };
+        let worker = WorkerHandle::spawn(
+            &self.ctx.launch,
+            self.info.backend,
+            self.info.index,
+            self.next_seq(),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        self.with_state(|s| s.loading_pid = Some(worker.pid()));
+        match self.load_in(&worker, spec).await {
+            Ok(expected_bytes) => {
+                let load_ms = ms(started.elapsed());
+                let active = Arc::new(Active {
+                    worker,
+                    spec: spec.clone(),
+                    expected_bytes,
+                    pre_load_used,
+                    requests: AtomicU64::new(0),
+                    last_used: Mutex::new(Instant::now()),
+                });
+                Ok((active, load_ms))
+            }
+            Err(e) => {
+                worker.kill().await;
+                let level = pre_load_used + self.ctx.config.release_tolerance;
+                let (after, verified) = self.wait_for_level(level, |_| 0).await;
+                let leftover = if verified {
+                    String::new()
+                } else {
+                    format!(
+                        "; {:.0} MiB above the pre-load level remain in use",
+                        mib(after.saturating_sub(pre_load_used))
+                    )
+                };
+                Err(fail(format!("{e}{leftover}")))
+            }
+        }
+    }
+
+    /// Load, clean, measure: the model's device memory once it answered.
+    async fn load_in(&self, worker: &WorkerHandle, spec: &ModelSpec) -> Result<u64, WorkerError> {
+        let cfg = &self.ctx.config;
+        match worker
+            .call(Request::Load { spec: spec.clone() }, cfg.load_timeout)
+            .await?
+        {
+            Response::Loaded { .. } => {}
+            other => return Err(worker.unexpected("load", other)),
+        }
+        // The seed's post-load cleanup: what the load left in the pool is not the model's.
+        worker.cleanup(cfg.control_timeout).await?;
+        worker.memory(cfg.control_timeout).await?;
+        let reading = self.read().await.map_err(|e| WorkerError::Failed {
+            message: format!("cannot measure the model: {e}"),
+            fatal: false,
+        })?;
+        Ok(reading.usage_of(worker.pid()))
+    }
+
+    fn already_active(&self, model: &str, trigger: SwitchTrigger) -> SwitchResponse {
+        let (vram, ram) = self.with_state(|s| {
+            let r = s.tracker.models.get(model).cloned().unwrap_or_default();
+            (r.vram_bytes.unwrap_or(0), r.ram_bytes.unwrap_or(0))
+        });
+        SwitchResponse {
+            from: Some(model.to_string()),
+            to: model.to_string(),
+            trigger,
+            unload_ms: 0.0,
+            verify_ms: 0.0,
+            load_ms: 0.0,
+            vram_mb: mib(vram),
+            ram_mb: mib(ram),
+            release: None,
+            already_active: true,
+        }
+    }
+
+    /// Loads every catalog model (or the given ones) in turn, then makes the model that was
+    /// active before active again (or unloads, if none was).
+    pub async fn test_load(&self, models: Option<Vec<String>>) -> Result<TestLoadResponse> {
+        let names: Vec<String> = match models {
+            Some(names) => {
+                for n in &names {
+                    self.spec(n)?;
+                }
+                names
+            }
+            None => self
+                .ctx
+                .catalog
+                .models()
+                .iter()
+                .map(|m| m.name.clone())
+                .collect(),
+        };
+        let held = self.try_op("test-load")?;
+        let before = self.active_model();
+        let mut results = vec![];
+        for name in names {
+            // Measure every model from a fresh load, the active one included.
+            if self.active_model().as_deref() == Some(name.as_str()) {
+                self.unload_held(&held, SwitchTrigger::TestLoad).await?;
+            }
+            let entry = match self
+                .switch_held(&held, &name, SwitchTrigger::TestLoad)
+                .await
+            {
+                Ok(outcome) => TestLoadEntry {
+                    model: name,
+                    result: Some(outcome.response),
+                    error: None,
+                },
+                Err(e) => TestLoadEntry {
+                    model: name,
+                    result: None,
+                    error: Some(e.body().error),
+                },
+            };
+            results.push(entry);
+        }
+        let restored = match &before {
+            Some(model) => Some(
+                self.switch_held(&held, model, SwitchTrigger::TestLoad)
+                    .await?
+                    .response
+                    .to,
+            ),
+            None => {
+                self.unload_held(&held, SwitchTrigger::TestLoad).await?;
+                None
+            }
+        };
+        Ok(TestLoadResponse { results, restored })
+    }
+}

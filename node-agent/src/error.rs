@@ -1,0 +1,196 @@
+//! The agent's one error type: every route answers `{"error": {"code", "message"}}` with a
+//! status that says whose fault it was, and a message that names the problem.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, QueryRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use vramkeeper_crds::api::{ErrorBody, ErrorDetail};
+
+use crate::worker::client::WorkerError;
+
+/// `Result` with [`ApiError`].
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Everything a route can answer instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The model is not in the catalog.
+    #[error("unknown model {model:?}; the catalog has: {known}")]
+    UnknownModel {
+        /// What was asked for.
+        model: String,
+        /// The catalog's names, comma-separated.
+        known: String,
+    },
+    /// No device with that index.
+    #[error("unknown device {gpu}; this agent manages: {known}")]
+    UnknownDevice {
+        /// What was asked for.
+        gpu: u32,
+        /// The indices it has.
+        known: String,
+    },
+    /// The body is not JSON, or not an object of the expected shape.
+    #[error("malformed request body: {0}")]
+    Malformed(String),
+    /// No `Content-Type: application/json`.
+    #[error("expected a JSON body with Content-Type: application/json")]
+    NotJson,
+    /// The body exceeds the route's limit.
+    #[error("request body exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Well-formed but unacceptable values.
+    #[error("{0}")]
+    Invalid(String),
+    /// Another switch, unload, free or reset is running on the device.
+    #[error("device {gpu} is busy: {doing} (running for {secs:.1} s); retry when it is done")]
+    Busy {
+        /// The device.
+        gpu: u32,
+        /// What it is doing.
+        doing: String,
+        /// For how long.
+        secs: f64,
+    },
+    /// No or wrong bearer token.
+    #[error("this route needs the agent's bearer token (Authorization: Bearer <token>)")]
+    Unauthorized,
+    /// Too many acting requests.
+    #[error("too many requests to acting routes; retry in {retry_after_s} s")]
+    RateLimited {
+        /// Seconds until a request is allowed again.
+        retry_after_s: u64,
+    },
+    /// Loading a model failed; nothing of it was left behind.
+    #[error("loading {model} failed: {reason}")]
+    LoadFailed {
+        /// The model.
+        model: String,
+        /// Why.
+        reason: String,
+    },
+    /// The worker failed to answer a request.
+    #[error("model {model} failed to answer: {reason}")]
+    Worker {
+        /// The model.
+        model: String,
+        /// Why.
+        reason: String,
+    },
+    /// The agent cannot serve yet (or any more).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; logged, answered opaquely.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownModel { .. } | Self::UnknownDevice { .. } => StatusCode::NOT_FOUND,
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Busy { .. } => StatusCode::CONFLICT,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::LoadFailed { .. } | Self::Worker { .. } => StatusCode::BAD_GATEWAY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownModel { .. } => "unknown_model",
+            Self::UnknownDevice { .. } => "unknown_device",
+            Self::Malformed(_) => "malformed_body",
+            Self::NotJson => "unsupported_media_type",
+            Self::TooLarge { .. } => "body_too_large",
+            Self::Invalid(_) => "invalid_value",
+            Self::Busy { .. } => "busy",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::LoadFailed { .. } => "load_failed",
+            Self::Worker { .. } => "worker_failed",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The body this error is answered with.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+            },
+        }
+    }
+
+    /// A worker failure while serving `model`.
+    pub fn worker(model: &str, e: WorkerError) -> Self {
+        Self::Worker {
+            model: model.to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Self::RateLimited { retry_after_s } = &self
+            && let Ok(v) = retry_after_s.to_string().parse()
+        {
+            response.headers_mut().insert("retry-after", v);
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::NotJson,
+            JsonRejection::JsonDataError(e) => {
+                Self::Invalid(format!("invalid request: {}", deepest(&e)))
+            }
+            JsonRejection::JsonSyntaxError(e) => Self::Malformed(deepest(&e)),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::TooLarge {
+                    limit: crate::api::BODY_LIMIT,
+                }
+            }
+            other => Self::Malformed(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::Invalid(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+/// The innermost cause: serde's message, with the field path and position.
+fn deepest(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,149 @@
+//! Synthetic models: a GPT-like decoder stack of a requested parameter count, with weights
+//! drawn from a seeded generator, so that a catalog can hold models of any size without
+//! downloading anything, and their memory, load time and leaks can be measured for real.
+
+use serde::{Deserialize, Serialize};
+
+use super::DType;
+
+/// The smallest synthetic model: below this the fixed overheads dominate every figure.
+pub const MIN_PARAMS: u64 = 100_000;
+/// The largest: 100 billion parameters.
+pub const MAX_PARAMS: u64 = 100_000_000_000;
+/// Width of one attention head.
+pub const HEAD_DIM: u64 = 64;
+
+/// A synthetic model's catalog entry.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    /// The parameter count to aim for; the real one is within a few percent.
+    pub params: u64,
+    /// Element type of the weights.
+    #[serde(default)]
+    pub dtype: DType,
+    /// Decoder layers.
+    #[serde(default = "default_layers")]
+    pub layers: u32,
+    /// Vocabulary size (token ids are below it).
+    #[serde(default = "default_vocab")]
+    pub vocab: u32,
+    /// The longest input, in tokens.
+    #[serde(default = "default_context")]
+    pub context: u32,
+    /// Seed of the weights: the same seed gives the same weights on every backend.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_layers() -> u32 {
+    4
+}
+fn default_vocab() -> u32 {
+    4096
+}
+fn default_context() -> u32 {
+    256
+}
+
+/// The shape derived from a spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Architecture {
+    /// Model width (a multiple of [`HEAD_DIM`]).
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest input.
+    pub context: usize,
+}
+
+impl SyntheticSpec {
+    /// Checks the ranges; the message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if !(MIN_PARAMS..=MAX_PARAMS).contains(&self.params) {
+            return Err(format!(
+                "params {} is outside {MIN_PARAMS}..={MAX_PARAMS}",
+                self.params
+            ));
+        }
+        if !(1..=128).contains(&self.layers) {
+            return Err(format!("layers {} is outside 1..=128", self.layers));
+        }
+        if !(2..=1_000_000).contains(&self.vocab) {
+            return Err(format!("vocab {} is outside 2..=1000000", self.vocab));
+        }
+        if !(1..=8192).contains(&self.context) {
+            return Err(format!("context {} is outside 1..=8192", self.context));
+        }
+        Ok(())
+    }
+
+    /// The width that brings the parameter count closest to `params`: each layer holds about
+    /// 12·d² parameters (attention 4·d², MLP 8·d²), the embeddings (vocab + context)·d.
+    pub fn architecture(&self) -> Architecture {
+        let l = self.layers as f64;
+        let e = (self.vocab + self.context) as f64;
+        let d = (-e + (e * e + 48.0 * l * self.params as f64).sqrt()) / (24.0 * l);
+        let heads = ((d / HEAD_DIM as f64).round() as u64).max(1);
+        Architecture {
+            d_model: (heads * HEAD_DIM) as usize,
+            heads: heads as usize,
+            layers: self.layers as usize,
+            vocab: self.vocab as usize,
+            context: self.context as usize,
+        }
+    }
+}
+
+impl Architecture {
+    /// The exact parameter count.
+    pub fn params(&self) -> u64 {
+        let d = self.d_model as u64;
+        let per_layer = 2 * d          // attention layer norm
+            + 3 * d * d + 3 * d        // query, key, value
+            + d * d + d                // attention output
+            + 2 * d                    // MLP layer norm
+            + 4 * d * d + 4 * d        // MLP up
+            + 4 * d * d + d; // MLP down
+        (self.vocab as u64 + self.context as u64) * d + self.layers as u64 * per_layer + 2 * d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(params: u64, layers: u32) -> SyntheticSpec {
+        SyntheticSpec {
+            params,
+            dtype: DType::F32,
+            layers,
+            vocab: 4096,
+            context: 256,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn parameter_count_is_close_to_the_request() {
+        for (params, layers) in [(25_000_000, 4), (100_000_000, 6), (2_000_000_000, 8)] {
+            let real = spec(params, layers).architecture().params() as f64;
+            let err = (real - params as f64).abs() / params as f64;
+            assert!(
+                err < 0.08,
+                "{params} params, {layers} layers: got {real} ({err:.3})"
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        assert!(spec(10, 4).check().unwrap_err().contains("params"));
+        assert!(spec(1_000_000, 0).check().unwrap_err().contains("layers"));
+        assert!(spec(1_000_000, 4).check().is_ok());
+    }
+}

@@ -1,0 +1,139 @@
+//! The state file of one device: its tracker, written with an atomic replace, so that a restart (or a
+//! crash in the middle of a write) loses nothing and never leaves a half-written file.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tracker::Tracker;
+
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    tracker: Tracker,
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    path: PathBuf,
+}
+
+/// What loading found.
+pub struct Loaded {
+    /// The tracker (empty on a clean start).
+    pub tracker: Tracker,
+    /// Why the file was not used, when it was not (a warning, never a failure).
+    pub warning: Option<String>,
+}
+
+impl StateStore {
+    /// A store at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the state. A missing file is a clean start; a corrupt or foreign one is set
+    /// aside (renamed `.corrupt`) with a warning.
+    pub fn load(&self) -> Loaded {
+        let text = match std::fs::read(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Loaded {
+                    tracker: Tracker::default(),
+                    warning: None,
+                };
+            }
+            Err(e) => return self.clean_start(format!("cannot read it: {e}")),
+        };
+        match serde_json::from_slice::<StateFile>(&text) {
+            Ok(file) if file.version == VERSION => Loaded {
+                tracker: file.tracker,
+                warning: None,
+            },
+            Ok(file) => self.clean_start(format!("unknown version {}", file.version)),
+            Err(e) => self.clean_start(format!("it is not valid: {e}")),
+        }
+    }
+
+    fn clean_start(&self, why: String) -> Loaded {
+        let aside = self.path.with_extension("json.corrupt");
+        let kept = std::fs::rename(&self.path, &aside).is_ok();
+        Loaded {
+            tracker: Tracker::default(),
+            warning: Some(format!(
+                "state file {} ignored ({why}); starting clean{}",
+                self.path.display(),
+                if kept {
+                    format!(", the old file is kept as {}", aside.display())
+                } else {
+                    String::new()
+                }
+            )),
+        }
+    }
+
+    /// Writes the state: to a temporary file, synced, then renamed over the old one.
+    pub fn save(&self, tracker: &Tracker) -> std::io::Result<()> {
+        let file = StateFile {
+            version: VERSION,
+            tracker: tracker.for_state_file(),
+        };
+        let body = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::Timestamp;
+    use vramkeeper_crds::SwitchTrigger;
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state.json"));
+        let mut t = Tracker::default();
+        t.loaded("a", SwitchTrigger::Api, 1, 2, 3.0, Timestamp::now());
+        store.save(&t).unwrap();
+        let loaded = store.load();
+        assert!(loaded.warning.is_none());
+        assert_eq!(loaded.tracker.models, t.models);
+    }
+
+    #[test]
+    fn missing_is_clean_and_corrupt_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state.json"));
+        let loaded = store.load();
+        assert!(loaded.tracker.models.is_empty() && loaded.warning.is_none());
+        std::fs::write(store.path(), b"{\"version\": 1, \"tracker\": {").unwrap();
+        let loaded = store.load();
+        assert!(loaded.tracker.models.is_empty());
+        assert!(loaded.warning.unwrap().contains("not valid"));
+        assert!(dir.path().join("state.json.corrupt").exists());
+    }
+}

@@ -1,0 +1,181 @@
+//! What a worker runs: a model on one burn backend, with the backend's own memory figures.
+//!
+//! Everything runs on the worker's main thread: cubecl keeps one memory pool per thread's
+//! stream, so loading, inference, measurement and cleanup must share a thread.
+
+use std::time::Instant;
+
+use burn::{prelude::*, tensor::backend::Backend};
+
+use super::memory::DeviceMemoryOps;
+use crate::models::{ModelKind, ModelSpec, synthetic_net::SyntheticNet};
+
+/// A model load's figures.
+pub struct LoadInfo {
+    /// Parameters.
+    pub params: u64,
+    /// Bytes of the parameters.
+    pub param_bytes: u64,
+    /// Milliseconds creating the weights.
+    pub weights_ms: f64,
+    /// Milliseconds of the warm-up pass.
+    pub warmup_ms: f64,
+}
+
+/// A forward pass's result.
+pub struct Inference {
+    /// Arg-max per position.
+    pub next_tokens: Vec<u32>,
+    /// Sum of the logits.
+    pub checksum: f64,
+    /// Milliseconds.
+    pub compute_ms: f64,
+}
+
+/// A model runner, independent of the backend.
+pub trait Engine {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// Builds a model (replacing any).
+    fn load(&mut self, spec: &ModelSpec) -> Result<LoadInfo, String>;
+    /// A forward pass of the synthetic model.
+    fn infer(&mut self, tokens: &[u32]) -> Result<Inference, String>;
+    /// Sentence embeddings.
+    fn embed(&mut self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String>;
+    /// Allocator bytes (in use, reserved).
+    fn allocator(&self) -> (u64, u64);
+    /// Releases pooled memory; waits until the device did.
+    fn cleanup(&mut self);
+    /// Test-only: holds `bytes` more, pooled (cleanup releases it) or referenced.
+    fn leak(&mut self, bytes: u64, pooled: bool) -> Result<(), String>;
+    /// Bytes the test-only leak op holds referenced.
+    fn leaked(&self) -> u64;
+}
+
+enum Model<B: Backend> {
+    Synthetic(SyntheticNet<B>),
+    Minilm(crate::models::minilm::MiniLm<B>),
+}
+
+/// The engine of backend `B`.
+pub struct BurnEngine<B: Backend + DeviceMemoryOps> {
+    device: B::Device,
+    name: &'static str,
+    model: Option<Model<B>>,
+    held: Vec<Tensor<B, 1>>,
+    held_bytes: u64,
+}
+
+impl<B: Backend + DeviceMemoryOps> BurnEngine<B> {
+    /// An engine on `device`.
+    pub fn new(device: B::Device, name: &'static str) -> Self {
+        Self {
+            device,
+            name,
+            model: None,
+            held: vec![],
+            held_bytes: 0,
+        }
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
+    fn backend(&self) -> &'static str {
+        self.name
+    }
+
+    fn load(&mut self, spec: &ModelSpec) -> Result<LoadInfo, String> {
+        self.model = None;
+        let started = Instant::now();
+        match &spec.kind {
+            ModelKind::Synthetic(s) => {
+                let net = SyntheticNet::<B>::new(s, &self.device)?;
+                B::sync(&self.device).map_err(|e| format!("creating the weights failed: {e}"))?;
+                let weights_ms = ms(started);
+                let params = s.architecture().params();
+                let warm = Instant::now();
+                let probe: Vec<u32> = (0..s.context.min(16)).map(|i| i % s.vocab).collect();
+                let _ = net.forward(&probe).sum().into_data();
+                self.model = Some(Model::Synthetic(net));
+                Ok(LoadInfo {
+                    params,
+                    param_bytes: params * s.dtype.size(),
+                    weights_ms,
+                    warmup_ms: ms(warm),
+                })
+            }
+            ModelKind::Minilm(m) => {
+                let model = crate::models::minilm::MiniLm::<B>::load(m, &self.device)?;
+                let weights_ms = ms(started);
+                let warm = Instant::now();
+                model.embed(&["warm-up".to_string()])?;
+                let params = model.params();
+                self.model = Some(Model::Minilm(model));
+                Ok(LoadInfo {
+                    params,
+                    param_bytes: params * 4,
+                    weights_ms,
+                    warmup_ms: ms(warm),
+                })
+            }
+        }
+    }
+
+    fn infer(&mut self, tokens: &[u32]) -> Result<Inference, String> {
+        let Some(Model::Synthetic(net)) = &self.model else {
+            return Err("no synthetic model is loaded in this worker".into());
+        };
+        let started = Instant::now();
+        let logits = net.forward(tokens);
+        let [_, s, _] = logits.dims();
+        let next: Vec<u32> = logits
+            .clone()
+            .argmax(2)
+            .reshape([s])
+            .into_data()
+            .iter::<i64>()
+            .map(|t| t as u32)
+            .collect();
+        let checksum: f64 = logits.sum().into_data().iter::<f64>().next().unwrap_or(0.0);
+        Ok(Inference {
+            next_tokens: next,
+            checksum,
+            compute_ms: ms(started),
+        })
+    }
+
+    fn embed(&mut self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
+        let Some(Model::Minilm(model)) = &self.model else {
+            return Err("no embedding model is loaded in this worker".into());
+        };
+        model.embed(texts)
+    }
+
+    fn allocator(&self) -> (u64, u64) {
+        B::allocator_bytes(&self.device)
+    }
+
+    fn cleanup(&mut self) {
+        B::release_pooled(&self.device);
+    }
+
+    fn leak(&mut self, bytes: u64, pooled: bool) -> Result<(), String> {
+        if pooled {
+            B::pooled_leak(&self.device, bytes);
+        } else {
+            let n = (bytes / 4) as usize;
+            self.held.push(Tensor::ones([n], &self.device));
+            B::sync(&self.device).map_err(|e| e.to_string())?;
+            self.held_bytes += bytes;
+        }
+        Ok(())
+    }
+
+    fn leaked(&self) -> u64 {
+        self.held_bytes
+    }
+}

@@ -1,0 +1,126 @@
+//! Allocator figures and cleanup per backend: cubecl's pool on CUDA, glibc's heap on the CPU
+//! (the CPU's "allocator cache" is what malloc keeps after frees; `malloc_trim` returns it).
+
+use burn::{backend::NdArray, tensor::backend::Backend};
+
+/// Backend-specific memory operations.
+pub trait DeviceMemoryOps: Backend {
+    /// Bytes (in use by live allocations, reserved from the device or the OS).
+    fn allocator_bytes(device: &Self::Device) -> (u64, u64);
+    /// Returns pooled memory to the device (or the OS) and waits until it is done.
+    fn release_pooled(device: &Self::Device);
+    /// Test-only: leaves `bytes` in the allocator's pool, as freed-but-kept memory.
+    fn pooled_leak(device: &Self::Device, bytes: u64);
+}
+
+/// The CPU backend.
+pub type Cpu = NdArray<f32>;
+
+impl DeviceMemoryOps for Cpu {
+    fn allocator_bytes(_: &Self::Device) -> (u64, u64) {
+        glibc::usage()
+    }
+
+    fn release_pooled(_: &Self::Device) {
+        glibc::trim();
+    }
+
+    fn pooled_leak(_: &Self::Device, bytes: u64) {
+        glibc::fragment(bytes);
+    }
+}
+
+mod glibc {
+    //! glibc's allocator statistics and trimming (the CPU analogue of `cuda.empty_cache()`).
+    #![allow(unsafe_code)]
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Free heap bytes at the last trim: their pages went back to the OS, so they are free
+    /// but not resident. Only free bytes beyond them are resident cache.
+    static TRIMMED_FREE: AtomicU64 = AtomicU64::new(0);
+
+    fn free_bytes() -> u64 {
+        // SAFETY: mallinfo2 only reads allocator statistics; it has no preconditions.
+        unsafe { libc::mallinfo2() }.fordblks as u64
+    }
+
+    /// (in use, reserved): allocated chunks plus mmapped blocks; and that plus the free heap
+    /// memory that is still resident (freed since the last trim).
+    pub fn usage() -> (u64, u64) {
+        // SAFETY: as above.
+        let info = unsafe { libc::mallinfo2() };
+        let in_use = info.uordblks as u64 + info.hblkhd as u64;
+        let free = info.fordblks as u64;
+        // The heap shrinks on its own too: never count below what is free now.
+        let trimmed = TRIMMED_FREE.fetch_min(free, Ordering::Relaxed).min(free);
+        (in_use, in_use + (free - trimmed))
+    }
+
+    /// Returns free heap pages to the OS.
+    pub fn trim() {
+        // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        TRIMMED_FREE.store(free_bytes(), Ordering::Relaxed);
+    }
+
+    /// Allocates `bytes` in heap-sized chunks separated by small live pins, touches them, then
+    /// frees the chunks: the heap cannot shrink past the pins, so the memory stays resident
+    /// and counted as free-but-kept until `trim`. The pins (1/512 of the size) are kept.
+    pub fn fragment(bytes: u64) {
+        const CHUNK: usize = 64 * 1024;
+        let mut chunks = Vec::new();
+        let mut pins = Vec::new();
+        for _ in 0..(bytes as usize).div_ceil(CHUNK) {
+            chunks.push(vec![1u8; CHUNK]);
+            pins.push(vec![1u8; 128]);
+        }
+        drop(chunks);
+        PINS.with(|p| p.borrow_mut().push(pins));
+    }
+
+    thread_local! {
+        static PINS: std::cell::RefCell<Vec<Vec<Vec<u8>>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::{
+        backend::{Cuda, cuda::CudaDevice},
+        cubecl::{Runtime, cuda::CudaRuntime},
+        prelude::*,
+    };
+
+    use super::DeviceMemoryOps;
+
+    /// The CUDA backend.
+    pub type Gpu = Cuda<f32, i32>;
+
+    impl DeviceMemoryOps for Gpu {
+        fn allocator_bytes(device: &CudaDevice) -> (u64, u64) {
+            match CudaRuntime::client(device).memory_usage() {
+                Ok(u) => (u.bytes_in_use, u.bytes_reserved),
+                Err(_) => (0, 0),
+            }
+        }
+
+        fn release_pooled(device: &CudaDevice) {
+            let _ = Gpu::sync(device);
+            Gpu::memory_cleanup(device);
+            let _ = Gpu::sync(device);
+        }
+
+        fn pooled_leak(device: &CudaDevice, bytes: u64) {
+            let t = Tensor::<Gpu, 1>::ones([(bytes / 4) as usize], device);
+            let _ = Gpu::sync(device);
+            drop(t);
+            let _ = Gpu::sync(device);
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub use cuda::Gpu;

@@ -1,0 +1,185 @@
+//! The worker process: listens on its Unix socket and serves one request at a time, all on
+//! its main thread. It outlives a connection (an agent that dies leaves it running, holding
+//! its memory, as a stale model server would: the restarted agent finds it as an orphan).
+
+use std::{
+    os::unix::net::{UnixListener, UnixStream},
+    panic::AssertUnwindSafe,
+};
+
+use anyhow::Context;
+
+use super::{
+    engine::{BurnEngine, Engine},
+    memory::Cpu,
+    protocol::{FrameError, Request, Response, WorkerMemory, read_frame, write_frame},
+};
+use crate::{args::WorkerArgs, probe::process};
+
+/// Runs a worker until it is told to shut down (or killed).
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut engine = engine_for(&args)?;
+    let _ = std::fs::remove_file(&args.socket);
+    let listener = UnixListener::bind(&args.socket)
+        .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    tracing::debug!(socket = %args.socket.display(), backend = engine.backend(), "worker ready");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if serve(stream, engine.as_mut(), &args) == Flow::Exit {
+            let _ = std::fs::remove_file(&args.socket);
+            // Exit at once: the driver frees the device memory of an ended process.
+            std::process::exit(0);
+        }
+    }
+    Ok(())
+}
+
+fn engine_for(args: &WorkerArgs) -> anyhow::Result<Box<dyn Engine>> {
+    match args.backend.as_str() {
+        "ndarray" => Ok(Box::new(BurnEngine::<Cpu>::new(
+            Default::default(),
+            "ndarray",
+        ))),
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            configure_cubecl(&args.cache_dir);
+            let device = burn::backend::cuda::CudaDevice::new(args.device_index as usize);
+            Ok(Box::new(BurnEngine::<super::memory::Gpu>::new(
+                device, "cuda",
+            )))
+        }
+        other => anyhow::bail!("backend {other:?} is not available in this build"),
+    }
+}
+
+/// Points cubecl's kernel and autotune caches at the agent's cache directory, so a second
+/// start of a model does not compile again.
+#[cfg(feature = "cuda")]
+fn configure_cubecl(cache_dir: &std::path::Path) {
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    let dir = cache_dir.join("cubecl");
+    let mut config = CubeClRuntimeConfig::default();
+    config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+    config.autotune.cache = CacheConfig::File(dir);
+    CubeClRuntimeConfig::set(config);
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    /// The connection ended; wait for the next.
+    Next,
+    /// Shut down.
+    Exit,
+}
+
+fn serve(mut stream: UnixStream, engine: &mut dyn Engine, args: &WorkerArgs) -> Flow {
+    loop {
+        let request: Request = match read_frame(&mut stream) {
+            Ok(r) => r,
+            Err(FrameError::Closed) => return Flow::Next,
+            Err(e) => {
+                let _ = write_frame(
+                    &mut stream,
+                    &Response::Error {
+                        message: format!("bad request frame: {e}"),
+                        fatal: false,
+                    },
+                );
+                return Flow::Next;
+            }
+        };
+        if request == Request::Shutdown {
+            return Flow::Exit;
+        }
+        if request == Request::Hang && args.test_ops {
+            // A hung worker: never answers again, keeps its memory, ignores its socket.
+            loop {
+                std::thread::park();
+            }
+        }
+        let response =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| handle(request, engine, args))) {
+                Ok(r) => r,
+                Err(panic) => Response::Error {
+                    message: format!("the worker panicked: {}", panic_message(&panic)),
+                    fatal: true,
+                },
+            };
+        let fatal = matches!(response, Response::Error { fatal: true, .. });
+        if write_frame(&mut stream, &response).is_err() {
+            return Flow::Next;
+        }
+        if fatal {
+            return Flow::Exit;
+        }
+    }
+}
+
+fn handle(request: Request, engine: &mut dyn Engine, args: &WorkerArgs) -> Response {
+    let error = |message: String| Response::Error {
+        message,
+        fatal: false,
+    };
+    match request {
+        Request::Hello => Response::Hello {
+            pid: std::process::id(),
+            instance: args.instance.clone(),
+            backend: engine.backend().to_string(),
+        },
+        Request::Load { spec } => match engine.load(&spec) {
+            Ok(info) => Response::Loaded {
+                params: info.params,
+                param_bytes: info.param_bytes,
+                weights_ms: info.weights_ms,
+                warmup_ms: info.warmup_ms,
+            },
+            Err(message) => error(message),
+        },
+        Request::Infer { tokens } => match engine.infer(&tokens) {
+            Ok(i) => Response::Inferred {
+                next_tokens: i.next_tokens,
+                checksum: i.checksum,
+                compute_ms: i.compute_ms,
+            },
+            Err(message) => error(message),
+        },
+        Request::Embed { texts } => match engine.embed(&texts) {
+            Ok((vectors, tokens)) => Response::Embedded { vectors, tokens },
+            Err(message) => error(message),
+        },
+        Request::Memory => {
+            let (in_use, reserved) = engine.allocator();
+            Response::Memory(WorkerMemory {
+                rss_bytes: process::rss_bytes(std::process::id()).unwrap_or(0),
+                in_use_bytes: in_use,
+                reserved_bytes: reserved,
+                leaked_bytes: engine.leaked(),
+            })
+        }
+        Request::Cleanup => {
+            let (_, before) = engine.allocator();
+            engine.cleanup();
+            let (_, after) = engine.allocator();
+            Response::Cleaned {
+                reserved_before: before,
+                reserved_after: after,
+            }
+        }
+        Request::Leak { mib, pooled } if args.test_ops => match engine.leak(mib << 20, pooled) {
+            Ok(()) => Response::Ok,
+            Err(message) => error(message),
+        },
+        Request::Leak { .. } | Request::Hang => {
+            error("test-only ops are disabled in this worker".into())
+        }
+        Request::Shutdown => Response::Ok,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

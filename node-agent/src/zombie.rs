@@ -1,0 +1,153 @@
+//! Zombie detection: ghost memory over the threshold, continuously, for the persist time; and
+//! the cooldown that spaces automatic frees.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// The agent's zombie policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZombiePolicy {
+    /// Ghost above this is suspicious.
+    pub threshold_bytes: u64,
+    /// For this long before it is zombie memory.
+    pub persist: Duration,
+    /// Free on its own once zombie memory is seen.
+    pub auto_free: bool,
+    /// Time between automatic frees.
+    pub cooldown: Duration,
+    /// Free and reset may kill processes that are no worker of this agent.
+    pub kill_foreign: bool,
+}
+
+/// What one observation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing.
+    None,
+    /// The ghost has now been over the threshold for the persist time.
+    Flagged,
+    /// The ghost went back under the threshold.
+    Cleared,
+}
+
+/// Tracks one device's ghost over time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ZombieDetector {
+    over_since: Option<Timestamp>,
+    flagged: bool,
+    last_auto_free: Option<Timestamp>,
+}
+
+impl ZombieDetector {
+    /// Feeds one ghost figure.
+    pub fn observe(&mut self, ghost_bytes: u64, policy: &ZombiePolicy, now: Timestamp) -> Change {
+        if ghost_bytes <= policy.threshold_bytes {
+            self.over_since = None;
+            if std::mem::take(&mut self.flagged) {
+                return Change::Cleared;
+            }
+            return Change::None;
+        }
+        let since = *self.over_since.get_or_insert(now);
+        if !self.flagged && elapsed(since, now) >= policy.persist {
+            self.flagged = true;
+            return Change::Flagged;
+        }
+        Change::None
+    }
+
+    /// Whether zombie memory is flagged now.
+    pub fn flagged(&self) -> bool {
+        self.flagged
+    }
+
+    /// Since when the ghost has been over the threshold.
+    pub fn over_since(&self) -> Option<Timestamp> {
+        self.over_since
+    }
+
+    /// Whether an automatic free should run now: flagged, allowed, and out of the cooldown.
+    pub fn auto_free_due(&self, policy: &ZombiePolicy, now: Timestamp) -> bool {
+        policy.auto_free
+            && self.flagged
+            && self
+                .last_auto_free
+                .is_none_or(|last| elapsed(last, now) >= policy.cooldown)
+    }
+
+    /// The earliest time the next automatic free may run, while zombie memory is flagged.
+    pub fn next_auto_free_at(&self, policy: &ZombiePolicy) -> Option<Timestamp> {
+        if !policy.auto_free || !self.flagged {
+            return None;
+        }
+        let last = self.last_auto_free?;
+        last.checked_add(jiff::SignedDuration::try_from(policy.cooldown).ok()?)
+            .ok()
+    }
+
+    /// Records that an automatic free ran.
+    pub fn auto_freed(&mut self, now: Timestamp) {
+        self.last_auto_free = Some(now);
+    }
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn policy() -> ZombiePolicy {
+        ZombiePolicy {
+            threshold_bytes: 3 * GIB / 2,
+            persist: Duration::from_secs(10),
+            auto_free: true,
+            cooldown: Duration::from_secs(60),
+            kill_foreign: false,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn flags_only_after_the_persist_time_continuously_over() {
+        let p = policy();
+        let mut d = ZombieDetector::default();
+        assert_eq!(d.observe(2 * GIB, &p, at(0)), Change::None);
+        assert_eq!(d.observe(2 * GIB, &p, at(9)), Change::None);
+        // A dip under the threshold restarts the clock.
+        assert_eq!(d.observe(GIB, &p, at(10)), Change::None);
+        assert_eq!(d.observe(2 * GIB, &p, at(11)), Change::None);
+        assert_eq!(d.observe(2 * GIB, &p, at(20)), Change::None);
+        assert_eq!(d.observe(2 * GIB, &p, at(21)), Change::Flagged);
+        assert!(d.flagged());
+        assert_eq!(d.over_since(), Some(at(11)));
+        assert_eq!(d.observe(GIB, &p, at(22)), Change::Cleared);
+        assert!(!d.flagged());
+    }
+
+    #[test]
+    fn auto_free_respects_the_cooldown() {
+        let p = policy();
+        let mut d = ZombieDetector::default();
+        d.observe(2 * GIB, &p, at(0));
+        d.observe(2 * GIB, &p, at(10));
+        assert!(d.auto_free_due(&p, at(10)));
+        d.auto_freed(at(10));
+        assert!(!d.auto_free_due(&p, at(69)));
+        assert_eq!(d.next_auto_free_at(&p), Some(at(70)));
+        assert!(d.auto_free_due(&p, at(70)));
+        let off = ZombiePolicy {
+            auto_free: false,
+            ..p
+        };
+        assert!(!d.auto_free_due(&off, at(100)));
+    }
+}
