@@ -161,4 +161,30 @@ pub struct WorkerArgs {
     /// Allow the test-only ops.
     #[arg(long)]
     pub test_ops: bool,
+    /// Test-only fault to inject (needs --test-ops).
+    #[arg(long, value_enum, requires = "test_ops")]
+    pub fault: Option<Fault>,
+}
+
+/// Faults a worker can be started with, for tests of the agent's failure handling.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Abort the process in the middle of a load.
+    CrashOnLoad,
+    /// Never answer a load.
+    HangOnLoad,
+    /// Ignore shutdown requests.
+    IgnoreShutdown,
+}
+
+impl Fault {
+    /// The command-line value.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::CrashOnLoad => "crash-on-load",
+            Self::HangOnLoad => "hang-on-load",
+            Self::IgnoreShutdown => "ignore-shutdown",
+        }
+    }
 }

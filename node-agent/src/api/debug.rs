@@ -1,5 +1,6 @@
 //! Test-only routes, present only with `--enable-test-ops`: make the active worker hold memory
-//! as a leak would, so that detection and remediation can be shown end to end.
+//! as a leak would, or start the next worker with a fault, so that detection, remediation and
+//! failure handling can be shown end to end.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiJson;
 use crate::{
     app::App,
+    args::Fault,
     error::{ApiError, Result},
 };
 
@@ -16,7 +18,28 @@ pub fn router(enabled: bool) -> Router<Arc<App>> {
     if !enabled {
         return Router::new();
     }
-    Router::new().route("/v1/debug/leak", post(leak))
+    Router::new()
+        .route("/v1/debug/leak", post(leak))
+        .route("/v1/debug/fault", post(fault))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    #[serde(default)]
+    gpu: u32,
+    /// The fault the next worker of this device starts with (`null` clears it).
+    fault: Option<Fault>,
+}
+
+async fn fault(
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<FaultRequest>,
+) -> Result<ApiJson<serde_json::Value>> {
+    *app.device(req.gpu)?.next_fault.lock().unwrap() = req.fault;
+    Ok(ApiJson(
+        serde_json::json!({ "next_worker_fault": req.fault }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -135,6 +135,8 @@ pub struct Device {
     seq: AtomicU64,
     changes: watch::Sender<u64>,
     store: StateStore,
+    /// Test-only: the fault the next worker is started with.
+    pub(crate) next_fault: Mutex<Option<crate::args::Fault>>,
 }
 
 /// Holds the device for one acting operation.
@@ -177,6 +179,7 @@ impl Device {
             seq: AtomicU64::new(0),
             changes: watch::channel(0).0,
             store,
+            next_fault: Mutex::new(None),
         })
     }
 

@@ -274,11 +274,13 @@ impl Device {
             model: spec.name.clone(),
             reason,
         };
+        let fault = self.next_fault.lock().unwrap().take();
         let worker = WorkerHandle::spawn(
             &self.ctx.launch,
             self.info.backend,
             self.info.index,
             self.next_seq(),
+            fault.map(|f| f.as_arg()),
         )
         .await
         .map_err(|e| fail(e.to_string()))?;

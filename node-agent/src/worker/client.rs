@@ -104,6 +104,7 @@ impl WorkerHandle {
         backend: BackendKind,
         index: u32,
         seq: u64,
+        fault: Option<&str>,
     ) -> Result<Self, WorkerError> {
         std::fs::create_dir_all(&launch.run_dir)
             .map_err(|e| WorkerError::Spawn(format!("{}: {e}", launch.run_dir.display())))?;
@@ -128,6 +129,9 @@ impl WorkerHandle {
             .kill_on_drop(false);
         if launch.test_ops {
             cmd.arg("--test-ops");
+            if let Some(fault) = fault {
+                cmd.args(["--fault", fault]);
+            }
         }
         let mut child = cmd
             .spawn()

@@ -14,7 +14,10 @@ use super::{
     memory::Cpu,
     protocol::{FrameError, Request, Response, WorkerMemory, read_frame, write_frame},
 };
-use crate::{args::WorkerArgs, probe::process};
+use crate::{
+    args::{Fault, WorkerArgs},
+    probe::process,
+};
 
 /// Runs a worker until it is told to shut down (or killed).
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -89,7 +92,19 @@ fn serve(mut stream: UnixStream, engine: &mut dyn Engine, args: &WorkerArgs) -> 
             }
         };
         if request == Request::Shutdown {
+            if args.fault == Some(Fault::IgnoreShutdown) {
+                continue;
+            }
             return Flow::Exit;
+        }
+        if matches!(request, Request::Load { .. }) {
+            match args.fault {
+                Some(Fault::CrashOnLoad) => std::process::abort(),
+                Some(Fault::HangOnLoad) => loop {
+                    std::thread::park();
+                },
+                _ => {}
+            }
         }
         if request == Request::Hang && args.test_ops {
             // A hung worker: never answers again, keeps its memory, ignores its socket.
