@@ -1,0 +1,133 @@
+//! What every reconcile shares: the clients, the agent locator, the event recorder, metrics,
+//! and two small memories (the remediations this operator ran, and failure counts for backoff).
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use kube::{Client, runtime::events::Recorder};
+
+use crate::{
+    agent_client::AgentClient,
+    agents::AgentLocator,
+    metrics::Metrics,
+    planner::{RESET_WINDOW, Remediation, elapsed},
+};
+
+/// Exponential backoff for failed reconciles: `base * 2^(n-1)`, at most `cap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay.
+    pub base: Duration,
+    /// The largest delay.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after the `n`th failure in a row (n >= 1).
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(n.saturating_sub(1).min(31))
+            .unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Finds each node's agent.
+    pub agents: AgentLocator,
+    /// Calls agents.
+    pub agent: AgentClient,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: std::sync::Arc<Metrics>,
+    /// Backoff of failed reconciles.
+    pub backoff: Backoff,
+    journal: Mutex<HashMap<String, Vec<Remediation>>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(
+        client: Client,
+        agents: AgentLocator,
+        agent: AgentClient,
+        recorder: Recorder,
+        metrics: std::sync::Arc<Metrics>,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            client,
+            agents,
+            agent,
+            recorder,
+            metrics,
+            backoff,
+            journal: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The remediations this operator ran on object `uid` in the last hour.
+    pub fn journal(&self, uid: &str) -> Vec<Remediation> {
+        self.journal
+            .lock()
+            .unwrap()
+            .get(uid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records a remediation this operator ran on object `uid`.
+    pub fn record(&self, uid: &str, r: Remediation) {
+        let now = jiff::Timestamp::now();
+        let mut journal = self.journal.lock().unwrap();
+        let entries = journal.entry(uid.to_string()).or_default();
+        entries.retain(|e| elapsed(e.at, now) < RESET_WINDOW);
+        entries.push(r);
+    }
+
+    /// Forgets object `uid` (it is gone).
+    pub fn forget(&self, uid: &str, name: &str) {
+        self.journal.lock().unwrap().remove(uid);
+        self.failures.lock().unwrap().remove(name);
+    }
+
+    /// Counts a failure of object `name`; returns how many in a row.
+    pub fn failed(&self, name: &str) -> u32 {
+        let mut f = self.failures.lock().unwrap();
+        let n = f.entry(name.to_string()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// Object `name` reconciled fine: its backoff starts over.
+    pub fn succeeded(&self, name: &str) {
+        self.failures.lock().unwrap().remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Backoff::default();
+        let secs: Vec<u64> = (1..=12).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(b.delay(u32::MAX), b.cap);
+    }
+}

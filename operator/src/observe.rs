@@ -1,0 +1,273 @@
+//! What the agent reports, in the shape of the GpuModel status; and the remediation history
+//! the zombie ladder counts.
+//!
+//! The executor reads the agent's `GET /v1/status` on every reconcile and plans on that live
+//! view, not on the agent's last status write (which may be seconds old): the planner must not
+//! load on a stale "memory came back".
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use vramkeeper_crds::{
+    DeviceMemory, GhostSourceStatus, GpuModelStatus, ModelRecordStatus, RemediationStatus,
+    SwitchStatus,
+    api::{DeviceStatus, RemediationAction, RemediationReport, RemediationTrigger},
+};
+
+use crate::planner::{Remediation, RemedyKind, parse_time};
+
+fn mib(mb: f64) -> u64 {
+    if mb.is_finite() && mb > 0.0 {
+        mb.round() as u64
+    } else {
+        0
+    }
+}
+
+fn ms(v: f64) -> u64 {
+    mib(v)
+}
+
+/// The status the agent would report for `device` at `now`, with the operator's own fields
+/// (`phase`, `observedGeneration`, `conditions`) taken from `stored`.
+pub fn status_from_agent(
+    device: &DeviceStatus,
+    stored: Option<&GpuModelStatus>,
+    now: Timestamp,
+) -> GpuModelStatus {
+    let stored = stored.cloned().unwrap_or_default();
+    GpuModelStatus {
+        observed_generation: stored.observed_generation,
+        phase: stored.phase,
+        conditions: stored.conditions,
+        active_model: device.active_model.clone(),
+        switching: device.busy,
+        device: Some(DeviceMemory {
+            name: device.name.clone(),
+            total_mib: mib(device.memory.total_mb),
+            used_mib: mib(device.memory.used_mb),
+            baseline_mib: mib(device.memory.baseline_mb),
+            ghost_mib: mib(device.ghost.total_mb),
+        }),
+        models: device
+            .models
+            .iter()
+            .map(|m| ModelRecordStatus {
+                name: m.name.clone(),
+                state: m.state,
+                vram_mib: m.vram_mb.map(mib),
+                ram_mib: m.ram_mb.map(mib),
+                load_ms: m.load_ms.map(ms),
+                loads: m.loads,
+                last_loaded: m.last_loaded.clone(),
+                last_unloaded: m.last_unloaded.clone(),
+            })
+            .collect(),
+        ghost_sources: device
+            .ghost
+            .sources
+            .iter()
+            .map(|g| GhostSourceStatus {
+                kind: g.kind,
+                mib: mib(g.mb),
+                pid: g.pid,
+                name: g.name.clone(),
+            })
+            .collect(),
+        zombie_since: device.zombie.over_threshold_since.clone(),
+        last_switch: device.last_switch.as_ref().map(|s| SwitchStatus {
+            from: s.from.clone(),
+            to: s.to.clone(),
+            trigger: s.trigger,
+            at: s.at.clone(),
+            unload_ms: ms(s.unload_ms),
+            load_ms: ms(s.load_ms),
+            vram_mib: s.vram_mb.map(mib),
+            ram_mib: s.ram_mb.map(mib),
+        }),
+        remediations: merge_remediation_statuses(
+            &stored.remediations,
+            device.zombie.last_remediation.as_ref(),
+        ),
+        reported_at: Some(now.to_string()),
+    }
+}
+
+/// A remediation report as the status records it.
+pub fn remediation_status(r: &RemediationReport) -> RemediationStatus {
+    RemediationStatus {
+        action: match r.action {
+            RemediationAction::Free => "free",
+            RemediationAction::Reset => "reset",
+        }
+        .into(),
+        trigger: match r.trigger {
+            RemediationTrigger::Auto => "auto",
+            RemediationTrigger::Api => "api",
+            RemediationTrigger::Operator => "operator",
+        }
+        .into(),
+        at: r.at.clone(),
+        ghost_before_mib: mib(r.ghost_before_mb),
+        ghost_after_mib: mib(r.ghost_after_mb),
+        killed: r.killed.len() as u32,
+    }
+}
+
+fn merge_remediation_statuses(
+    stored: &[RemediationStatus],
+    last: Option<&RemediationReport>,
+) -> Vec<RemediationStatus> {
+    let mut all = stored.to_vec();
+    if let Some(last) = last
+        && !all.iter().any(|r| r.at == last.at)
+    {
+        all.push(remediation_status(last));
+    }
+    all
+}
+
+/// One remediation as the planner counts it, when its fields parse.
+pub fn remediation(r: &RemediationStatus) -> Option<Remediation> {
+    let kind = match r.action.as_str() {
+        "free" => RemedyKind::Free,
+        "reset" => RemedyKind::Reset,
+        _ => return None,
+    };
+    Some(Remediation {
+        kind,
+        at: parse_time(&r.at)?,
+        by_operator: r.trigger == "operator",
+    })
+}
+
+/// The history the ladder counts: what the status records, plus what this operator did
+/// itself (its journal survives the gap until the agent reports it), without duplicates.
+pub fn history(status: &GpuModelStatus, journal: &[Remediation]) -> Vec<Remediation> {
+    let mut seen = BTreeMap::new();
+    for r in status
+        .remediations
+        .iter()
+        .filter_map(remediation)
+        .chain(journal.iter().cloned())
+    {
+        seen.entry((r.at, r.kind)).or_insert(r);
+    }
+    seen.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vramkeeper_crds::{
+        GhostSourceKind, ModelState, SwitchTrigger,
+        api::{
+            DeviceMemoryReport, GhostReport, GhostSource, ModelRecord, SwitchRecord, ZombieStatus,
+        },
+    };
+
+    fn device() -> DeviceStatus {
+        DeviceStatus {
+            gpu: 0,
+            name: "cpu".into(),
+            backend: "ndarray".into(),
+            memory: DeviceMemoryReport {
+                total_mb: 16000.4,
+                used_mb: 2100.6,
+                free_mb: 13899.8,
+                reserved_mb: 0.0,
+                baseline_mb: 100.0,
+            },
+            ghost: GhostReport {
+                total_mb: 1999.5,
+                sources: vec![GhostSource {
+                    kind: GhostSourceKind::WorkerGrowth,
+                    mb: 1999.5,
+                    pid: Some(42),
+                    name: Some("tiny-a".into()),
+                }],
+            },
+            zombie: ZombieStatus {
+                flagged: true,
+                over_threshold_since: Some("2026-01-01T00:00:00Z".into()),
+                threshold_mb: 1536.0,
+                persist_seconds: 30,
+                auto_free: false,
+                next_auto_free_at: None,
+                last_remediation: Some(RemediationReport {
+                    action: RemediationAction::Free,
+                    trigger: RemediationTrigger::Operator,
+                    at: "2026-01-01T00:01:00Z".into(),
+                    used_before_mb: 2100.0,
+                    used_after_mb: 2100.0,
+                    ghost_before_mb: 2000.0,
+                    ghost_after_mb: 1999.5,
+                    cleaned_mb: 0.0,
+                    killed: vec![],
+                    spared: vec![],
+                    reloaded: None,
+                    duration_ms: 3.0,
+                    at_baseline: None,
+                }),
+            },
+            active_model: Some("tiny-a".into()),
+            busy: false,
+            busy_with: None,
+            models: vec![ModelRecord {
+                name: "tiny-a".into(),
+                kind: "synthetic".into(),
+                state: ModelState::Loaded,
+                vram_mb: Some(8.2),
+                ram_mb: Some(9.0),
+                expected_mb: Some(8.0),
+                load_ms: Some(120.4),
+                loads: 1,
+                last_loaded: Some("2026-01-01T00:00:00Z".into()),
+                last_unloaded: None,
+                last_trigger: Some(SwitchTrigger::Spec),
+                pid: Some(42),
+                requests: 0,
+            }],
+            last_switch: Some(SwitchRecord {
+                at: "2026-01-01T00:00:00Z".into(),
+                from: None,
+                to: Some("tiny-a".into()),
+                trigger: SwitchTrigger::Spec,
+                unload_ms: 0.0,
+                load_ms: 120.4,
+                vram_mb: Some(8.2),
+                ram_mb: Some(9.0),
+                release_verified: None,
+                error: None,
+            }),
+            implicit_switches: 0,
+            probe_error: None,
+        }
+    }
+
+    #[test]
+    fn agent_status_maps_onto_the_gpumodel_status() {
+        let now: Timestamp = "2026-01-01T00:02:00Z".parse().unwrap();
+        let s = status_from_agent(&device(), None, now);
+        assert_eq!(s.active_model.as_deref(), Some("tiny-a"));
+        let d = s.device.as_ref().unwrap();
+        assert_eq!((d.used_mib, d.ghost_mib, d.baseline_mib), (2101, 2000, 100));
+        assert_eq!(s.models[0].vram_mib, Some(8));
+        assert_eq!(s.ghost_sources[0].pid, Some(42));
+        assert_eq!(s.zombie_since.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(s.last_switch.as_ref().unwrap().load_ms, 120);
+        assert_eq!(s.remediations.len(), 1);
+        assert_eq!(s.reported_at.as_deref(), Some("2026-01-01T00:02:00Z"));
+        // The remediation the agent reports once is counted once.
+        let h = history(
+            &s,
+            &[Remediation {
+                kind: RemedyKind::Free,
+                at: "2026-01-01T00:01:00Z".parse().unwrap(),
+                by_operator: true,
+            }],
+        );
+        assert_eq!(h.len(), 1);
+        assert!(h[0].by_operator);
+    }
+}

@@ -1,0 +1,337 @@
+//! The planner: a pure, synchronous function from what is wanted and what was observed to the
+//! one next step. No client, no clock, no I/O: the executor gathers the inputs and carries out
+//! the step.
+//!
+//! Rules, in order:
+//! 1. No fresh report from the agent: wait for one.
+//! 2. Degraded at this generation and the ghost is still there: no automatic action.
+//! 3. The agent is busy (a switch, unload, free or reset runs): wait.
+//! 4. Another model is active: unload it (unload before load).
+//! 5. Zombie memory (ghost over `thresholdMiB` for `persistSeconds`): the ladder, free ->
+//!    (cooldown) -> reset (at most `maxResetsPerHour`) -> (cooldown) -> Degraded.
+//! 6. Nothing is active and a model is wanted: load it, but only once the status shows the
+//!    memory came back (ghost under the threshold), and not again after the agent said the
+//!    model does not exist (until the spec changes).
+//! 7. Otherwise the GPU serves what it should: in sync.
+
+mod zombie;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use vramkeeper_crds::{
+    Condition, GpuModelSpec, GpuModelStatus,
+    conditions::{DEGRADED, READY},
+};
+
+use crate::conditions::reason;
+
+pub use zombie::{Zombie, assess as assess_zombie};
+
+/// How old an agent report may be before the planner stops trusting it.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// Recheck soon after acting: the next step usually follows at once.
+pub const RECHECK_AFTER_STEP: Duration = Duration::from_millis(500);
+/// Recheck a busy agent.
+pub const RECHECK_BUSY: Duration = Duration::from_secs(2);
+/// Recheck when the agent has not reported.
+pub const RECHECK_SILENT: Duration = Duration::from_secs(10);
+/// Recheck while the memory is on its way back or under watch.
+pub const RECHECK_MEMORY_MAX: Duration = Duration::from_secs(15);
+/// Recheck a GPU that serves what it should.
+pub const RECHECK_IN_SYNC: Duration = Duration::from_secs(30);
+/// Recheck a Degraded GPU (the ghost may clear).
+pub const RECHECK_DEGRADED: Duration = Duration::from_secs(60);
+/// Recheck after the agent said the model does not exist.
+pub const RECHECK_FAILED: Duration = Duration::from_secs(300);
+/// The window `maxResetsPerHour` counts over.
+pub const RESET_WINDOW: Duration = Duration::from_secs(3600);
+
+/// A free or a reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RemedyKind {
+    /// Clean pools, end zombie workers and orphans.
+    Free,
+    /// Stop every worker, wait for the baseline, reload.
+    Reset,
+}
+
+impl RemedyKind {
+    /// The wire name (`free`, `reset`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// One free or reset that ran on the GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remediation {
+    /// Free or reset.
+    pub kind: RemedyKind,
+    /// When it finished.
+    pub at: Timestamp,
+    /// Whether the operator asked for it (only those count against `maxResetsPerHour`).
+    pub by_operator: bool,
+}
+
+/// Everything the planner looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// What is wanted.
+    pub spec: &'a GpuModelSpec,
+    /// `metadata.generation` of the object.
+    pub generation: i64,
+    /// What the agent observed (active model, busy, ghost, zombie since, reported at) and the
+    /// operator's own conditions of earlier reconciles.
+    pub status: &'a GpuModelStatus,
+    /// Now.
+    pub now: Timestamp,
+    /// Frees and resets that ran on this GPU, any order.
+    pub history: &'a [Remediation],
+}
+
+/// Why the ladder gave up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DegradedWhy {
+    /// The policy allows no reset (`resetAfterFree: false` or `maxResetsPerHour: 0`), and a
+    /// free did not clear the ghost.
+    NoResetAllowed,
+    /// The hour's reset budget is spent.
+    ResetBudgetSpent {
+        /// Resets by the operator in the last hour.
+        resets: u32,
+        /// The budget.
+        max: u32,
+    },
+    /// A free and then a reset did not clear the ghost.
+    ResetDidNotClear,
+}
+
+/// Why the planner waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// No report from the agent, or only an old one.
+    AgentSilent {
+        /// When it last reported.
+        reported_at: Option<Timestamp>,
+    },
+    /// The agent is in the middle of an operation.
+    AgentBusy,
+    /// Ghost memory over the threshold, not yet for the persist time, and a model should be
+    /// loaded: the memory has not come back.
+    MemoryNotBack,
+    /// Ghost memory over the threshold, not yet for the persist time; the GPU serves what it
+    /// should meanwhile.
+    ZombieSuspected,
+    /// The last free or reset was too recent.
+    Cooldown {
+        /// What runs (or is judged) next.
+        next: Next,
+        /// When the cooldown ends.
+        until: Timestamp,
+    },
+    /// Degraded at this generation: no automatic action until the ghost clears or the spec
+    /// changes.
+    Degraded,
+    /// The agent said the model does not exist; not retried until the spec changes.
+    Failed,
+}
+
+/// What the ladder does once a cooldown ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A free.
+    Free,
+    /// A reset.
+    Reset,
+    /// Judge: cleared, or Degraded.
+    Judge,
+}
+
+/// The one next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Unload the active model.
+    Unload {
+        /// The model active now.
+        model: String,
+    },
+    /// Load the desired model (nothing is active).
+    Load {
+        /// The desired model.
+        model: String,
+    },
+    /// Free zombie memory.
+    Free,
+    /// Reset the device.
+    Reset,
+    /// Give up on zombie memory: Degraded, with a Warning event.
+    MarkDegraded(DegradedWhy),
+    /// Do nothing now.
+    Wait(Wait),
+    /// The GPU serves what it should.
+    InSync,
+}
+
+impl Step {
+    /// A short stable name, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Unload { .. } => "unload",
+            Self::Load { .. } => "load",
+            Self::Free => "free",
+            Self::Reset => "reset",
+            Self::MarkDegraded(_) => "mark_degraded",
+            Self::Wait(_) => "wait",
+            Self::InSync => "in_sync",
+        }
+    }
+
+    /// Whether the step calls the agent to act.
+    pub fn acts(&self) -> bool {
+        matches!(
+            self,
+            Self::Unload { .. } | Self::Load { .. } | Self::Free | Self::Reset
+        )
+    }
+}
+
+/// The planner's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// What to do.
+    pub step: Step,
+    /// The zombie-memory assessment it rests on.
+    pub zombie: Zombie,
+    /// When to look again if nothing else triggers a reconcile.
+    pub recheck: Duration,
+}
+
+impl Plan {
+    fn new(step: Step, zombie: Zombie, recheck: Duration) -> Self {
+        Self {
+            step,
+            zombie,
+            recheck,
+        }
+    }
+
+    /// Whether this plan leaves the object Degraded.
+    pub fn degraded(&self) -> bool {
+        matches!(
+            self.step,
+            Step::MarkDegraded(_) | Step::Wait(Wait::Degraded)
+        )
+    }
+}
+
+/// The next step for one GpuModel.
+pub fn plan(input: &Input<'_>) -> Plan {
+    let Input {
+        spec,
+        generation,
+        status,
+        now,
+        ..
+    } = *input;
+    let zombie = zombie::assess(&spec.zombie, status, now);
+    let wait = |w: Wait, recheck: Duration| Plan::new(Step::Wait(w), zombie.clone(), recheck);
+
+    let reported_at = status.reported_at.as_deref().and_then(parse_time);
+    if reported_at.is_none_or(|at| elapsed(at, now) > STALE_AFTER) {
+        return wait(Wait::AgentSilent { reported_at }, RECHECK_SILENT);
+    }
+    if zombie != Zombie::Clear && degraded_at(status, generation) {
+        return wait(Wait::Degraded, RECHECK_DEGRADED);
+    }
+    if status.switching {
+        return wait(Wait::AgentBusy, RECHECK_BUSY);
+    }
+    let desired = spec.model.as_deref();
+    let active = status.active_model.as_deref();
+    if let Some(model) = active.filter(|a| Some(*a) != desired) {
+        return Plan::new(
+            Step::Unload {
+                model: model.to_string(),
+            },
+            zombie,
+            RECHECK_AFTER_STEP,
+        );
+    }
+    if let Zombie::Persisting { since, .. } = zombie {
+        return zombie::ladder(input, since, zombie.clone());
+    }
+    let memory_recheck = |until: Option<Timestamp>| {
+        until.map_or(RECHECK_MEMORY_MAX, |u| {
+            elapsed(now, u).clamp(Duration::from_secs(1), RECHECK_MEMORY_MAX)
+        })
+    };
+    match (desired, active) {
+        (Some(model), None) => {
+            if failed_at(status, generation) {
+                return wait(Wait::Failed, RECHECK_FAILED);
+            }
+            if let Zombie::Suspected { until, .. } = zombie {
+                return wait(Wait::MemoryNotBack, memory_recheck(until));
+            }
+            Plan::new(
+                Step::Load {
+                    model: model.to_string(),
+                },
+                zombie,
+                RECHECK_AFTER_STEP,
+            )
+        }
+        _ => match zombie {
+            Zombie::Suspected { until, .. } => wait(Wait::ZombieSuspected, memory_recheck(until)),
+            _ => Plan::new(Step::InSync, zombie, RECHECK_IN_SYNC),
+        },
+    }
+}
+
+/// Parses an RFC 3339 time.
+pub fn parse_time(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+/// Time from `since` to `now`, zero when `now` is earlier.
+pub fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or_default()
+}
+
+/// `at + d`, saturating.
+pub fn after(at: Timestamp, d: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| at.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn condition<'a>(status: &'a GpuModelStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Degraded is True and was set against this generation.
+fn degraded_at(status: &GpuModelStatus, generation: i64) -> bool {
+    condition(status, DEGRADED)
+        .is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation))
+}
+
+/// The agent said, at this generation, that the desired model does not exist.
+fn failed_at(status: &GpuModelStatus, generation: i64) -> bool {
+    condition(status, READY).is_some_and(|c| {
+        c.status == "False"
+            && c.reason == reason::UNKNOWN_MODEL
+            && c.observed_generation == Some(generation)
+    })
+}

@@ -1,0 +1,132 @@
+//! Zombie memory: whether the ghost has persisted, and the ladder that answers it.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use vramkeeper_crds::{GpuModelStatus, ZombiePolicy, conditions::DEGRADED};
+
+use super::{
+    DegradedWhy, Input, Next, Plan, RESET_WINDOW, RemedyKind, Step, Wait, after, elapsed,
+    parse_time,
+};
+
+/// The zombie-memory assessment of one observation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Zombie {
+    /// Ghost memory at or under the threshold.
+    Clear,
+    /// Ghost memory over the threshold, not yet for the persist time.
+    Suspected {
+        /// The ghost.
+        ghost_mib: u64,
+        /// Since when it has been over the threshold, as the agent reports it.
+        since: Option<Timestamp>,
+        /// When it becomes zombie memory if it stays.
+        until: Option<Timestamp>,
+    },
+    /// Ghost memory over the threshold for the persist time: zombie memory.
+    Persisting {
+        /// The ghost.
+        ghost_mib: u64,
+        /// Since when it has been over the threshold.
+        since: Timestamp,
+    },
+}
+
+/// Assesses the ghost of `status` against `policy`.
+///
+/// The agent reports since when its ghost has been over *its* threshold (`zombieSince`); the
+/// policy's threshold decides whether the ghost counts now. Configure the agent's threshold at
+/// or under the policy's, or the persist time may never start.
+pub fn assess(policy: &ZombiePolicy, status: &GpuModelStatus, now: Timestamp) -> Zombie {
+    let ghost_mib = status.device.as_ref().map_or(0, |d| d.ghost_mib);
+    if ghost_mib <= policy.threshold_mib {
+        return Zombie::Clear;
+    }
+    let since = status.zombie_since.as_deref().and_then(parse_time);
+    let persist = Duration::from_secs(policy.persist_seconds.into());
+    match since {
+        Some(since) if elapsed(since, now) >= persist => Zombie::Persisting { ghost_mib, since },
+        _ => Zombie::Suspected {
+            ghost_mib,
+            since,
+            until: since.map(|s| after(s, persist)),
+        },
+    }
+}
+
+/// The ladder for zombie memory that has persisted since `since`: free, then (after the
+/// cooldown) reset within the hour's budget, then (after the cooldown) Degraded.
+pub(super) fn ladder(input: &Input<'_>, since: Timestamp, zombie: Zombie) -> Plan {
+    let Input {
+        spec,
+        generation,
+        status,
+        now,
+        history,
+    } = *input;
+    let policy = &spec.zombie;
+    // Steps taken before a spec change (or before Degraded was lifted) belong to an episode
+    // that is over: the ladder starts again.
+    let start = restart_marker(status, generation).map_or(since, |m| m.max(since));
+    let in_episode = |kind| {
+        history
+            .iter()
+            .filter(|r| r.kind == kind && r.at >= start)
+            .count()
+    };
+    let frees = in_episode(RemedyKind::Free);
+    let resets = in_episode(RemedyKind::Reset);
+    let resets_this_hour = history
+        .iter()
+        .filter(|r| r.kind == RemedyKind::Reset && r.by_operator)
+        .filter(|r| elapsed(r.at, now) < RESET_WINDOW)
+        .count() as u32;
+    let reset_allowed = policy.reset_after_free && policy.max_resets_per_hour > 0;
+    let next = if frees == 0 && resets == 0 {
+        Next::Free
+    } else if resets == 0 && reset_allowed && resets_this_hour < policy.max_resets_per_hour {
+        Next::Reset
+    } else {
+        Next::Judge
+    };
+    let cooldown = Duration::from_secs(policy.free_cooldown_seconds.into());
+    if let Some(last) = history.iter().map(|r| r.at).max() {
+        let until = after(last, cooldown);
+        if now < until {
+            let recheck =
+                elapsed(now, until).clamp(Duration::from_secs(1), Duration::from_secs(300));
+            return Plan::new(Step::Wait(Wait::Cooldown { next, until }), zombie, recheck);
+        }
+    }
+    let step = match next {
+        Next::Free => Step::Free,
+        Next::Reset => Step::Reset,
+        Next::Judge => Step::MarkDegraded(if resets > 0 {
+            DegradedWhy::ResetDidNotClear
+        } else if !reset_allowed {
+            DegradedWhy::NoResetAllowed
+        } else {
+            DegradedWhy::ResetBudgetSpent {
+                resets: resets_this_hour,
+                max: policy.max_resets_per_hour,
+            }
+        }),
+    };
+    let recheck = if matches!(step, Step::MarkDegraded(_)) {
+        super::RECHECK_DEGRADED
+    } else {
+        super::RECHECK_AFTER_STEP
+    };
+    Plan::new(step, zombie, recheck)
+}
+
+/// When Degraded last changed, unless it holds at this generation: a Degraded of an earlier
+/// generation, or one lifted since, ends the episode it judged.
+fn restart_marker(status: &GpuModelStatus, generation: i64) -> Option<Timestamp> {
+    let c = status.conditions.iter().find(|c| c.type_ == DEGRADED)?;
+    if c.status == "True" && c.observed_generation == Some(generation) {
+        return None;
+    }
+    parse_time(&c.last_transition_time)
+}
