@@ -17,6 +17,9 @@ use crate::{
 /// How long a token read from the Secret is reused.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
 
+/// How long a lookup waits for the Pod cache's first list.
+pub const STORE_WAIT: Duration = Duration::from_secs(30);
+
 /// Where the token lives.
 #[derive(Clone, Debug)]
 pub struct TokenSecret {
@@ -82,8 +85,10 @@ impl AgentLocator {
         Some((pod.name_any(), format!("http://{host}:{port}")))
     }
 
-    /// The agent of `node`, with the token.
+    /// The agent of `node`, with the token. Waits (briefly) for the Pod cache's first list,
+    /// so that a fresh operator does not report agents missing that are merely unlisted.
     pub async fn target(&self, node: &str) -> Result<AgentTarget> {
+        let _ = tokio::time::timeout(STORE_WAIT, self.pods.wait_until_ready()).await;
         let (pod, url) = self.pod_on(node).ok_or_else(|| Error::AgentNotFound {
             node: node.to_string(),
         })?;

@@ -268,33 +268,57 @@ pub fn derive(
     } else {
         (reason::NO_MODEL, format!("{gpu} holds no model, as wanted"))
     };
-    b.set(READY, ready, r, m);
+    match prev
+        .iter()
+        .find(|c| c.type_ == READY && c.reason == reason::UNKNOWN_MODEL)
+    {
+        // Still the same failure: keep its words (the agent's message).
+        Some(c) if matches!(plan.step, Step::Wait(Wait::Failed)) => {
+            let mut c = c.clone();
+            c.observed_generation = Some(generation);
+            b.out.push(c);
+        }
+        _ => b.set(READY, ready, r, m),
+    }
 
     // Switching.
     let switching = busy || (!in_sync && !degraded && !unknown);
-    let (r, m) = match (&plan.step, outcome) {
-        _ if busy => (
+    let (r, m) = if busy {
+        (
             reason::AGENT_BUSY,
             done_msg
                 .clone()
                 .unwrap_or_else(|| "the agent is busy with another operation".into()),
-        ),
-        (Step::Unload { model }, Outcome::Done(s)) => (
-            reason::UNLOADING,
-            format!("{s}; next: {want}, once memory is back (was {model})"),
-        ),
-        (Step::Unload { model }, _) => (reason::UNLOADING, format!("unloading {model}")),
-        (Step::Load { .. }, Outcome::Done(s)) => (reason::DONE, s.clone()),
-        (Step::Load { model }, _) => (reason::LOADING, format!("loading {model}")),
-        (Step::Wait(Wait::MemoryNotBack), _) => (
-            reason::WAITING_FOR_MEMORY,
-            format!("{want} loads once the ghost memory is back under the threshold"),
-        ),
-        _ if switching => (
-            reason::BLOCKED,
-            format!("{want} is wanted; zombie memory on {gpu} is dealt with first"),
-        ),
-        _ => (reason::IDLE, "no switch under way".to_string()),
+        )
+    } else if !switching {
+        let last_done = prev
+            .iter()
+            .find(|c| c.type_ == SWITCHING && c.status == "False" && c.reason == reason::DONE);
+        match (&plan.step, outcome, last_done) {
+            (Step::Load { .. } | Step::Unload { .. }, Outcome::Done(s), _) => {
+                (reason::DONE, s.clone())
+            }
+            // The last switch's words stay until the next one.
+            (_, _, Some(c)) if in_sync => (reason::DONE, c.message.clone()),
+            _ => (reason::IDLE, "no switch under way".to_string()),
+        }
+    } else {
+        match (&plan.step, outcome) {
+            (Step::Unload { model }, Outcome::Done(s)) => (
+                reason::UNLOADING,
+                format!("{s}; next: {want}, once memory is back (was {model})"),
+            ),
+            (Step::Unload { model }, _) => (reason::UNLOADING, format!("unloading {model}")),
+            (Step::Load { model }, _) => (reason::LOADING, format!("loading {model}")),
+            (Step::Wait(Wait::MemoryNotBack), _) => (
+                reason::WAITING_FOR_MEMORY,
+                format!("{want} loads once the ghost memory is back under the threshold"),
+            ),
+            _ => (
+                reason::BLOCKED,
+                format!("{want} is wanted; zombie memory on {gpu} is dealt with first"),
+            ),
+        }
     };
     b.set(SWITCHING, switching, r, m);
 

@@ -3,6 +3,7 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use jiff::Timestamp;
 use kube::{Client, runtime::events::Recorder};
 
 use crate::{
@@ -40,6 +41,9 @@ impl Backoff {
     }
 }
 
+/// The operator's clock (tests fix it).
+pub type Clock = std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
 /// Shared by every reconcile.
 pub struct Context {
     /// The Kubernetes client.
@@ -54,6 +58,7 @@ pub struct Context {
     pub metrics: std::sync::Arc<Metrics>,
     /// Backoff of failed reconciles.
     pub backoff: Backoff,
+    clock: Clock,
     journal: Mutex<HashMap<String, Vec<Remediation>>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -75,9 +80,21 @@ impl Context {
             recorder,
             metrics,
             backoff,
+            clock: std::sync::Arc::new(Timestamp::now),
             journal: Mutex::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context with another clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by the operator's clock.
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
     }
 
     /// The remediations this operator ran on object `uid` in the last hour.
@@ -92,7 +109,7 @@ impl Context {
 
     /// Records a remediation this operator ran on object `uid`.
     pub fn record(&self, uid: &str, r: Remediation) {
-        let now = jiff::Timestamp::now();
+        let now = self.now();
         let mut journal = self.journal.lock().unwrap();
         let entries = journal.entry(uid.to_string()).or_default();
         entries.retain(|e| elapsed(e.at, now) < RESET_WINDOW);

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -78,7 +77,7 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
                 reason,
                 message: &message,
             },
-            Timestamp::now(),
+            ctx.now(),
         );
         write_status(api, ctx, gm, &op).await
     };
@@ -113,7 +112,7 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
         unheard(reason::UNKNOWN_GPU, message).await?;
         return Ok(Action::requeue(RECHECK_FAILED));
     };
-    let now = Timestamp::now();
+    let now = ctx.now();
     let observed = observe::status_from_agent(device, stored, now);
     let uid = gm.uid().unwrap_or_else(|| name.clone());
     let history = observe::history(&observed, &ctx.journal(&uid));
@@ -134,7 +133,7 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
             plan: &plan,
             outcome: &executed.outcome,
         },
-        Timestamp::now(),
+        ctx.now(),
     );
     transition_events(ctx, gm, &observed.conditions, &op.conditions).await;
     write_status(api, ctx, gm, &op).await?;

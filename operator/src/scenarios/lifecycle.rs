@@ -1,0 +1,266 @@
+//! The finalizer, deletion, a missing agent, the token Secret, errors and their backoff.
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use super::*;
+use crate::reconcile::error_policy;
+
+#[tokio::test]
+async fn the_finalizer_is_added_first() {
+    let mut w = world(device(), Setup::default()).await;
+    let gm = gpumodel("gm-a").model("tiny-a").unfinalized();
+    let action = w
+        .reconcile(&gm, vec![Call::AddFinalizer(gm.clone())])
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(w.agent.acts(), []);
+}
+
+#[tokio::test]
+async fn deletion_unloads_the_model_then_removes_the_finalizer() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    let mut w = world(d, Setup::default()).await;
+    let gm = gpumodel("gm-a").model("tiny-a").deleting();
+    let action = w
+        .reconcile(
+            &gm,
+            vec![
+                Call::Event {
+                    name: "gm-a",
+                    type_: "Normal",
+                    reason: "Unloaded",
+                    action: "Unload",
+                    note: "deleted: unloaded tiny-a; memory came back to 100 MiB".into(),
+                },
+                Call::RemoveFinalizer(gm.clone()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        w.agent.acts(),
+        [act(
+            "/v1/models/unload",
+            json!({"gpu": 0, "trigger": "spec"})
+        )]
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_nothing_loaded_just_removes_the_finalizer() {
+    let mut w = world(device(), Setup::default()).await;
+    let gm = gpumodel("gm-a").model("tiny-a").deleting();
+    w.reconcile(&gm, vec![Call::RemoveFinalizer(gm.clone())])
+        .await
+        .unwrap();
+    assert_eq!(w.agent.acts(), []);
+}
+
+#[tokio::test]
+async fn deletion_without_an_agent_on_the_node_removes_the_finalizer() {
+    let mut w = world(
+        device(),
+        Setup {
+            no_pod: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let gm = gpumodel("gm-a").model("tiny-a").deleting();
+    w.reconcile(&gm, vec![Call::RemoveFinalizer(gm.clone())])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn deletion_waits_for_a_busy_agent() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    let w0 = world(d, Setup::default()).await;
+    w0.agent.edit(|s| s.busy_answers = 1);
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a").deleting();
+    // The finalizer stays: no call to the apiserver; the busy answer is retried soon.
+    let error = w.reconcile(&gm, vec![]).await.unwrap_err();
+    assert!(error.is_busy(), "{error}");
+    let action = error_policy(std::sync::Arc::new(gm.clone()), &error, w.ctx.clone());
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Unloaded",
+                action: "Unload",
+                note: "deleted: unloaded tiny-a; memory came back to 100 MiB".into(),
+            },
+            Call::RemoveFinalizer(gm.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_agent_is_reported_and_rechecked() {
+    let mut w = world(
+        device(),
+        Setup {
+            no_pod: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let missing = "no ready vramkeeper agent Pod on node node-a";
+    let status = json!({
+        "apiVersion": "vramkeeper.dev/v1alpha1",
+        "kind": "GpuModel",
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                cond("Ready", false, "AgentNotFound", missing, T0, 1),
+                cond("Switching", false, "AgentNotFound", missing, T0, 1),
+                {
+                    "type": "ZombieMemory", "status": "Unknown", "reason": "AgentSilent",
+                    "message": "the agent has not reported", "lastTransitionTime": T0,
+                    "observedGeneration": 1,
+                },
+                {
+                    "type": "Degraded", "status": "Unknown", "reason": "AgentSilent",
+                    "message": "the agent has not reported", "lastTransitionTime": T0,
+                    "observedGeneration": 1,
+                },
+            ],
+        },
+    });
+    let action = w
+        .reconcile(&gm, vec![Call::Status(gm.clone(), status)])
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn the_token_comes_from_the_secret_and_is_cached() {
+    let w0 = world(
+        device(),
+        Setup {
+            token_secret: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    w0.agent.edit(|s| s.token = Some("s3cret".into()));
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let loaded =
+        "loaded tiny-a in 250 ms; it uses 40 MiB of device memory and 42 MiB of host memory";
+    let status = owned("Ready", 1, calm("tiny-a", ("Done", loaded), T0));
+    w.reconcile(
+        &gm,
+        vec![
+            Call::GetSecret {
+                name: "agent-token",
+                token: "s3cret",
+            },
+            Call::Event {
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Loaded",
+                action: "Load",
+                note: loaded.into(),
+            },
+            Call::Status(gm.clone(), status.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    // Cached: the next reconcile reads no Secret.
+    let gm = gm.status_of(&status);
+    w.reconcile(&gm, vec![]).await.unwrap();
+}
+
+#[tokio::test]
+async fn agent_errors_back_off_exponentially_and_are_counted() {
+    let w0 = world(device(), Setup::default()).await;
+    w0.agent.edit(|s| s.fail_with = Some(500));
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let error = format!(
+        "agent {} answered 500 (internal): the worker crashed",
+        w.agent.url
+    );
+    let status = owned(
+        "Failed",
+        1,
+        vec![
+            cond(
+                "Ready",
+                false,
+                "StepFailed",
+                &format!("load failed: {error}"),
+                T0,
+                1,
+            ),
+            cond("Switching", true, "Loading", "loading tiny-a", T0, 1),
+            cond(
+                "ZombieMemory",
+                false,
+                "BelowThreshold",
+                "ghost memory 0 MiB, threshold 1536 MiB",
+                T0,
+                1,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                1,
+            ),
+        ],
+    );
+    let e = w
+        .reconcile(
+            &gm,
+            vec![
+                Call::Event {
+                    name: "gm-a",
+                    type_: "Warning",
+                    reason: "SwitchFailed",
+                    action: "Load",
+                    note: error.clone(),
+                },
+                Call::Status(gm.clone(), status),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.metric_label(), "agent_rejected");
+    let gm = std::sync::Arc::new(gm);
+    let delays: Vec<Action> = (0..4)
+        .map(|_| error_policy(gm.clone(), &e, w.ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [1, 2, 4, 8].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+    let metrics = w.ctx.metrics.render();
+    assert!(
+        metrics.contains("vramkeeper_operator_reconcile_errors_total{error=\"agent_rejected\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("vramkeeper_operator_agent_calls_total{action=\"load\",result=\"error\"} 1")
+    );
+}

@@ -1,0 +1,350 @@
+//! Loading, switching, unloading: unload before load, and what each step writes.
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use super::*;
+
+const LOADED_A: &str =
+    "loaded tiny-a in 250 ms; it uses 40 MiB of device memory and 42 MiB of host memory";
+const LOADED_B: &str =
+    "loaded tiny-b in 250 ms; it uses 40 MiB of device memory and 42 MiB of host memory";
+const UNLOADED_A: &str = "unloaded tiny-a in 12 ms; memory came back to 100 MiB (target 100 MiB)";
+
+#[tokio::test]
+async fn loads_the_desired_model() {
+    let mut w = world(device(), Setup::default()).await;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let status = owned("Ready", 1, calm("tiny-a", ("Done", LOADED_A), T0));
+    let action = w
+        .reconcile(
+            &gm,
+            vec![
+                Call::Event {
+                    name: "gm-a",
+                    type_: "Normal",
+                    reason: "Loaded",
+                    action: "Load",
+                    note: LOADED_A.into(),
+                },
+                Call::Status(gm.clone(), status),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_millis(500)));
+    assert_eq!(
+        w.agent.acts(),
+        [act(
+            "/v1/models/switch",
+            json!({"model": "tiny-a", "gpu": 0, "trigger": "spec"})
+        )]
+    );
+}
+
+#[tokio::test]
+async fn in_sync_writes_nothing_and_calls_nothing() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    let mut w = world(d, Setup::default()).await;
+    let gm = gpumodel("gm-a").model("tiny-a").status_of(&owned(
+        "Ready",
+        1,
+        calm("tiny-a", ("Done", LOADED_A), T0),
+    ));
+    w.at("2027-01-15T08:05:00Z");
+    let action = w.reconcile(&gm, vec![]).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(w.agent.acts(), []);
+}
+
+#[tokio::test]
+async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    let mut w = world(d, Setup::default()).await;
+    let gm = gpumodel("gm-a")
+        .model("tiny-b")
+        .generation(2)
+        .status_of(&owned("Ready", 1, calm("tiny-a", ("Done", LOADED_A), T0)));
+
+    // First: the unload.
+    w.at("2027-01-15T08:01:00Z");
+    let t1 = "2027-01-15T08:01:00Z";
+    let switching = owned(
+        "Switching",
+        2,
+        vec![
+            cond(
+                "Ready",
+                false,
+                "Switching",
+                "GPU 0 of node node-a holds no model; model tiny-b is wanted",
+                t1,
+                2,
+            ),
+            cond(
+                "Switching",
+                true,
+                "Unloading",
+                &format!("{UNLOADED_A}; next: model tiny-b, once memory is back (was tiny-a)"),
+                t1,
+                2,
+            ),
+            cond(
+                "ZombieMemory",
+                false,
+                "BelowThreshold",
+                "ghost memory 0 MiB, threshold 1536 MiB",
+                T0,
+                2,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                2,
+            ),
+        ],
+    );
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Unloaded",
+                action: "Unload",
+                note: UNLOADED_A.into(),
+            },
+            Call::Status(gm.clone(), switching.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        w.agent.acts(),
+        [act(
+            "/v1/models/unload",
+            json!({"gpu": 0, "trigger": "spec"})
+        )]
+    );
+
+    // Then: the load, once the status shows nothing active and no ghost.
+    let gm = gm.status_of(&switching);
+    let t2 = "2027-01-15T08:01:01Z";
+    w.at(t2);
+    let ready = owned(
+        "Ready",
+        2,
+        vec![
+            cond(
+                "Ready",
+                true,
+                "ModelActive",
+                "tiny-b is active on GPU 0 of node node-a",
+                t2,
+                2,
+            ),
+            cond("Switching", false, "Done", LOADED_B, t2, 2),
+            cond(
+                "ZombieMemory",
+                false,
+                "BelowThreshold",
+                "ghost memory 0 MiB, threshold 1536 MiB",
+                T0,
+                2,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                2,
+            ),
+        ],
+    );
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Loaded",
+                action: "Load",
+                note: LOADED_B.into(),
+            },
+            Call::Status(gm.clone(), ready),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        w.agent.acts(),
+        [
+            act("/v1/models/unload", json!({"gpu": 0, "trigger": "spec"})),
+            act(
+                "/v1/models/switch",
+                json!({"model": "tiny-b", "gpu": 0, "trigger": "spec"})
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn waits_for_the_memory_before_loading() {
+    let mut d = device();
+    haunt(&mut d, 2000.0, "2027-01-15T07:59:50Z");
+    let mut w = world(d, Setup::default()).await;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let status = owned(
+        "Switching",
+        1,
+        vec![
+            cond(
+                "Ready",
+                false,
+                "Switching",
+                "GPU 0 of node node-a holds no model; model tiny-a is wanted",
+                T0,
+                1,
+            ),
+            cond(
+                "Switching",
+                true,
+                "WaitingForMemory",
+                "model tiny-a loads once the ghost memory is back under the threshold",
+                T0,
+                1,
+            ),
+            cond(
+                "ZombieMemory",
+                false,
+                "OverThreshold",
+                "ghost memory 2000 MiB is over the 1536 MiB threshold, not yet for 30 s",
+                T0,
+                1,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                1,
+            ),
+        ],
+    );
+    let action = w
+        .reconcile(&gm, vec![Call::Status(gm.clone(), status)])
+        .await
+        .unwrap();
+    // Rechecks when the ghost would become zombie memory: 20 s from now.
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    assert_eq!(w.agent.acts(), []);
+}
+
+#[tokio::test]
+async fn a_busy_agent_is_retried_soon_without_an_error() {
+    let w0 = world(device(), Setup::default()).await;
+    w0.agent.edit(|s| s.busy_answers = 1);
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let busy =
+        "agent http://AGENT answered 409 (busy): device 0 is busy: loading (running for 1.0 s)"
+            .replace("http://AGENT", &w.agent.url);
+    let status = owned(
+        "Switching",
+        1,
+        vec![
+            cond(
+                "Ready",
+                false,
+                "Switching",
+                "GPU 0 of node node-a holds no model; model tiny-a is wanted",
+                T0,
+                1,
+            ),
+            cond("Switching", true, "AgentBusy", &busy, T0, 1),
+            cond(
+                "ZombieMemory",
+                false,
+                "BelowThreshold",
+                "ghost memory 0 MiB, threshold 1536 MiB",
+                T0,
+                1,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                1,
+            ),
+        ],
+    );
+    let action = w
+        .reconcile(&gm, vec![Call::Status(gm.clone(), status)])
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+}
+
+#[tokio::test]
+async fn an_unknown_model_fails_once_and_waits_for_a_spec_change() {
+    let w0 = world(device(), Setup::default()).await;
+    w0.agent.edit(|s| s.unknown = vec!["nope".into()]);
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("nope");
+    let message = "unknown model \"nope\"; the catalog has: tiny-a, tiny-b";
+    let failed = owned(
+        "Failed",
+        1,
+        vec![
+            cond("Ready", false, "UnknownModel", message, T0, 1),
+            cond("Switching", false, "Idle", "no switch under way", T0, 1),
+            cond(
+                "ZombieMemory",
+                false,
+                "BelowThreshold",
+                "ghost memory 0 MiB, threshold 1536 MiB",
+                T0,
+                1,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                1,
+            ),
+        ],
+    );
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Warning",
+                reason: "UnknownModel",
+                action: "Load",
+                note: message.into(),
+            },
+            Call::Status(gm.clone(), failed.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    // Not retried at this generation: no agent call, nothing written.
+    let gm = gm.status_of(&failed);
+    let action = w.reconcile(&gm, vec![]).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(w.agent.acts().len(), 1);
+}

@@ -1,0 +1,318 @@
+//! Zombie memory: free, then (after the cooldown) reset, then Degraded with a Warning, then no
+//! automatic action until the ghost clears.
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use super::*;
+
+const SINCE: &str = "2027-01-15T07:00:00Z";
+
+fn zombie(reason: &str, what: &str, at: &str) -> Value {
+    cond(
+        "ZombieMemory",
+        true,
+        reason,
+        &format!("ghost memory 2000 MiB over the 1536 MiB threshold since {SINCE}: {what}"),
+        at,
+        1,
+    )
+}
+
+fn remediating(zombie_cond: Value) -> Value {
+    owned(
+        "Pending",
+        1,
+        vec![
+            cond(
+                "Ready",
+                false,
+                "ZombieMemory",
+                "GPU 0 of node node-a serves model tiny-a, but zombie memory persists",
+                T0,
+                1,
+            ),
+            cond("Switching", false, "Idle", "no switch under way", T0, 1),
+            zombie_cond,
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                1,
+            ),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn free_then_reset_then_degraded_then_hands_off() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    haunt(&mut d, 2000.0, SINCE);
+    let mut w = world(d, Setup::default()).await;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let freed = "freed: ghost memory 2000 -> 2000 MiB, 0 processes ended";
+
+    // 08:00:00 - zombie memory since 07:00: free.
+    let s1 = remediating(zombie("Freeing", freed, T0));
+    let action = w
+        .reconcile(
+            &gm,
+            vec![
+                Call::Event {
+                    name: "gm-a",
+                    type_: "Normal",
+                    reason: "Freed",
+                    action: "Free",
+                    note: freed.into(),
+                },
+                Call::Event {
+                    name: "gm-a",
+                    type_: "Warning",
+                    reason: "ZombieMemory",
+                    action: "Detect",
+                    note: format!(
+                        "ghost memory 2000 MiB over the 1536 MiB threshold since {SINCE}: {freed}"
+                    ),
+                },
+                Call::Status(gm.clone(), s1.clone()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_millis(500)));
+
+    // 08:00:30 - inside the 60 s cooldown: no action; the condition says what comes next.
+    let gm = gm.status_of(&s1);
+    w.at("2027-01-15T08:00:30Z");
+    let s2 = remediating(zombie(
+        "CoolingDown",
+        "reset after the cooldown, at 2027-01-15T08:01:00Z",
+        T0,
+    ));
+    let action = w
+        .reconcile(&gm, vec![Call::Status(gm.clone(), s2.clone())])
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+
+    // 08:01:00 - the ghost is still there: reset.
+    let gm = gm.status_of(&s2);
+    w.at("2027-01-15T08:01:00Z");
+    w.agent
+        .edit(|s| s.remediation_at = "2027-01-15T08:01:00Z".into());
+    let reset = "reset: ghost memory 2000 -> 2000 MiB, 0 processes ended, tiny-a reloaded, not back at baseline";
+    let s3 = remediating(zombie("Resetting", reset, T0));
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Reset",
+                action: "Reset",
+                note: reset.into(),
+            },
+            Call::Status(gm.clone(), s3.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+
+    // 08:02:00 - still there after the cooldown: Degraded, with a Warning.
+    let gm = gm.status_of(&s3);
+    let t4 = "2027-01-15T08:02:00Z";
+    w.at(t4);
+    let s4 = owned(
+        "Degraded",
+        1,
+        vec![
+            cond(
+                "Ready",
+                false,
+                "ZombieMemory",
+                "GPU 0 of node node-a is Degraded: zombie memory persists",
+                T0,
+                1,
+            ),
+            cond("Switching", false, "Idle", "no switch under way", T0, 1),
+            zombie("ZombieMemory", "no more automatic action", T0),
+            cond(
+                "Degraded",
+                true,
+                "ResetDidNotClear",
+                "zombie memory persists after a free and a reset; no more automatic action until the ghost clears or the spec changes",
+                t4,
+                1,
+            ),
+        ],
+    );
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Warning",
+                reason: "Degraded",
+                action: "MarkDegraded",
+                note: "zombie memory persists after a free and a reset; no more automatic action until the ghost clears or the spec changes".into(),
+            },
+            Call::Status(gm.clone(), s4.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+
+    // 08:30:00 - Degraded: no call to the agent, nothing written.
+    let gm = gm.status_of(&s4);
+    w.at("2027-01-15T08:30:00Z");
+    let action = w.reconcile(&gm, vec![]).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert_eq!(
+        w.agent.acts(),
+        [
+            act("/v1/gpu/free", json!({"gpu": 0, "trigger": "operator"})),
+            act("/v1/gpu/reset", json!({"gpu": 0, "trigger": "operator"})),
+        ]
+    );
+
+    // 08:31:00 - the ghost cleared (someone ended the process): Ready again, Recovered.
+    w.agent.edit(|s| {
+        s.device.ghost = Default::default();
+        s.device.zombie.over_threshold_since = None;
+    });
+    let t6 = "2027-01-15T08:31:00Z";
+    w.at(t6);
+    let s6 = owned(
+        "Ready",
+        1,
+        vec![
+            cond(
+                "Ready",
+                true,
+                "ModelActive",
+                "tiny-a is active on GPU 0 of node node-a",
+                t6,
+                1,
+            ),
+            cond("Switching", false, "Idle", "no switch under way", T0, 1),
+            cond(
+                "ZombieMemory",
+                false,
+                "BelowThreshold",
+                "ghost memory 0 MiB, threshold 1536 MiB",
+                t6,
+                1,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                t6,
+                1,
+            ),
+        ],
+    );
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Recovered",
+                action: "Recover",
+                note: "no longer Degraded: the ghost cleared or the spec changed".into(),
+            },
+            Call::Status(gm.clone(), s6),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.agent.acts().len(), 2);
+}
+
+#[tokio::test]
+async fn a_free_that_clears_ends_the_ladder() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    haunt(&mut d, 2000.0, SINCE);
+    let w0 = world(d, Setup::default()).await;
+    w0.agent.edit(|s| s.free_clears = true);
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let freed = "freed: ghost memory 2000 -> 0 MiB, 0 processes ended";
+    let s1 = remediating(zombie("Freeing", freed, T0));
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Freed",
+                action: "Free",
+                note: freed.into(),
+            },
+            Call::Event {
+                name: "gm-a",
+                type_: "Warning",
+                reason: "ZombieMemory",
+                action: "Detect",
+                note: format!(
+                    "ghost memory 2000 MiB over the 1536 MiB threshold since {SINCE}: {freed}"
+                ),
+            },
+            Call::Status(gm.clone(), s1.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    let gm = gm.status_of(&s1);
+    let t2 = "2027-01-15T08:00:01Z";
+    w.at(t2);
+    let s2 = owned(
+        "Ready",
+        1,
+        vec![
+            cond(
+                "Ready",
+                true,
+                "ModelActive",
+                "tiny-a is active on GPU 0 of node node-a",
+                t2,
+                1,
+            ),
+            cond("Switching", false, "Idle", "no switch under way", T0, 1),
+            cond(
+                "ZombieMemory",
+                false,
+                "BelowThreshold",
+                "ghost memory 0 MiB, threshold 1536 MiB",
+                t2,
+                1,
+            ),
+            cond(
+                "Degraded",
+                false,
+                "AsExpected",
+                "automatic remediation has not given up",
+                T0,
+                1,
+            ),
+        ],
+    );
+    w.reconcile(&gm, vec![Call::Status(gm.clone(), s2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        w.agent.acts(),
+        [act(
+            "/v1/gpu/free",
+            json!({"gpu": 0, "trigger": "operator"})
+        )]
+    );
+}
