@@ -83,6 +83,8 @@ async fn workers_of_a_killed_agent_are_orphans_that_get_freed() {
             "1",
             "--sample-ms",
             "200",
+            "--auto-free",
+            "false",
         ],
     ))
     .await;
