@@ -37,6 +37,7 @@ async function pollStatus() {
   if (res.ok) {
     const first = !state.status;
     state.status = res.data;
+    state.serverTime = res.serverTime;
     if (first) loadFullHistory(); // it needs the agent's start time
     state.statusAt = Date.now();
     setConnection('live', 'live');
@@ -92,7 +93,9 @@ async function pollHistory() {
     return;
   }
   const gen = state.historyGen;
-  const res = await call('GET', '/v1/history?window=10');
+  // The agent answers a window longer than its life with one sample a minute: stay within it.
+  const age = Math.floor((state.serverTime - Date.parse(state.status.agent.started_at)) / 1000) - 1;
+  const res = await call('GET', `/v1/history?window=${Math.max(1, Math.min(10, Number.isFinite(age) ? age : 10))}`);
   if (!res.ok || gen !== state.historyGen) return;
   // After missed polls (a hidden tab) this leaves a hole until the next full load fills it.
   h.samples.push(...res.data.samples.filter((s) => s.t_ms > last.t_ms));
