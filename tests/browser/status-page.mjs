@@ -166,6 +166,8 @@ async function scenario() {
   const [nr, ng, nb] = rgb(styles.neverColor);
   check(Math.max(nr, ng, nb) < 90, `never-loaded row is dark gray: ${styles.neverColor}`);
   check(/api/.test(styles.trigger), `the last switch's trigger is shown: ${styles.trigger}`);
+  // The chart follows live: tiny-b's memory appears in it.
+  await page.waitForSelector('#chart path[data-series="model:tiny-b"]', { timeout: WAIT });
   await shot('01-states-1280');
 
   step('a busy device: 409 answered with a clear message');
