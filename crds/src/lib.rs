@@ -12,6 +12,7 @@ pub mod api;
 pub mod common;
 pub mod conditions;
 mod gpumodel;
+pub mod openai;
 
 pub use common::{GhostSourceKind, ModelState, SwitchTrigger};
 pub use conditions::Condition;

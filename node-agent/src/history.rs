@@ -51,16 +51,19 @@ impl History {
         push_capped(&mut self.fine, sample, FINE_CAPACITY);
     }
 
-    /// Samples of the last `window_ms` before `now_ms`, oldest first: fine ones when the window
-    /// fits in the fine ring, else coarse ones followed by the fine ones taken once a minute.
+    /// Samples of the last `window_ms` before `now_ms`, oldest first: every fine one for windows
+    /// up to the fine ring's span (an hour), else coarse ones followed by the fine ones taken
+    /// once a minute.
     pub fn window(&self, now_ms: i64, window_ms: i64) -> Vec<Sample> {
         let from = now_ms - window_ms;
         let fine_from = self.fine.front().map_or(i64::MAX, |s| s.t_ms);
-        if from >= fine_from {
-            return self
-                .fine
+        if window_ms <= FINE_CAPACITY as i64 * 1000 {
+            let coarse = self
+                .coarse
                 .iter()
-                .filter(|s| s.t_ms >= from)
+                .filter(|s| s.t_ms >= from && s.t_ms < fine_from);
+            return coarse
+                .chain(self.fine.iter().filter(|s| s.t_ms >= from))
                 .cloned()
                 .collect();
         }
@@ -153,6 +156,16 @@ mod tests {
         // One hour of coarse minutes, then one fine sample per minute of the last hour.
         assert_eq!(day.len(), 60 + 60);
         assert!(day.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
+    }
+
+    #[test]
+    fn a_young_history_answers_every_fine_sample() {
+        let mut h = History::default();
+        for t in 0..120 {
+            h.push(sample(t, 1));
+        }
+        assert_eq!(h.window(120_000, 15 * 60_000).len(), 120);
+        assert_eq!(h.window(120_000, 30_000).len(), 30);
     }
 
     #[test]

@@ -24,6 +24,22 @@ pub struct AgentOptions {
     pub token: Option<String>,
     /// Reuse this state directory and agent id (a restart); fresh ones when absent.
     pub reuse: Option<(Arc<tempfile::TempDir>, String)>,
+    /// Cache directory (weights, kernels); one inside the state directory when absent.
+    pub cache_dir: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A cache directory shared by every test of this build (`target/vramkeeper-test-cache`), so
+/// MiniLM's weights are downloaded once per machine, not once per test.
+pub fn shared_cache_dir() -> PathBuf {
+    let dir = agent_bin()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/")
+        .join("vramkeeper-test-cache");
+    std::fs::create_dir_all(&dir).expect("create the shared cache");
+    dir
 }
 
 /// A running agent; dropping it ends the agent and every worker of its agent id.
@@ -97,7 +113,12 @@ impl Agent {
             .arg("--state-dir")
             .arg(state.path().join("state"))
             .arg("--cache-dir")
-            .arg(state.path().join("cache"))
+            .arg(
+                options
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| state.path().join("cache")),
+            )
             .args(["--agent-id", &agent_id])
             .args(&options.args)
             .env("RUST_LOG", "info,tower_http=warn")
@@ -112,6 +133,7 @@ impl Agent {
         if let Some(token) = &options.token {
             cmd.env("VRAMKEEPER_TOKEN", token);
         }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("start vramkeeper-agent");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod debug;
+mod embeddings;
 mod gpu;
 mod health;
 mod infer;
@@ -51,6 +52,7 @@ pub fn router(app: Arc<App>) -> Router {
     let reads = Router::new()
         .merge(status::router())
         .merge(infer::router())
+        .merge(embeddings::router())
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_token_for_reads,

@@ -14,7 +14,7 @@ use vramkeeper_crds::{
 use super::{Active, ActiveView, Device, OpGuard};
 use crate::{
     error::{ApiError, Result},
-    models::ModelSpec,
+    models::{ModelKind, ModelSpec, minilm_fetch},
     probe::process,
     worker::{
         client::{WorkerError, WorkerHandle},
@@ -274,6 +274,7 @@ impl Device {
             model: spec.name.clone(),
             reason,
         };
+        let spec = &self.resolve(spec).await.map_err(fail)?;
         let fault = self.next_fault.lock().unwrap().take();
         let worker = WorkerHandle::spawn(
             &self.ctx.launch,
@@ -313,6 +314,19 @@ impl Device {
                 Err(fail(format!("{e}{leftover}")))
             }
         }
+    }
+
+    /// Fills in what the worker needs and cannot fetch itself: MiniLM's files, downloaded
+    /// into the cache on first use.
+    async fn resolve(&self, spec: &ModelSpec) -> std::result::Result<ModelSpec, String> {
+        let mut spec = spec.clone();
+        if let ModelKind::Minilm(m) = &mut spec.kind
+            && m.dir.is_none()
+        {
+            self.set_busy(format!("loading {}: fetching its weights", spec.name));
+            m.dir = Some(minilm_fetch::ensure(&self.ctx.launch.cache_dir).await?);
+        }
+        Ok(spec)
     }
 
     /// Load, clean, measure: the model's device memory once it answered.

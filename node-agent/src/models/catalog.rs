@@ -129,6 +129,7 @@ mod tests {
     fn builtin_catalog_parses() {
         let c = Catalog::builtin();
         assert!(c.get("synthetic-small").is_some());
+        assert!(c.get("all-minilm-l6-v2").is_some());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod minilm;
+pub mod minilm_fetch;
 pub mod synthetic;
 pub mod synthetic_net;
 pub mod weights;

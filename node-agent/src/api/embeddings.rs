@@ -1,0 +1,93 @@
+//! OpenAI-style embeddings: `POST /v1/embeddings`. A model that is not active is switched to
+//! first (trigger `auto`).
+
+use std::sync::Arc;
+
+use axum::{Router, extract::State, routing::post};
+use base64::Engine as _;
+use vramkeeper_crds::openai::{
+    Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector,
+    EncodingFormat, MAX_INPUTS,
+};
+
+use super::ApiJson;
+use crate::{
+    app::App,
+    error::{ApiError, Result},
+    models::{ModelKind, minilm},
+    worker::protocol::{Request, Response},
+};
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new().route("/v1/embeddings", post(embeddings))
+}
+
+async fn embeddings(
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<EmbeddingRequest>,
+) -> Result<ApiJson<EmbeddingResponse>> {
+    let device = app.device(req.gpu)?;
+    let spec = device.spec(&req.model)?;
+    if !matches!(spec.kind, ModelKind::Minilm(_)) {
+        return Err(ApiError::Invalid(format!(
+            "{} is a {} model, not an embedding model; /v1/models lists which models embed",
+            spec.name,
+            spec.kind.name()
+        )));
+    }
+    if let Some(d) = req.dimensions
+        && d as usize != minilm::DIM
+    {
+        return Err(ApiError::Invalid(format!(
+            "dimensions {d}: {} only produces {}-dimensional vectors",
+            spec.name,
+            minilm::DIM
+        )));
+    }
+    let texts = req.input.texts();
+    if texts.is_empty() {
+        return Err(ApiError::Invalid(
+            "input must hold at least one text".into(),
+        ));
+    }
+    if texts.len() > MAX_INPUTS {
+        return Err(ApiError::Invalid(format!(
+            "{} inputs exceed the limit of {MAX_INPUTS} per request",
+            texts.len()
+        )));
+    }
+    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+        return Err(ApiError::Invalid(format!("input[{i}] is an empty string")));
+    }
+    let (response, _switched) = device.serve(&req.model, Request::Embed { texts }).await?;
+    let Response::Embedded { vectors, tokens } = response else {
+        return Err(ApiError::Internal(format!(
+            "worker answered {response:?} to embed"
+        )));
+    };
+    let prompt_tokens: u64 = tokens.iter().map(|&t| t as u64).sum();
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| Embedding {
+            object: "embedding".into(),
+            index,
+            embedding: match req.encoding_format {
+                EncodingFormat::Float => EmbeddingVector::Float(v),
+                EncodingFormat::Base64 => {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            },
+        })
+        .collect();
+    Ok(ApiJson(EmbeddingResponse {
+        object: "list".into(),
+        data,
+        model: req.model,
+        usage: EmbeddingUsage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    }))
+}
