@@ -1,5 +1,8 @@
 //! The `GpuModel` custom resource: the model one GPU of one node should serve, and what the node
 //! agent observed it actually serving.
+// kube's `printcolumn(...)` repeats `type_ = ...` per column, which clippy misreads as a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -70,7 +70,7 @@ fn default_dir(env: &str, fallback: &str) -> PathBuf {
     std::env::var_os(env)
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
-        .unwrap_or_else(|| std::env::temp_dir())
+        .unwrap_or_else(std::env::temp_dir)
         .join("vramkeeper")
 }
 

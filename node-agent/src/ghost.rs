@@ -103,7 +103,7 @@ pub fn compute(
         .used_bytes
         .saturating_sub(baseline_bytes)
         .saturating_sub(expected);
-    sources.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    sources.sort_by_key(|s| std::cmp::Reverse(s.bytes));
     let attributed: u64 = sources.iter().map(|s| s.bytes).sum();
     let rest = bytes.saturating_sub(attributed);
     if rest >= NOISE_BYTES {

@@ -101,7 +101,7 @@ impl Device {
         } else if idle {
             self.unload_if_idle();
         }
-        if tick % SAVE_EVERY == 0 {
+        if tick.is_multiple_of(SAVE_EVERY) {
             self.save_state();
         }
         self.changed();

@@ -53,8 +53,8 @@ pub trait Engine {
 }
 
 enum Model<B: Backend> {
-    Synthetic(SyntheticNet<B>),
-    Minilm(crate::models::minilm::MiniLm<B>),
+    Synthetic(Box<SyntheticNet<B>>),
+    Minilm(Box<crate::models::minilm::MiniLm<B>>),
 }
 
 /// The engine of backend `B`.
@@ -100,7 +100,7 @@ impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
                 let warm = Instant::now();
                 let probe: Vec<u32> = (0..s.context.min(16)).map(|i| i % s.vocab).collect();
                 let _ = net.forward(&probe).sum().into_data();
-                self.model = Some(Model::Synthetic(net));
+                self.model = Some(Model::Synthetic(Box::new(net)));
                 Ok(LoadInfo {
                     params,
                     param_bytes: params * s.dtype.size(),
@@ -114,7 +114,7 @@ impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
                 let warm = Instant::now();
                 model.embed(&["warm-up".to_string()])?;
                 let params = model.params();
-                self.model = Some(Model::Minilm(model));
+                self.model = Some(Model::Minilm(Box::new(model)));
                 Ok(LoadInfo {
                     params,
                     param_bytes: params * 4,
