@@ -48,6 +48,34 @@ pub struct SwitchResponse {
     /// True when the model was already active and nothing was done.
     #[serde(default)]
     pub already_active: bool,
+    /// Where the load's time went; absent when nothing was loaded.
+    #[serde(default)]
+    pub phases: Option<LoadPhases>,
+    /// Growth of the device's used memory over the load: a cross-check of `vram_mb`, which is
+    /// the worker's own usage (they differ by what others allocated or freed meanwhile).
+    #[serde(default)]
+    pub device_delta_mb: f64,
+}
+
+/// Where a load's time went, in milliseconds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct LoadPhases {
+    /// Starting the worker process until it answered.
+    pub spawn_ms: f64,
+    /// Creating the device context in the worker.
+    pub context_ms: f64,
+    /// Creating the weights on the device (reading or generating them, and copying).
+    pub weights_ms: f64,
+    /// The first forward pass.
+    pub warmup_ms: f64,
+    /// Releasing what the load left in the allocator's pool.
+    pub cleanup_ms: f64,
+    /// Reading the worker's memory.
+    pub measure_ms: f64,
+    /// Parameters loaded.
+    pub params: u64,
+    /// Bytes of the parameters.
+    pub param_bytes: u64,
 }
 
 /// How an unload went: whether the memory came back, and how.

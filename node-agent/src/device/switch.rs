@@ -8,7 +8,9 @@ use std::{
 use jiff::Timestamp;
 use vramkeeper_crds::{
     SwitchTrigger,
-    api::{ReleaseReport, SwitchRecord, SwitchResponse, TestLoadEntry, TestLoadResponse},
+    api::{
+        LoadPhases, ReleaseReport, SwitchRecord, SwitchResponse, TestLoadEntry, TestLoadResponse,
+    },
 };
 
 use super::{Active, ActiveView, Device, OpGuard};
@@ -31,6 +33,15 @@ pub fn mib(bytes: u64) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A loaded model: its worker and what the load measured.
+struct Loaded {
+    active: Arc<Active>,
+    load_ms: f64,
+    phases: LoadPhases,
+    /// Used device memory after the load minus before it.
+    device_delta: i64,
 }
 
 /// A finished switch and the worker it left active.
@@ -80,7 +91,12 @@ impl Device {
             error,
         };
         match loaded {
-            Ok((active, load_ms)) => {
+            Ok(Loaded {
+                active,
+                load_ms,
+                phases,
+                device_delta,
+            }) => {
                 let vram = active.expected_bytes;
                 let ram = process::rss_bytes(active.worker.pid()).unwrap_or(0);
                 let response = SwitchResponse {
@@ -94,6 +110,8 @@ impl Device {
                     ram_mb: mib(ram),
                     release: release.clone(),
                     already_active: false,
+                    phases: Some(phases),
+                    device_delta_mb: device_delta as f64 / MIB,
                 };
                 self.with_state(|s| {
                     s.active = Some(ActiveView {
@@ -264,7 +282,7 @@ impl Device {
 
     /// Starts a worker, loads the model, cleans the pool and measures. On any failure the
     /// worker is ended and its memory verified gone.
-    async fn load(&self, spec: &ModelSpec) -> Result<(Arc<Active>, f64)> {
+    async fn load(&self, spec: &ModelSpec) -> Result<Loaded> {
         let started = Instant::now();
         let pre_load_used = match self.read().await {
             Ok(r) => r.used_bytes,
@@ -276,6 +294,8 @@ impl Device {
         };
         let spec = &self.resolve(spec).await.map_err(fail)?;
         let fault = self.next_fault.lock().unwrap().take();
+        let mut phases = LoadPhases::default();
+        let spawn = Instant::now();
         let worker = WorkerHandle::spawn(
             &self.ctx.launch,
             self.info.backend,
@@ -285,9 +305,10 @@ impl Device {
         )
         .await
         .map_err(|e| fail(e.to_string()))?;
+        phases.spawn_ms = ms(spawn.elapsed());
         self.with_state(|s| s.loading_pid = Some(worker.pid()));
-        match self.load_in(&worker, spec).await {
-            Ok(expected_bytes) => {
+        match self.load_in(&worker, spec, &mut phases).await {
+            Ok((expected_bytes, used_after)) => {
                 let load_ms = ms(started.elapsed());
                 let active = Arc::new(Active {
                     worker,
@@ -297,7 +318,12 @@ impl Device {
                     requests: AtomicU64::new(0),
                     last_used: Mutex::new(Instant::now()),
                 });
-                Ok((active, load_ms))
+                Ok(Loaded {
+                    active,
+                    load_ms,
+                    phases,
+                    device_delta: used_after as i64 - pre_load_used as i64,
+                })
             }
             Err(e) => {
                 worker.kill().await;
@@ -329,24 +355,46 @@ impl Device {
         Ok(spec)
     }
 
-    /// Load, clean, measure: the model's device memory once it answered.
-    async fn load_in(&self, worker: &WorkerHandle, spec: &ModelSpec) -> Result<u64, WorkerError> {
+    /// Load, clean, measure: the model's device memory once it answered, the device's used
+    /// memory then, and where the time went.
+    async fn load_in(
+        &self,
+        worker: &WorkerHandle,
+        spec: &ModelSpec,
+        phases: &mut LoadPhases,
+    ) -> Result<(u64, u64), WorkerError> {
         let cfg = &self.ctx.config;
         match worker
             .call(Request::Load { spec: spec.clone() }, cfg.load_timeout)
             .await?
         {
-            Response::Loaded { .. } => {}
+            Response::Loaded {
+                params,
+                param_bytes,
+                context_ms,
+                weights_ms,
+                warmup_ms,
+            } => {
+                phases.params = params;
+                phases.param_bytes = param_bytes;
+                phases.context_ms = context_ms;
+                phases.weights_ms = weights_ms;
+                phases.warmup_ms = warmup_ms;
+            }
             other => return Err(worker.unexpected("load", other)),
         }
         // The seed's post-load cleanup: what the load left in the pool is not the model's.
+        let cleanup = Instant::now();
         worker.cleanup(cfg.control_timeout).await?;
+        phases.cleanup_ms = ms(cleanup.elapsed());
+        let measure = Instant::now();
         worker.memory(cfg.control_timeout).await?;
         let reading = self.read().await.map_err(|e| WorkerError::Failed {
             message: format!("cannot measure the model: {e}"),
             fatal: false,
         })?;
-        Ok(reading.usage_of(worker.pid()))
+        phases.measure_ms = ms(measure.elapsed());
+        Ok((reading.usage_of(worker.pid()), reading.used_bytes))
     }
 
     fn already_active(&self, model: &str, trigger: SwitchTrigger) -> SwitchResponse {
@@ -365,6 +413,8 @@ impl Device {
             ram_mb: mib(ram),
             release: None,
             already_active: true,
+            phases: None,
+            device_delta_mb: 0.0,
         }
     }
 

@@ -5,7 +5,7 @@ use burn::{
     module::{Module, Param},
     nn::{Embedding, LayerNorm, LayerNormConfig, Linear},
     prelude::*,
-    tensor::{DType, activation},
+    tensor::{DType, Distribution, activation},
 };
 
 use super::{
@@ -42,6 +42,7 @@ struct Init<'a, B: Backend> {
     dtype: DType,
     next: u64,
     threads: usize,
+    on_device: bool,
 }
 
 impl<B: Backend> Init<'_, B> {
@@ -49,6 +50,16 @@ impl<B: Backend> Init<'_, B> {
         self.next += 1;
         // Uniform with the variance of Xavier init: forward activations stay in range.
         let scale = (6.0 / (rows + cols) as f32).sqrt();
+        if self.on_device {
+            // Drawn where they live: no host-to-device transfer. Seeded per tensor, so the
+            // weights do not depend on the order of creation (the same on one GPU model).
+            B::seed(self.device, weights::tensor_seed(self.seed, self.next));
+            return Param::from_tensor(Tensor::random(
+                [rows, cols],
+                Distribution::Uniform(-scale as f64, scale as f64),
+                (self.device, self.dtype),
+            ));
+        }
         let values = weights::uniform(self.seed, self.next, rows * cols, scale, self.threads);
         Param::from_tensor(Tensor::from_data(
             TensorData::new(values, [rows, cols]),
@@ -93,8 +104,10 @@ pub fn burn_dtype(dtype: WeightType) -> DType {
 }
 
 impl<B: Backend> SyntheticNet<B> {
-    /// Creates the model on `device` with the weights its seed defines.
-    pub fn new(spec: &SyntheticSpec, device: &B::Device) -> Result<Self, String> {
+    /// Creates the model on `device` with the weights its seed defines: generated on the host
+    /// by a counter-based generator (identical on every backend), or with `on_device` by the
+    /// device's own generator (no transfer; identical on one GPU model).
+    pub fn new(spec: &SyntheticSpec, device: &B::Device, on_device: bool) -> Result<Self, String> {
         let dtype = burn_dtype(spec.dtype);
         if !B::supports_dtype(device, dtype) {
             return Err(format!(
@@ -116,6 +129,7 @@ impl<B: Backend> SyntheticNet<B> {
             dtype,
             next: 0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            on_device,
         };
         let tokens = Embedding {
             weight: init.matrix(vocab, d),

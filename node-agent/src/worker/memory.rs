@@ -5,6 +5,8 @@ use burn::{backend::NdArray, tensor::backend::Backend};
 
 /// Backend-specific memory operations.
 pub trait DeviceMemoryOps: Backend {
+    /// Whether synthetic weights are generated on the device rather than copied from the host.
+    const INIT_ON_DEVICE: bool;
     /// Bytes (in use by live allocations, reserved from the device or the OS).
     fn allocator_bytes(device: &Self::Device) -> (u64, u64);
     /// Returns pooled memory to the device (or the OS) and waits until it is done.
@@ -17,6 +19,8 @@ pub trait DeviceMemoryOps: Backend {
 pub type Cpu = NdArray<f32>;
 
 impl DeviceMemoryOps for Cpu {
+    const INIT_ON_DEVICE: bool = false;
+
     fn allocator_bytes(_: &Self::Device) -> (u64, u64) {
         glibc::usage()
     }
@@ -100,6 +104,8 @@ mod cuda {
     pub type Gpu = Cuda<f32, i32>;
 
     impl DeviceMemoryOps for Gpu {
+        const INIT_ON_DEVICE: bool = true;
+
         fn allocator_bytes(device: &CudaDevice) -> (u64, u64) {
             match CudaRuntime::client(device).memory_usage() {
                 Ok(u) => (u.bytes_in_use, u.bytes_reserved),

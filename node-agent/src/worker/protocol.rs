@@ -87,6 +87,8 @@ pub enum Response {
         params: u64,
         /// Bytes the parameters take on the device.
         param_bytes: u64,
+        /// Milliseconds creating the device context (the first touch of the device).
+        context_ms: f64,
         /// Milliseconds spent creating the weights on the device.
         weights_ms: f64,
         /// Milliseconds of the warm-up forward pass.

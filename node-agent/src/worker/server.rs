@@ -145,6 +145,7 @@ fn handle(request: Request, engine: &mut dyn Engine, args: &WorkerArgs) -> Respo
             Ok(info) => Response::Loaded {
                 params: info.params,
                 param_bytes: info.param_bytes,
+                context_ms: info.context_ms,
                 weights_ms: info.weights_ms,
                 warmup_ms: info.warmup_ms,
             },
