@@ -35,6 +35,11 @@ pub struct Args {
     #[arg(long, env = "VRAMKEEPER_OPERATOR_BACKOFF_CAP_S", default_value_t = 300)]
     pub backoff_cap_s: u64,
 
+    /// Longest time between two looks at a GpuModel's agent, in seconds (a GPU that serves what
+    /// it should is rechecked this often; the agent's status reports trigger looks sooner).
+    #[arg(long, env = "VRAMKEEPER_OPERATOR_MAX_RECHECK_S", default_value_t = 30)]
+    pub max_recheck_s: u64,
+
     /// How to reach the agents.
     #[command(flatten)]
     pub agents: AgentArgs,

@@ -4,11 +4,12 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use jiff::Timestamp;
-use kube::{Client, runtime::events::Recorder};
+use kube::Client;
 
 use crate::{
     agent_client::AgentClient,
     agents::AgentLocator,
+    events::EventPublisher,
     metrics::Metrics,
     planner::{RESET_WINDOW, Remediation, elapsed},
 };
@@ -53,11 +54,14 @@ pub struct Context {
     /// Calls agents.
     pub agent: AgentClient,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     /// Metrics.
     pub metrics: std::sync::Arc<Metrics>,
     /// Backoff of failed reconciles.
     pub backoff: Backoff,
+    /// The longest a reconcile waits before looking again (the agent is polled at least this
+    /// often).
+    pub max_recheck: Duration,
     clock: Clock,
     journal: Mutex<HashMap<String, Vec<Remediation>>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -69,7 +73,7 @@ impl Context {
         client: Client,
         agents: AgentLocator,
         agent: AgentClient,
-        recorder: Recorder,
+        events: EventPublisher,
         metrics: std::sync::Arc<Metrics>,
         backoff: Backoff,
     ) -> Self {
@@ -77,13 +81,20 @@ impl Context {
             client,
             agents,
             agent,
-            recorder,
+            events,
             metrics,
             backoff,
+            max_recheck: Duration::from_secs(30),
             clock: std::sync::Arc::new(Timestamp::now),
             journal: Mutex::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context with another longest recheck.
+    pub fn with_max_recheck(mut self, d: Duration) -> Self {
+        self.max_recheck = d;
+        self
     }
 
     /// The same context with another clock.

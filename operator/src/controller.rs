@@ -10,7 +10,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Config,
-        events::{Recorder, Reporter},
         reflector::{self, ObjectRef, reflector},
         watcher,
     },
@@ -22,6 +21,7 @@ use crate::{
     agents::{AgentLocator, TokenSecret},
     args::Args,
     context::Context,
+    events::EventPublisher,
     metrics::Metrics,
     reconcile::{error_policy, reconcile},
 };
@@ -67,23 +67,20 @@ pub async fn run(
         name,
         key: a.agent_token_key.clone(),
     });
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        AgentLocator::new(pod_store, a.agent_port_name.clone(), a.agent_port, secret),
-        AgentClient::new(
-            Duration::from_secs(a.agent_read_timeout_s),
-            Duration::from_secs(a.agent_act_timeout_s),
-        ),
-        Recorder::new(
-            client,
-            Reporter {
-                controller: REPORTER.into(),
-                instance: Some(identity.to_string()),
-            },
-        ),
-        metrics,
-        args.backoff(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            AgentLocator::new(pod_store, a.agent_port_name.clone(), a.agent_port, secret),
+            AgentClient::new(
+                Duration::from_secs(a.agent_read_timeout_s),
+                Duration::from_secs(a.agent_act_timeout_s),
+            ),
+            EventPublisher::new(client, REPORTER, identity),
+            metrics,
+            args.backoff(),
+        )
+        .with_max_recheck(Duration::from_secs(args.max_recheck_s.max(1))),
+    );
     tracing::info!(agent_namespace = %a.agent_namespace, selector = %a.agent_selector, "controller started");
     controller
         .graceful_shutdown_on(shutdown)

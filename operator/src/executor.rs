@@ -3,10 +3,7 @@
 
 use std::time::Instant;
 
-use kube::{
-    Resource, ResourceExt,
-    runtime::events::{Event, EventType},
-};
+use kube::{Resource, ResourceExt};
 use vramkeeper_crds::{
     GpuModel,
     api::{ReleaseReport, RemediationAction, RemediationReport},
@@ -17,6 +14,7 @@ use crate::{
     conditions::Outcome,
     context::Context,
     error::Error,
+    events::EventType,
     planner::{DegradedWhy, Plan, Remediation, RemedyKind, Step, parse_time},
 };
 
@@ -88,14 +86,12 @@ pub async fn publish(
         }
         note.truncate(cut);
     }
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &gm.object_ref(&())).await {
+    let regarding = gm.object_ref(&());
+    if let Err(e) = ctx
+        .events
+        .publish(&regarding, type_, reason, action, &note, ctx.now())
+        .await
+    {
         tracing::warn!(gpumodel = %gm.name_any(), reason, error = %e, "cannot publish an event");
     }
 }

@@ -28,6 +28,7 @@ pub mod conditions;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod leader;
 pub mod metrics;

@@ -114,7 +114,7 @@ impl Metrics {
         );
         registry.register(
             "leader",
-            "1 while this replica holds the leader Lease",
+            "Whether this replica holds the leader Lease (1) or waits for it (0)",
             m.leader.clone(),
         );
         for e in ERROR_LABELS {

@@ -8,7 +8,6 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::EventType,
         finalizer::{Event as FinalizerEvent, finalizer},
     },
 };
@@ -19,6 +18,7 @@ use crate::{
     conditions::{self, DEGRADED, OperatorStatus, Situation, ZOMBIE_MEMORY, reason},
     context::Context,
     error::{Error, Result},
+    events::EventType,
     executor::{self, event_reason},
     observe,
     planner::{self, Input, RECHECK_BUSY, RECHECK_FAILED, RECHECK_SILENT},
@@ -87,7 +87,7 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
             tracing::info!(gpumodel = %name, node = %spec.node_name, "no agent on the node yet");
             unheard(reason::AGENT_NOT_FOUND, e.to_string()).await?;
             // The Pod watch triggers a reconcile when the agent appears.
-            return Ok(Action::requeue(RECHECK_SILENT));
+            return Ok(Action::requeue(RECHECK_SILENT.min(ctx.max_recheck)));
         }
         Err(e) => return Err(e),
     };
@@ -110,7 +110,7 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
             known.join(", ")
         );
         unheard(reason::UNKNOWN_GPU, message).await?;
-        return Ok(Action::requeue(RECHECK_FAILED));
+        return Ok(Action::requeue(RECHECK_FAILED.min(ctx.max_recheck)));
     };
     let now = ctx.now();
     let observed = observe::status_from_agent(device, stored, now);
@@ -140,10 +140,13 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
     if let Some(e) = executed.error {
         return Err(e);
     }
-    Ok(Action::requeue(match executed.outcome {
-        conditions::Outcome::Busy(_) => RECHECK_BUSY,
-        _ => plan.recheck,
-    }))
+    Ok(Action::requeue(
+        match executed.outcome {
+            conditions::Outcome::Busy(_) => RECHECK_BUSY,
+            _ => plan.recheck,
+        }
+        .min(ctx.max_recheck),
+    ))
 }
 
 /// Unloads whatever the GPU holds before the GpuModel goes away. No agent Pod on the node
@@ -189,7 +192,7 @@ async fn cleanup(gm: &GpuModel, ctx: &Context) -> Result<Action> {
             gm,
             EventType::Normal,
             event_reason::UNLOADED,
-            "Unload",
+            "Finalize",
             note,
         )
         .await;

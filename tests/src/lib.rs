@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod apiserver_double;
 pub mod procs;
 pub mod wait;
 
 pub use agent::{Agent, AgentOptions};
+pub use apiserver_double::ApiServerDouble;
 pub use wait::{wait_for, wait_until};

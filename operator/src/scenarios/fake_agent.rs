@@ -263,6 +263,8 @@ async fn switch(State(s): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
         vram_mb: 40.0,
         ram_mb: 42.0,
         already_active: false,
+        phases: None,
+        device_delta_mb: 40.0,
     })
     .into_response()
 }

@@ -31,10 +31,11 @@ async fn deletion_unloads_the_model_then_removes_the_finalizer() {
             &gm,
             vec![
                 Call::Event {
+                    at: T0,
                     name: "gm-a",
                     type_: "Normal",
                     reason: "Unloaded",
-                    action: "Unload",
+                    action: "Finalize",
                     note: "deleted: unloaded tiny-a; memory came back to 100 MiB".into(),
                 },
                 Call::RemoveFinalizer(gm.clone()),
@@ -95,10 +96,11 @@ async fn deletion_waits_for_a_busy_agent() {
         &gm,
         vec![
             Call::Event {
+                at: T0,
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Unloaded",
-                action: "Unload",
+                action: "Finalize",
                 note: "deleted: unloaded tiny-a; memory came back to 100 MiB".into(),
             },
             Call::RemoveFinalizer(gm.clone()),
@@ -172,6 +174,7 @@ async fn the_token_comes_from_the_secret_and_is_cached() {
                 token: "s3cret",
             },
             Call::Event {
+                at: T0,
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Loaded",
@@ -234,6 +237,7 @@ async fn agent_errors_back_off_exponentially_and_are_counted() {
             &gm,
             vec![
                 Call::Event {
+                    at: T0,
                     name: "gm-a",
                     type_: "Warning",
                     reason: "SwitchFailed",

@@ -20,11 +20,7 @@ use kube::{
     Api, Client,
     api::ObjectMeta,
     client::Body,
-    runtime::{
-        controller::Action,
-        events::{Recorder, Reporter},
-        reflector, watcher,
-    },
+    runtime::{controller::Action, reflector, watcher},
 };
 use serde_json::{Value, json};
 use vramkeeper_crds::{GpuModel, GpuModelSpec, GpuModelStatus};
@@ -36,6 +32,7 @@ use crate::{
     agent_client::AgentClient,
     agents::{AgentLocator, TokenSecret},
     context::{Backoff, Context},
+    events::EventPublisher,
     metrics::Metrics,
     reconcile::reconcile,
 };
@@ -128,13 +125,7 @@ pub async fn world(device: vramkeeper_crds::api::DeviceStatus, setup: Setup) -> 
         client.clone(),
         AgentLocator::new(store, "http".into(), 8470, secret),
         AgentClient::new(Duration::from_secs(10), Duration::from_secs(10)),
-        Recorder::new(
-            client,
-            Reporter {
-                controller: "vramkeeper-operator".into(),
-                instance: Some("test-replica".into()),
-            },
-        ),
+        EventPublisher::new(client, "vramkeeper-operator", "test-replica"),
         Arc::new(Metrics::new()),
         Backoff::default(),
     )

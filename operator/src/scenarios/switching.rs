@@ -23,6 +23,7 @@ async fn loads_the_desired_model() {
             &gm,
             vec![
                 Call::Event {
+                    at: T0,
                     name: "gm-a",
                     type_: "Normal",
                     reason: "Loaded",
@@ -115,6 +116,7 @@ async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
         &gm,
         vec![
             Call::Event {
+                at: "2027-01-15T08:01:00Z",
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Unloaded",
@@ -173,6 +175,7 @@ async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
         &gm,
         vec![
             Call::Event {
+                at: "2027-01-15T08:01:01Z",
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Loaded",
@@ -331,6 +334,7 @@ async fn an_unknown_model_fails_once_and_waits_for_a_spec_change() {
         &gm,
         vec![
             Call::Event {
+                at: T0,
                 name: "gm-a",
                 type_: "Warning",
                 reason: "UnknownModel",
@@ -345,6 +349,7 @@ async fn an_unknown_model_fails_once_and_waits_for_a_spec_change() {
     // Not retried at this generation: no agent call, nothing written.
     let gm = gm.status_of(&failed);
     let action = w.reconcile(&gm, vec![]).await.unwrap();
-    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    // Rechecked every 300 s, capped by the longest recheck (30 s by default).
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(w.agent.acts().len(), 1);
 }

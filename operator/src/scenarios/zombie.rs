@@ -64,6 +64,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
             &gm,
             vec![
                 Call::Event {
+                    at: T0,
                     name: "gm-a",
                     type_: "Normal",
                     reason: "Freed",
@@ -71,6 +72,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
                     note: freed.into(),
                 },
                 Call::Event {
+                    at: T0,
                     name: "gm-a",
                     type_: "Warning",
                     reason: "ZombieMemory",
@@ -111,6 +113,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
         &gm,
         vec![
             Call::Event {
+                at: "2027-01-15T08:01:00Z",
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Reset",
@@ -155,6 +158,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
         &gm,
         vec![
             Call::Event {
+ at: "2027-01-15T08:02:00Z",
                 name: "gm-a",
                 type_: "Warning",
                 reason: "Degraded",
@@ -171,7 +175,8 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     let gm = gm.status_of(&s4);
     w.at("2027-01-15T08:30:00Z");
     let action = w.reconcile(&gm, vec![]).await.unwrap();
-    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    // Degraded is rechecked every 60 s, capped by the longest recheck (30 s by default).
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(
         w.agent.acts(),
         [
@@ -222,6 +227,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
         &gm,
         vec![
             Call::Event {
+                at: "2027-01-15T08:31:00Z",
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Recovered",
@@ -251,6 +257,7 @@ async fn a_free_that_clears_ends_the_ladder() {
         &gm,
         vec![
             Call::Event {
+                at: T0,
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Freed",
@@ -258,6 +265,7 @@ async fn a_free_that_clears_ends_the_ladder() {
                 note: freed.into(),
             },
             Call::Event {
+                at: T0,
                 name: "gm-a",
                 type_: "Warning",
                 reason: "ZombieMemory",

@@ -1,0 +1,413 @@
+//! The double's HTTP face: the Kubernetes REST paths kube-rs calls, JSON in and out, watches
+//! as newline-delimited JSON streams.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{
+    Shared,
+    patch::{PatchKind, apply_patch},
+    store::{Change, Key, Resource, fields_match, labels_match},
+};
+
+/// One request as the double saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// The RBAC verb it needs (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`).
+    pub verb: String,
+    /// API group (`""` for core).
+    pub group: String,
+    /// Resource, with the subresource as `gpumodels/status`.
+    pub resource: String,
+    /// Namespace, if any.
+    pub namespace: Option<String>,
+    /// `fieldManager`, for writes that name one.
+    pub field_manager: Option<String>,
+}
+
+struct Target {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn error(code: u16, message: impl Into<String>) -> Response {
+    let reason = match code {
+        400 => "BadRequest",
+        404 => "NotFound",
+        409 => "Conflict",
+        410 => "Expired",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        _ => "InternalError",
+    };
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message.into(),
+        "reason": reason,
+        "code": code,
+    });
+    (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response()
+}
+
+fn ok(code: StatusCode, body: &Value) -> Response {
+    (code, axum::Json(body.clone())).into_response()
+}
+
+fn parse(path: &str) -> Result<Target, (u16, String)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segs.as_slice() {
+        ["api", _v, rest @ ..] => ("", rest),
+        ["apis", g, _v, rest @ ..] => (*g, rest),
+        _ => return Err((404, format!("no such path {path}"))),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(*s)),
+        _ => return Err((404, format!("no such path {path}"))),
+    };
+    let resource = Resource::find(group, plural)
+        .ok_or_else(|| (404, format!("the double serves no {group}/{plural}")))?;
+    match sub {
+        None => {}
+        Some("status") if resource.status_subresource => {}
+        Some(s) => return Err((404, format!("no subresource {s} of {plural}"))),
+    }
+    Ok(Target {
+        resource,
+        namespace,
+        name,
+        status: sub.is_some(),
+    })
+}
+
+/// Serves every request.
+pub async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query: HashMap<String, String> = axum::extract::Query::try_from_uri(&uri)
+        .map(|q: axum::extract::Query<HashMap<String, String>>| q.0)
+        .unwrap_or_default();
+    let target = match parse(uri.path()) {
+        Ok(t) => t,
+        Err((code, m)) => return error(code, m),
+    };
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (&method, &target.name) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "unknown",
+    };
+    shared.requests.lock().unwrap().push(RequestRecord {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        verb: verb.into(),
+        group: target.resource.group.into(),
+        resource: if target.status {
+            format!("{}/status", target.resource.plural)
+        } else {
+            target.resource.plural.into()
+        },
+        namespace: target.namespace.clone(),
+        field_manager: query.get("fieldManager").cloned(),
+    });
+    let parsed_body = || -> Result<Value, (u16, String)> {
+        serde_json::from_slice(&body).map_err(|e| (400, format!("the body is not JSON: {e}")))
+    };
+    match (verb, target.name.clone()) {
+        ("watch", _) => watch_stream(shared, target, &query),
+        ("list", None) => list(&shared, &target, &query),
+        ("get", Some(name)) => {
+            let key = Key::new(target.resource, target.namespace.as_deref(), &name);
+            match shared.store.lock().unwrap().objects.get(&key) {
+                Some(s) => ok(StatusCode::OK, &s.object),
+                None => error(
+                    404,
+                    format!("{} {name:?} not found", target.resource.plural),
+                ),
+            }
+        }
+        ("create", None) => {
+            let object = match parsed_body() {
+                Ok(v) => v,
+                Err((code, m)) => return error(code, m),
+            };
+            match shared.create(target.resource, target.namespace.as_deref(), object) {
+                Ok(c) => ok(StatusCode::CREATED, &c.object),
+                Err((code, m)) => error(code, m),
+            }
+        }
+        ("update", Some(name)) => {
+            let object = match parsed_body() {
+                Ok(v) => v,
+                Err((code, m)) => return error(code, m),
+            };
+            replace(&shared, &target, &name, object)
+        }
+        ("patch", Some(name)) => {
+            let object = match parsed_body() {
+                Ok(v) => v,
+                Err((code, m)) => return error(code, m),
+            };
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let kind = match PatchKind::from_request(
+                content_type,
+                query.get("fieldManager").map(String::as_str),
+                query.get("force").is_some_and(|f| f == "true"),
+            ) {
+                Ok(k) => k,
+                Err((code, m)) => return error(code, m),
+            };
+            patch(&shared, &target, &name, &kind, &object)
+        }
+        ("delete", Some(name)) => {
+            let key = Key::new(target.resource, target.namespace.as_deref(), &name);
+            match shared.delete(&key) {
+                Some(object) => ok(StatusCode::OK, &object),
+                None => error(
+                    404,
+                    format!("{} {name:?} not found", target.resource.plural),
+                ),
+            }
+        }
+        _ => error(405, format!("{method} is not served on {}", uri.path())),
+    }
+}
+
+fn in_scope(target: &Target, key: &Key) -> bool {
+    key.resource
+        == (
+            target.resource.group.to_string(),
+            target.resource.plural.to_string(),
+        )
+        && (target.namespace.is_none() || key.namespace == target.namespace)
+}
+
+fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Response {
+    let store = shared.store.lock().unwrap();
+    let labels = query.get("labelSelector").map(String::as_str);
+    let fields = query.get("fieldSelector").map(String::as_str);
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|(k, s)| {
+            in_scope(target, k)
+                && labels_match(&s.object, labels)
+                && fields_match(&s.object, fields)
+        })
+        .map(|(_, s)| s.object.clone())
+        .collect();
+    ok(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": target.resource.api_version(),
+            "kind": format!("{}List", target.resource.kind),
+            "metadata": {"resourceVersion": store.rv.to_string()},
+            "items": items,
+        }),
+    )
+}
+
+fn replace(shared: &Shared, target: &Target, name: &str, object: Value) -> Response {
+    let key = Key::new(target.resource, target.namespace.as_deref(), name);
+    let mut store = shared.store.lock().unwrap();
+    let Some(stored) = store.objects.get(&key) else {
+        return error(
+            404,
+            format!("{} {name:?} not found", target.resource.plural),
+        );
+    };
+    let current_rv = stored.object["metadata"]["resourceVersion"].clone();
+    if let Some(rv) = object["metadata"].get("resourceVersion")
+        && *rv != current_rv
+    {
+        return error(
+            409,
+            format!(
+                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
+                target.resource.plural
+            ),
+        );
+    }
+    let mut next = object;
+    if target.resource.status_subresource {
+        match stored.object.get("status") {
+            Some(s) => next["status"] = s.clone(),
+            None => {
+                if let Some(m) = next.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    let change = store.write(&key, next, None);
+    let out = match &change {
+        Some(c) => c.object.clone(),
+        None => store.objects[&key].object.clone(),
+    };
+    if let Some(c) = change {
+        let _ = shared.changes.send(c);
+    }
+    ok(StatusCode::OK, &out)
+}
+
+fn patch(shared: &Shared, target: &Target, name: &str, kind: &PatchKind, body: &Value) -> Response {
+    let key = Key::new(target.resource, target.namespace.as_deref(), name);
+    let mut store = shared.store.lock().unwrap();
+    let Some(stored) = store.objects.get(&key) else {
+        return error(
+            404,
+            format!("{} {name:?} not found", target.resource.plural),
+        );
+    };
+    let (next, owners) = match apply_patch(
+        kind,
+        stored,
+        body,
+        target.status,
+        target.resource.status_subresource,
+    ) {
+        Ok(r) => r,
+        Err((code, m)) => return error(code, m),
+    };
+    let change = store.write(&key, next, owners.clone());
+    let out = match &change {
+        Some(c) => c.object.clone(),
+        None => {
+            // Nothing changed; an apply may still have changed who owns what.
+            if let (Some(owners), Some(s)) = (owners, store.objects.get_mut(&key)) {
+                s.owners = owners;
+            }
+            store.objects[&key].object.clone()
+        }
+    };
+    if let Some(c) = change {
+        let _ = shared.changes.send(c);
+    }
+    ok(StatusCode::OK, &out)
+}
+
+fn line(type_: &str, object: &Value) -> Bytes {
+    let mut v = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>) -> Response {
+    let since: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = Duration::from_secs(
+        query
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(290),
+    );
+    let labels = query.get("labelSelector").cloned();
+    let fields = query.get("fieldSelector").cloned();
+    let matches = move |target: &Target, c: &Change| {
+        in_scope(target, &c.key)
+            && labels_match(&c.object, labels.as_deref())
+            && fields_match(&c.object, fields.as_deref())
+    };
+    // Subscribe before the snapshot: nothing falls between the two.
+    let mut rx = shared.changes.subscribe();
+    let (backlog, snapshot) = {
+        let store = shared.store.lock().unwrap();
+        let backlog: Vec<Bytes> = if since == 0 {
+            store
+                .objects
+                .iter()
+                .filter(|(k, s)| {
+                    matches(
+                        &target,
+                        &Change {
+                            rv: 0,
+                            key: (*k).clone(),
+                            type_: "ADDED",
+                            object: s.object.clone(),
+                        },
+                    )
+                })
+                .map(|(_, s)| line("ADDED", &s.object))
+                .collect()
+        } else {
+            store
+                .log
+                .iter()
+                .filter(|c| c.rv > since && matches(&target, c))
+                .map(|c| line(c.type_, &c.object))
+                .collect()
+        };
+        (backlog, store.rv)
+    };
+    let live = async_stream(move |tx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(c) if c.rv > snapshot && matches(&target, &c) => {
+                    if tx.send(line(c.type_, &c.object)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // A slow watcher: end the stream, the client watches again from its last version.
+                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = futures::stream::iter(backlog)
+        .chain(live)
+        .take_until(tokio::time::sleep(timeout))
+        .map(Ok::<Bytes, std::convert::Infallible>);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// A stream fed by a task through a small channel (no extra dependency for generators).
+fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Bytes>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+}

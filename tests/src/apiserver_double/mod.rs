@@ -1,0 +1,227 @@
+//! `ApiServerDouble`: an in-memory API server double. It is not a Kubernetes API server and
+//! does not pretend to be one: it serves, over real HTTP on 127.0.0.1, the few resources and
+//! verbs vramkeeper uses (GpuModels with their status subresource, Pods, Secrets, Events,
+//! Leases; list, watch, get, create, update, JSON/merge patch, a simplified server-side apply,
+//! delete with finalizers), so that the real controller and real agents can run against it in
+//! tests and benchmarks. What it simplifies is said where it does (see [`patch`]).
+//!
+//! Tests set up and change objects through its methods (not logged); every HTTP request is
+//! logged with the RBAC verb it needs, so tests can check the operator's permissions.
+
+mod http;
+pub mod patch;
+pub mod store;
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+pub use http::RequestRecord;
+use store::{Change, Key, Resource, Store};
+
+/// State shared by the HTTP handlers and the test's handle.
+pub struct Shared {
+    store: Mutex<Store>,
+    changes: broadcast::Sender<Change>,
+    requests: Mutex<Vec<RequestRecord>>,
+}
+
+impl Shared {
+    fn create(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<Change, (u16, String)> {
+        let mut store = self.store.lock().unwrap();
+        let change = store.create(r, namespace, object)?;
+        let _ = self.changes.send(change.clone());
+        Ok(change)
+    }
+
+    fn delete(&self, key: &Key) -> Option<Value> {
+        let mut store = self.store.lock().unwrap();
+        let (object, change) = store.delete(key)?;
+        if let Some(c) = change {
+            let _ = self.changes.send(c);
+        }
+        Some(object)
+    }
+}
+
+/// A running in-memory API server double; dropping it stops it.
+pub struct ApiServerDouble {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServerDouble {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn resource_of(object: &Value) -> &'static Resource {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    store::RESOURCES
+        .iter()
+        .find(|r| r.api_version() == api_version && r.kind == kind)
+        .unwrap_or_else(|| panic!("the double serves no {api_version} {kind}"))
+}
+
+impl ApiServerDouble {
+    /// Starts one on 127.0.0.1 with a port the OS picks.
+    pub async fn start() -> ApiServerDouble {
+        let (changes, _) = broadcast::channel(1 << 16);
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            changes,
+            requests: Mutex::new(vec![]),
+        });
+        let app = axum::Router::new()
+            .fallback(http::handle)
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the API server double");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ApiServerDouble { url, shared, task }
+    }
+
+    /// A kube client talking to the double.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().expect("the double's URL"));
+        kube::Client::try_from(config).expect("a client for the double")
+    }
+
+    /// Writes a kubeconfig pointing at the double (for a process, such as the operator binary).
+    pub fn write_kubeconfig(&self, path: &Path) {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: double\n    namespace: default\ncurrent-context: double\nusers:\n- name: double\n  user: {{}}\n",
+            self.url
+        );
+        std::fs::write(path, yaml).expect("write the kubeconfig");
+    }
+
+    /// Creates `object` (its `apiVersion` and `kind` say where); returns it as stored.
+    pub fn create(&self, object: Value) -> Value {
+        let r = resource_of(&object);
+        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
+        match self.shared.create(r, namespace.as_deref(), object) {
+            Ok(c) => c.object,
+            Err((code, m)) => panic!("create failed ({code}): {m}"),
+        }
+    }
+
+    fn key(group: &str, plural: &str, namespace: Option<&str>, name: &str) -> Key {
+        let r = Resource::find(group, plural).unwrap_or_else(|| panic!("no {group}/{plural}"));
+        Key::new(r, namespace, name)
+    }
+
+    /// The object, if it exists.
+    pub fn get(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let key = Self::key(group, plural, namespace, name);
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .objects
+            .get(&key)
+            .map(|s| s.object.clone())
+    }
+
+    /// Every object of a resource (in one namespace, or all), oldest first.
+    pub fn list(&self, group: &str, plural: &str, namespace: Option<&str>) -> Vec<Value> {
+        let store = self.shared.store.lock().unwrap();
+        let mut items: Vec<Value> = store
+            .objects
+            .iter()
+            .filter(|(k, _)| {
+                k.resource == (group.to_string(), plural.to_string())
+                    && (namespace.is_none() || k.namespace.as_deref() == namespace)
+            })
+            .map(|(_, s)| s.object.clone())
+            .collect();
+        let rv = |v: &Value| {
+            v["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let created = |v: &Value| {
+            v["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        items.sort_by_key(|v| (created(v), rv(v)));
+        items
+    }
+
+    /// A merge patch, as `kubectl patch --type merge` would send (the spec change of a test).
+    pub fn merge_patch(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Value {
+        let key = Self::key(group, plural, namespace, name);
+        let r = Resource::find(group, plural).unwrap();
+        let mut store = self.shared.store.lock().unwrap();
+        let stored = store.objects.get(&key).expect("the object exists");
+        let (next, _) = patch::apply_patch(
+            &patch::PatchKind::Merge,
+            stored,
+            patch,
+            false,
+            r.status_subresource,
+        )
+        .expect("the merge patch applies");
+        match store.write(&key, next, None) {
+            Some(c) => {
+                let _ = self.shared.changes.send(c.clone());
+                c.object
+            }
+            None => store.objects[&key].object.clone(),
+        }
+    }
+
+    /// Deletes an object as `kubectl delete` would (finalizers hold it until removed).
+    pub fn delete(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) {
+        let key = Self::key(group, plural, namespace, name);
+        self.shared.delete(&key).expect("the object exists");
+    }
+
+    /// Every HTTP request so far.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// How many objects the double holds.
+    pub fn len(&self) -> usize {
+        self.shared.store.lock().unwrap().objects.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
