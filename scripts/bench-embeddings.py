@@ -70,7 +70,7 @@ class Worker:
     """A vramkeeper worker process spoken to directly over its socket."""
 
     def __init__(self, agent, backend, model_dir, cache):
-        self.sock_path = os.path.join(cache, "bench.sock")
+        self.sock_path = os.path.join(tempfile.mkdtemp(prefix="vk-sock-"), "bench.sock")
         self.proc = subprocess.Popen(
             [agent, "worker", "--agent-id", "bench", "--instance", "bench", "--socket",
              self.sock_path, "--backend", backend, "--device-index", "0", "--cache-dir", cache])
@@ -116,13 +116,13 @@ class Worker:
 class Agent:
     """The agent serving MiniLM over HTTP."""
 
-    def __init__(self, agent, device, model_dir, cache):
+    def __init__(self, agent, device, model_dir, cache, kernels):
         catalog = os.path.join(cache, "catalog.toml")
         with open(catalog, "w") as f:
             f.write(f'[[model]]\nname = "all-minilm-l6-v2"\nkind = "minilm"\ndir = "{model_dir}"\n')
         self.proc = subprocess.Popen(
             [agent, "--listen", "127.0.0.1:0", "--device", "auto" if device == "cuda" else "cpu",
-             "--catalog", catalog, "--state-dir", os.path.join(cache, "state"), "--cache-dir", cache],
+             "--catalog", catalog, "--state-dir", os.path.join(cache, "state"), "--cache-dir", kernels],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         self.url = "http://" + line.strip().removeprefix("listening on ")
@@ -147,6 +147,7 @@ def main():
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--cache", help="the agent's cache directory (kept kernels); a temporary one if absent")
     args = p.parse_args()
 
     import sentence_transformers
@@ -166,7 +167,8 @@ def main():
         return st.encode(chunk, batch_size=len(chunk), convert_to_numpy=True)
 
     with tempfile.TemporaryDirectory(prefix="vk-bench-") as cache:
-        worker = Worker(args.agent, backend, args.model_dir, cache)
+        kernels = args.cache or cache
+        worker = Worker(args.agent, backend, args.model_dir, kernels)
         # Correctness first: the reference sentences, compared with sentence-transformers.
         ref = json.load(open(FIXTURE))["sentences"]
         vectors = worker.embed([s["text"] for s in ref])
@@ -176,7 +178,8 @@ def main():
             direct = rate(worker.embed, b, texts, args.seconds)
             results["rows"].append({"batch": b, "vramkeeper_direct": direct})
         worker.close()
-        agent = Agent(args.agent, args.device, args.model_dir, os.path.join(cache, "agent"))
+        os.makedirs(os.path.join(cache, "agent"), exist_ok=True)
+        agent = Agent(args.agent, args.device, args.model_dir, os.path.join(cache, "agent"), kernels)
         try:
             for row in results["rows"]:
                 row["vramkeeper_http"] = rate(agent.embed, row["batch"], texts, args.seconds)

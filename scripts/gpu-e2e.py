@@ -31,11 +31,13 @@ FIXTURE = os.path.join(HERE, "..", "node-agent", "tests", "fixtures", "minilm-re
 SIZES = {"syn-0p5g": 1 << 27, "syn-2g": 1 << 29, "syn-8g": 1 << 31}  # f32 parameters
 
 
-def catalog(minilm_dir):
+def catalog(minilm_dir, synthetic=True):
     out = []
-    for name, params in SIZES.items():
-        out.append(f'[[model]]\nname = "{name}"\nkind = "synthetic"\nparams = {params}\nlayers = 4\nseed = 7\n')
-    out.append(f'[[model]]\nname = "all-minilm-l6-v2"\nkind = "minilm"\ndir = "{minilm_dir}"\n')
+    if synthetic:
+        for name, params in SIZES.items():
+            out.append(f'[[model]]\nname = "{name}"\nkind = "synthetic"\nparams = {params}\nlayers = 4\nseed = 7\n')
+    if minilm_dir:
+        out.append(f'[[model]]\nname = "all-minilm-l6-v2"\nkind = "minilm"\ndir = "{minilm_dir}"\n')
     return "\n".join(out)
 
 
@@ -163,15 +165,21 @@ def section(report, name, fn):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--agent", required=True)
-    p.add_argument("--minilm-dir", required=True)
+    p.add_argument("--minilm-dir", help="MiniLM's files; without it the MiniLM parts are skipped")
+    p.add_argument("--minilm-only", action="store_true",
+                   help="only MiniLM: first and second load, the cosine check on CUDA")
     p.add_argument("--out", required=True)
     p.add_argument("--cache", default="/tmp/vk-gpu-cache")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="vk-gpu-")
+    minilm = os.path.abspath(args.minilm_dir) if args.minilm_dir else None
     with open(os.path.join(work, "catalog.toml"), "w") as f:
-        f.write(catalog(os.path.abspath(args.minilm_dir)))
+        f.write(catalog(minilm, synthetic=not args.minilm_only))
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    name = "gpu-e2e-minilm.json" if args.minilm_only else "gpu-e2e.json"
+    if args.minilm_only:
+        return minilm_only(args, work, report, name)
     report["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                            "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     section(report, "floor", floor_measurements)
@@ -197,7 +205,7 @@ def main():
 
         def second_loads():
             rows = []
-            for name in list(SIZES) + ["all-minilm-l6-v2"]:
+            for name in list(SIZES) + (["all-minilm-l6-v2"] if minilm else []):
                 other = "syn-0p5g" if name != "syn-0p5g" else "syn-2g"
                 agent.post("/v1/models/switch", {"model": other})
                 r = agent.post("/v1/models/switch", {"model": name})
@@ -216,7 +224,8 @@ def main():
             for name in SIZES:
                 runs = []
                 for _ in range(3):
-                    agent.post("/v1/models/switch", {"model": "all-minilm-l6-v2"})
+                    other = "syn-0p5g" if name != "syn-0p5g" else "syn-2g"
+                    agent.post("/v1/models/switch", {"model": other})
                     r = agent.post("/v1/models/switch", {"model": name})
                     runs.append(r)
                 ph = [r["phases"] for r in runs]
@@ -319,7 +328,8 @@ def main():
                 dot = sum(x * y for x, y in zip(a, b))
                 cos.append(dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5))
             return {"sentences": len(cos), "min_cosine": min(cos), "all_at_least_0.9999": min(cos) >= 0.9999}
-        section(report, "minilm_cuda", cosine_cuda)
+        if minilm:
+            section(report, "minilm_cuda", cosine_cuda)
 
         def orphan():
             nonlocal agent
@@ -335,14 +345,13 @@ def main():
                     "killed": free["killed"], "ghost_after_mib": free["ghost_after_mb"]}
         section(report, "orphan", orphan)
         report["status_at_end"] = agent.device()
-        _, report["metrics_sample"] = 0, agent.call("GET", "/v1/status")[0]
     finally:
         if stale and stale.poll() is None:
             stale.kill()
         agent.stop()
         subprocess.run(["pkill", "-f", "vramkeeper-agent worker --agent-id gpu-e2e"])
         report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with open(os.path.join(args.out, "gpu-e2e.json"), "w") as f:
+        with open(os.path.join(args.out, name), "w") as f:
             json.dump(report, f, indent=2)
         try:
             import shutil
@@ -350,6 +359,40 @@ def main():
         except OSError:
             pass
     summarize(report)
+
+
+def cosine_check(agent):
+    ref = json.load(open(FIXTURE))["sentences"]
+    r = agent.post("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": [s["text"] for s in ref]})
+    cos = []
+    for item, s in zip(r["data"], ref):
+        a, b = item["embedding"], s["embedding"]
+        dot = sum(x * y for x, y in zip(a, b))
+        cos.append(dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5))
+    return {"sentences": len(cos), "min_cosine": min(cos), "all_at_least_0.9999": min(cos) >= 0.9999}
+
+
+def minilm_only(args, work, report, name):
+    agent = Agent(args.agent, work, args.cache)
+    try:
+        def loads():
+            rows = []
+            for attempt in ("first", "second"):
+                r = agent.post("/v1/models/switch", {"model": "all-minilm-l6-v2"})
+                rows.append({"load": attempt, "load_ms": r["load_ms"], "vram_mib": r["vram_mb"],
+                             "phases": r["phases"], "device_delta_mib": r["device_delta_mb"]})
+                if attempt == "first":
+                    # The first request of each shape compiles its kernels; warm them up.
+                    cosine_check(agent)
+                    agent.post("/v1/models/unload", {})
+            return rows
+        section(report, "minilm_loads", loads)
+        section(report, "minilm_cuda", lambda: cosine_check(agent))
+    finally:
+        agent.stop()
+        with open(os.path.join(args.out, name), "w") as f:
+            json.dump(report, f, indent=2)
+    print(json.dumps({k: report.get(k) for k in ("minilm_loads", "minilm_cuda")}, indent=1)[:3000])
 
 
 def summarize(r):
