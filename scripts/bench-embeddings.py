@@ -7,7 +7,9 @@ sentence-transformers with PyTorch. Prints a Markdown table and writes JSON.
         --model-dir ~/.cache/vramkeeper/models/all-minilm-l6-v2-0.1.0 [--device cpu|cuda]
 
 Needs sentence-transformers and torch in the Python that runs it (for the baseline) and the
-reference fixture for the cosine check.
+reference fixture for the cosine check. Vectors travel as base64 of f32 (the worker protocol's
+form, and the OpenAI API's `encoding_format: base64`), decoded into numpy arrays as
+sentence-transformers returns them.
 """
 import argparse
 import json
@@ -45,6 +47,13 @@ def corpus(n):
     return out
 
 
+def decode(text, dim):
+    """Base64 of little-endian f32s -> vectors of dim (numpy, as sentence-transformers returns)."""
+    import base64
+    import numpy
+    return numpy.frombuffer(base64.b64decode(text), dtype="<f4").reshape(-1, dim)
+
+
 def cosine(a, b):
     dot = sum(x * y for x, y in zip(a, b))
     na = sum(x * x for x in a) ** 0.5
@@ -53,8 +62,10 @@ def cosine(a, b):
 
 
 def rate(fn, batch, texts, min_seconds):
-    """Sentences per second of fn(batch_of_texts), after a warm-up call."""
-    fn(texts[:batch])
+    """Sentences per second of fn(batch_of_texts), after a warm-up pass over the corpus (every
+    input shape compiles its kernels once on a GPU, for PyTorch and burn alike)."""
+    for i in range(0, 256, batch):
+        fn(texts[i:i + batch])
     done, calls, start = 0, 0, time.perf_counter()
     while True:
         chunk = [texts[(calls * batch + k) % len(texts)] for k in range(batch)]
@@ -106,7 +117,7 @@ class Worker:
     def embed(self, texts):
         reply = self.call({"op": "embed", "texts": texts})
         assert reply["reply"] == "embedded", reply
-        return reply["vectors"]
+        return decode(reply["vectors"], reply["dim"])
 
     def close(self):
         self.proc.kill()
@@ -128,11 +139,12 @@ class Agent:
         self.url = "http://" + line.strip().removeprefix("listening on ")
 
     def embed(self, texts):
-        body = json.dumps({"model": "all-minilm-l6-v2", "input": texts}).encode()
+        body = json.dumps({"model": "all-minilm-l6-v2", "input": texts,
+                           "encoding_format": "base64"}).encode()
         req = urllib.request.Request(self.url + "/v1/embeddings", body,
                                      {"content-type": "application/json"})
         with urllib.request.urlopen(req, timeout=600) as r:
-            return [d["embedding"] for d in json.load(r)["data"]]
+            return [decode(d["embedding"], 384)[0] for d in json.load(r)["data"]]
 
     def close(self):
         self.proc.terminate()

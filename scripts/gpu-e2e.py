@@ -53,13 +53,13 @@ class Agent:
              "--zombie-threshold-mib", "1536", "--zombie-persist-s", "0.5",
              "--auto-free", "false", "--kill-foreign-processes", "--release-tolerance-mib", "64",
              *extra],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
             raise RuntimeError(f"agent did not start: {line!r}")
         self.url = "http://" + line.strip().removeprefix("listening on ")
 
-    def call(self, method, path, body=None, timeout=900):
+    def call(self, method, path, body=None, timeout=120):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data, {"content-type": "application/json"},
                                      method=method)
@@ -98,35 +98,45 @@ def nvml_apps():
     return apps
 
 
+FLOOR = r"""
+import json, statistics, subprocess, sys, time
+import torch
+
+torch.cuda.init()
+x = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
+y = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+times = []
+for _ in range(6):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    y.copy_(x, non_blocking=True)
+    torch.cuda.synchronize()
+    times.append(time.perf_counter() - t)
+pinned = (1 << 30) / statistics.median(times[1:])
+x2 = torch.empty(1 << 30, dtype=torch.uint8)
+times = []
+for _ in range(4):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    y.copy_(x2)
+    torch.cuda.synchronize()
+    times.append(time.perf_counter() - t)
+pageable = (1 << 30) / statistics.median(times[1:])
+del x, y, x2
+torch.cuda.empty_cache()
+# A CUDA context from a fresh process: process start to the first allocation.
+code = "import time,ctypes;t=time.perf_counter();c=ctypes.CDLL('libcuda.so.1');c.cuInit(0);d=ctypes.c_int();c.cuDeviceGet(ctypes.byref(d),0);x=ctypes.c_void_p();c.cuCtxCreate_v2(ctypes.byref(x),0,d);print(time.perf_counter()-t)"
+ctx = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout) for _ in range(3)]
+print(json.dumps({"pinned_h2d_gb_s": pinned / 1e9, "pageable_h2d_gb_s": pageable / 1e9,
+                  "cuda_context_s": min(ctx), "device": torch.cuda.get_device_name(0)}))
+"""
+
+
 def floor_measurements():
-    import torch
-    torch.cuda.init()
-    x = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
-    y = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    times = []
-    for _ in range(6):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        y.copy_(x, non_blocking=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    pinned = (1 << 30) / statistics.median(times[1:])
-    x2 = torch.empty(1 << 30, dtype=torch.uint8)
-    times = []
-    for _ in range(4):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        y.copy_(x2)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    pageable = (1 << 30) / statistics.median(times[1:])
-    del x, y, x2
-    torch.cuda.empty_cache()
-    # A CUDA context from a fresh process: process start to the first allocation.
-    code = "import time,ctypes;t=time.perf_counter();c=ctypes.CDLL('libcuda.so.1');c.cuInit(0);d=ctypes.c_int();c.cuDeviceGet(ctypes.byref(d),0);x=ctypes.c_void_p();c.cuCtxCreate_v2(ctypes.byref(x),0,d);print(time.perf_counter()-t)"
-    ctx = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout) for _ in range(3)]
-    return {"pinned_h2d_gb_s": pinned / 1e9, "pageable_h2d_gb_s": pageable / 1e9,
-            "cuda_context_s": min(ctx), "device": torch.cuda.get_device_name(0)}
+    """In a process of its own: this one must hold no CUDA context (it would be a foreign
+    process in every reading)."""
+    out = subprocess.run([sys.executable, "-c", FLOOR], capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 STALE = """
@@ -149,17 +159,42 @@ def wait(pred, timeout, period=0.02):
     return None
 
 
-def section(report, name, fn):
+class SectionTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise SectionTimeout("section timed out")
+
+
+REPORT_PATH = None
+LOG_PATH = None
+
+
+def section(report, name, fn, limit=150):
+    """Runs one part with a deadline; a failure is recorded and the run goes on. The report is
+    written after every part, so a run cut short still says what it measured."""
     print(f"== {name}", flush=True)
     t = time.time()
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(limit)
     try:
         report[name] = fn()
         report[name + "_ok"] = True
     except Exception as e:  # keep going: one failed section must not cost the others
-        report[name] = {"error": f"{e}", "trace": traceback.format_exc()}
+        tail = ""
+        if LOG_PATH and os.path.exists(LOG_PATH):
+            tail = open(LOG_PATH, errors="replace").read()[-3000:]
+        report[name] = {"error": f"{e}", "trace": traceback.format_exc(), "agent_log_tail": tail}
         report[name + "_ok"] = False
         print(traceback.format_exc(), flush=True)
+        print(tail[-1500:], flush=True)
+    finally:
+        signal.alarm(0)
     print(f"   ({time.time() - t:.1f} s)", flush=True)
+    if REPORT_PATH:
+        with open(REPORT_PATH, "w") as f:
+            json.dump(report, f, indent=2)
 
 
 def main():
@@ -178,6 +213,10 @@ def main():
         f.write(catalog(minilm, synthetic=not args.minilm_only))
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     name = "gpu-e2e-minilm.json" if args.minilm_only else "gpu-e2e.json"
+    global REPORT_PATH, LOG_PATH
+    REPORT_PATH = os.path.join(args.out, name)
+    LOG_PATH = os.path.join(work, "agent.log")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.minilm_only:
         return minilm_only(args, work, report, name)
     report["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
@@ -260,7 +299,9 @@ def main():
         def zombie_scenario():
             nonlocal stale
             agent.post("/v1/models/switch", {"model": "syn-0p5g"})
-            stale = subprocess.Popen([sys.executable, "-c", STALE, "3072"], stdout=subprocess.PIPE, text=True)
+            stale = subprocess.Popen([sys.executable, "-c", STALE, "3072"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+                                     start_new_session=True)
             assert stale.stdout.readline().strip() == "ready"
             t0 = time.time()
             pid = stale.pid

@@ -15,7 +15,7 @@ use crate::{
     app::App,
     error::{ApiError, Result},
     models::{ModelKind, minilm},
-    worker::protocol::{Request, Response},
+    worker::protocol::{Request, Response, decode_f32},
 };
 
 pub fn router() -> Router<Arc<App>> {
@@ -60,11 +60,17 @@ async fn embeddings(
         return Err(ApiError::Invalid(format!("input[{i}] is an empty string")));
     }
     let (response, _switched) = device.serve(&req.model, Request::Embed { texts }).await?;
-    let Response::Embedded { vectors, tokens } = response else {
+    let Response::Embedded {
+        vectors,
+        dim,
+        tokens,
+    } = response
+    else {
         return Err(ApiError::Internal(format!(
             "worker answered {response:?} to embed"
         )));
     };
+    let vectors = decode_f32(&vectors, dim).map_err(ApiError::Internal)?;
     let prompt_tokens: u64 = tokens.iter().map(|&t| t as u64).sum();
     let data = vectors
         .into_iter()

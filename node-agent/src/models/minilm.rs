@@ -31,8 +31,10 @@ const HEADS: usize = 12;
 const LAYERS: usize = 6;
 const FFN: usize = 1536;
 const EPS: f64 = 1e-12;
-/// Sentences per forward pass (inputs are sorted by length first, to pad little).
-const BATCH: usize = 64;
+/// Sentences per forward pass on the CPU (inputs are sorted by length first, to pad little).
+pub const CPU_BATCH: usize = 64;
+/// Sentences per forward pass on a GPU, which wants wide batches.
+pub const GPU_BATCH: usize = 256;
 
 /// The files a MiniLM directory must hold.
 pub const FILES: [&str; 2] = ["model.safetensors", "tokenizer.json"];
@@ -65,6 +67,7 @@ pub struct MiniLm<B: Backend> {
     bert: Bert<B>,
     tokenizer: Tokenizer,
     device: B::Device,
+    batch: usize,
 }
 
 fn linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
@@ -158,8 +161,9 @@ pub fn missing(dir: &Path) -> Option<String> {
 }
 
 impl<B: Backend> MiniLm<B> {
-    /// Loads the weights and the tokenizer from the spec's directory.
-    pub fn load(spec: &MinilmSpec, device: &B::Device) -> Result<Self, String> {
+    /// Loads the weights and the tokenizer from the spec's directory; `batch` sentences go
+    /// through the model at once.
+    pub fn load(spec: &MinilmSpec, device: &B::Device, batch: usize) -> Result<Self, String> {
         let dir: PathBuf = spec
             .dir
             .clone()
@@ -221,6 +225,7 @@ impl<B: Backend> MiniLm<B> {
             bert,
             tokenizer,
             device: device.clone(),
+            batch,
         })
     }
 
@@ -237,7 +242,7 @@ impl<B: Backend> MiniLm<B> {
         order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut counts = vec![0u32; texts.len()];
-        for chunk in order.chunks(BATCH) {
+        for chunk in order.chunks(self.batch) {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
             let (v, c) = self.embed_batch(&batch)?;
             for ((&i, v), c) in chunk.iter().zip(v).zip(c) {

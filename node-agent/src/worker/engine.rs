@@ -116,7 +116,8 @@ impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
                 })
             }
             ModelKind::Minilm(m) => {
-                let model = crate::models::minilm::MiniLm::<B>::load(m, &self.device)?;
+                let model =
+                    crate::models::minilm::MiniLm::<B>::load(m, &self.device, B::EMBED_BATCH)?;
                 let weights_ms = ms(started);
                 let warm = Instant::now();
                 model.embed(&["warm-up".to_string()])?;

@@ -7,6 +7,8 @@ use burn::{backend::NdArray, tensor::backend::Backend};
 pub trait DeviceMemoryOps: Backend {
     /// Whether synthetic weights are generated on the device rather than copied from the host.
     const INIT_ON_DEVICE: bool;
+    /// Sentences per embedding forward pass.
+    const EMBED_BATCH: usize;
     /// Bytes (in use by live allocations, reserved from the device or the OS).
     fn allocator_bytes(device: &Self::Device) -> (u64, u64);
     /// Returns pooled memory to the device (or the OS) and waits until it is done.
@@ -20,6 +22,7 @@ pub type Cpu = NdArray<f32>;
 
 impl DeviceMemoryOps for Cpu {
     const INIT_ON_DEVICE: bool = false;
+    const EMBED_BATCH: usize = crate::models::minilm::CPU_BATCH;
 
     fn allocator_bytes(_: &Self::Device) -> (u64, u64) {
         glibc::usage()
@@ -105,6 +108,7 @@ mod cuda {
 
     impl DeviceMemoryOps for Gpu {
         const INIT_ON_DEVICE: bool = true;
+        const EMBED_BATCH: usize = crate::models::minilm::GPU_BATCH;
 
         fn allocator_bytes(device: &CudaDevice) -> (u64, u64) {
             match CudaRuntime::client(device).memory_usage() {

@@ -105,8 +105,11 @@ pub enum Response {
     },
     /// Embeddings, one vector per text.
     Embedded {
-        /// The vectors.
-        vectors: Vec<Vec<f32>>,
+        /// The vectors, concatenated, as base64 of little-endian f32 (JSON float arrays cost
+        /// more to print and parse than the model takes to compute on a GPU).
+        vectors: String,
+        /// Width of one vector.
+        dim: usize,
         /// Tokens per text, after truncation.
         tokens: Vec<u32>,
     },
@@ -165,6 +168,35 @@ pub enum FrameError {
     /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Base64 of little-endian f32s.
+pub fn encode_f32(values: impl Iterator<Item = f32>) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = values.flat_map(f32::to_le_bytes).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes [`encode_f32`]'s output into vectors of `dim` values.
+pub fn decode_f32(text: &str, dim: usize) -> Result<Vec<Vec<f32>>, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("malformed vectors: {e}"))?;
+    if dim == 0 || bytes.len() % (4 * dim) != 0 {
+        return Err(format!(
+            "{} bytes are not vectors of {dim} f32s",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4 * dim)
+        .map(|v| {
+            v.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+        .collect())
 }
 
 /// Encodes a message as one frame.
@@ -236,6 +268,15 @@ mod tests {
             read_frame::<Request>(&mut r),
             Err(FrameError::Closed)
         ));
+    }
+
+    #[test]
+    fn vectors_round_trip_through_base64() {
+        let v = vec![vec![1.0f32, -2.5, 3.25], vec![0.0, f32::MIN_POSITIVE, 7.0]];
+        let text = encode_f32(v.iter().flatten().copied());
+        assert_eq!(decode_f32(&text, 3).unwrap(), v);
+        assert!(decode_f32(&text, 4).is_err());
+        assert!(decode_f32("!!", 3).is_err());
     }
 
     #[test]

@@ -170,7 +170,11 @@ fn handle(request: Request, engine: &mut dyn Engine, args: &WorkerArgs) -> Respo
             Err(message) => error(message),
         },
         Request::Embed { texts } => match engine.embed(&texts) {
-            Ok((vectors, tokens)) => Response::Embedded { vectors, tokens },
+            Ok((vectors, tokens)) => Response::Embedded {
+                dim: vectors.first().map_or(0, Vec::len),
+                vectors: super::protocol::encode_f32(vectors.iter().flatten().copied()),
+                tokens,
+            },
             Err(message) => error(message),
         },
         Request::Memory => {
