@@ -184,8 +184,8 @@ def main():
         # Correctness first: the reference sentences, compared with sentence-transformers.
         ref = json.load(open(FIXTURE))["sentences"]
         vectors = worker.embed([s["text"] for s in ref])
-        results["min_cosine_vs_reference"] = min(
-            cosine(v, s["embedding"]) for v, s in zip(vectors, ref))
+        results["min_cosine_vs_reference"] = float(min(
+            cosine(v, s["embedding"]) for v, s in zip(vectors, ref)))
         for b in batches:
             direct = rate(worker.embed, b, texts, args.seconds)
             results["rows"].append({"batch": b, "vramkeeper_direct": direct})
