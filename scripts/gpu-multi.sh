@@ -18,13 +18,17 @@ TOML
 pid=$!
 for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
 c() { curl -s -m 300 -X "$1" "localhost:8478$2" -H 'content-type: application/json' ${3:+-d "$3"}; echo; }
-summary() { c GET /v1/status | python3 -c '
+cat > "$work/summary.py" <<'PY'
 import json, sys
 s = json.load(sys.stdin)
 print("reason:", s["agent"]["device_reason"])
 for d in s["devices"]:
-    print(f"gpu {d[\"gpu\"]}: {d[\"name\"]} used {d[\"memory\"][\"used_mb\"]:.0f} MiB baseline {d[\"memory\"][\"baseline_mb\"]:.0f} ghost {d[\"ghost\"][\"total_mb\"]:.0f} active {d[\"active_model\"]} pids {[m[\"pid\"] for m in d[\"models\"] if m[\"pid\"]]}")
-'; }
+    m = d["memory"]
+    pids = [x["pid"] for x in d["models"] if x["pid"]]
+    print(f"gpu {d['gpu']}: {d['name']} used {m['used_mb']:.0f} MiB, baseline {m['baseline_mb']:.0f}, "
+          f"ghost {d['ghost']['total_mb']:.0f}, active {d['active_model']}, worker pids {pids}")
+PY
+summary() { c GET /v1/status | python3 "$work/summary.py"; }
 summary
 n=$(nvidia-smi -L | wc -l)
 for g in $(seq 0 $((n - 1))); do
