@@ -76,6 +76,12 @@ pub struct LoadPhases {
     pub params: u64,
     /// Bytes of the parameters.
     pub param_bytes: u64,
+    /// The worker's allocator after the post-load cleanup: bytes handed out to tensors.
+    #[serde(default)]
+    pub allocator_in_use_mb: f64,
+    /// The same: bytes the allocator holds from the device.
+    #[serde(default)]
+    pub allocator_reserved_mb: f64,
 }
 
 /// How an unload went: whether the memory came back, and how.

@@ -54,6 +54,9 @@ impl Device {
         }
         let reading = self.read().await.ok();
         let (killed, spared) = self.end_strays(reading.as_ref(), false).await;
+        if let Some(reading) = &reading {
+            self.wait_for_release_of(reading, &killed).await;
+        }
         let (used_after, ghost_after) = self.measure_ghost().await;
         self.finish(RemediationReport {
             action: RemediationAction::Free,
@@ -190,6 +193,24 @@ impl Device {
         let gone: Vec<u32> = killed.iter().map(|k| k.pid).collect();
         self.with_state(|s| s.zombies.retain(|(pid, _)| !gone.contains(pid)));
         (killed, spared)
+    }
+
+    /// Waits (up to the verify timeout) until the memory the killed processes held is gone
+    /// from the readings: a process's device memory is freed as it exits, a moment after the
+    /// signal.
+    async fn wait_for_release_of(&self, before: &DeviceReading, killed: &[KilledProcess]) {
+        let held: u64 = killed.iter().map(|k| before.usage_of(k.pid)).sum();
+        if held == 0 {
+            return;
+        }
+        let level = before.used_bytes.saturating_sub(held) + self.ctx.config.release_tolerance;
+        let (_, released) = self.wait_for_level(level, |_| 0).await;
+        if !released {
+            tracing::warn!(
+                gpu = self.info.index,
+                "memory of ended processes did not come back in time"
+            );
+        }
     }
 
     /// Reads the device and computes its ghost now.

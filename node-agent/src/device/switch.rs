@@ -388,7 +388,9 @@ impl Device {
         worker.cleanup(cfg.control_timeout).await?;
         phases.cleanup_ms = ms(cleanup.elapsed());
         let measure = Instant::now();
-        worker.memory(cfg.control_timeout).await?;
+        let memory = worker.memory(cfg.control_timeout).await?;
+        phases.allocator_in_use_mb = mib(memory.in_use_bytes);
+        phases.allocator_reserved_mb = mib(memory.reserved_bytes);
         let reading = self.read().await.map_err(|e| WorkerError::Failed {
             message: format!("cannot measure the model: {e}"),
             fatal: false,
