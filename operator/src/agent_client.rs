@@ -49,6 +49,9 @@ impl AgentClient {
         Self {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
+                // A burst opens a connection per call in flight; keep few once it is over.
+                .pool_max_idle_per_host(2)
+                .pool_idle_timeout(Duration::from_secs(30))
                 .build()
                 .expect("an HTTP client without TLS builds"),
             read_timeout,

@@ -19,8 +19,11 @@ pub struct Args {
     )]
     pub listen: SocketAddr,
 
-    /// Reconciles that may run at once (each holds at most one agent call).
-    #[arg(long, env = "VRAMKEEPER_OPERATOR_CONCURRENCY", default_value_t = 64)]
+    /// Reconciles that may run at once (0: no limit). Each holds at most one agent call, and a
+    /// switch can take a minute: a limit below the number of GpuModels a burst of spec changes
+    /// touches makes later ones wait on earlier ones' loads. Each one in flight costs some
+    /// 70 KB (mostly its HTTP connection).
+    #[arg(long, env = "VRAMKEEPER_OPERATOR_CONCURRENCY", default_value_t = 1024)]
     pub concurrency: u16,
 
     /// First delay after a failed reconcile, in milliseconds (doubles per failure in a row).
