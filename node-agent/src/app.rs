@@ -182,7 +182,7 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
             version: env!("CARGO_PKG_VERSION").into(),
             instance,
             started_at: Timestamp::now().to_string(),
-            node: std::env::var("NODE_NAME").ok(),
+            node: args.node_name.clone(),
             device_reason: detected.reason,
             auth_required: token.is_some(),
         },
@@ -231,6 +231,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, agent_id = %app.devices[0].ctx().launch.agent_id, "serving; status page at http://{addr}/");
     // The first line on stdout is the address: tests and scripts read it.
     println!("listening on {addr}");
+    if let Some(node) = &args.node_name {
+        start_reporting(app.clone(), node, shutdown.clone()).await;
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -248,6 +251,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         device.save_state();
     }
     Ok(())
+}
+
+/// Starts reporting into this node's GpuModels when a cluster is reachable; says once why not
+/// otherwise (the agent serves either way).
+async fn start_reporting(app: Arc<App>, node: &str, stop: CancellationToken) {
+    match kube::Client::try_default().await {
+        Ok(client) => {
+            tracing::info!(node, "reporting into the GpuModels of this node");
+            let config = crate::report::ReportConfig::new(node);
+            tokio::spawn(crate::report::run(client, app, config, stop));
+        }
+        Err(e) => {
+            tracing::warn!(node, error = %e, "no cluster reachable: not reporting into GpuModels")
+        }
+    }
 }
 
 async fn wait_for_signal() {

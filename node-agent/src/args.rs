@@ -132,6 +132,11 @@ pub struct ServeArgs {
     #[arg(long, env = "VRAMKEEPER_RELEASE_TOLERANCE_MIB", default_value_t = 64)]
     pub release_tolerance_mib: u64,
 
+    /// This node's name. When set and a cluster is reachable (in-cluster service account or a
+    /// kubeconfig), the agent reports into the status of the GpuModels with this `spec.nodeName`.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Enable test-only routes (/v1/debug/leak). Never in production.
     #[arg(long, env = "VRAMKEEPER_ENABLE_TEST_OPS", hide = true)]
     pub enable_test_ops: bool,

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, QueryRejection},
+    extract::rejection::QueryRejection,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -162,35 +162,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => Self::NotJson,
-            JsonRejection::JsonDataError(e) => {
-                Self::Invalid(format!("invalid request: {}", deepest(&e)))
-            }
-            JsonRejection::JsonSyntaxError(e) => Self::Malformed(deepest(&e)),
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::TooLarge {
-                    limit: crate::api::BODY_LIMIT,
-                }
-            }
-            other => Self::Malformed(other.body_text()),
-        }
-    }
-}
-
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::Invalid(format!("invalid query string: {}", rejection.body_text()))
     }
-}
-
-/// The innermost cause: serde's message, with the field path and position.
-fn deepest(e: &dyn std::error::Error) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }

@@ -22,6 +22,7 @@ pub mod history;
 pub mod metrics;
 pub mod models;
 pub mod probe;
+pub mod report;
 pub mod state_file;
 pub mod tracker;
 pub mod ui;

@@ -21,6 +21,26 @@ pub fn router(enabled: bool) -> Router<Arc<App>> {
     Router::new()
         .route("/v1/debug/leak", post(leak))
         .route("/v1/debug/fault", post(fault))
+        .route("/v1/debug/probe", post(probe))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeRequest {
+    #[serde(default)]
+    gpu: u32,
+    /// Make every reading of the device fail (true) or work again (false).
+    fail: bool,
+}
+
+async fn probe(
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<ProbeRequest>,
+) -> Result<ApiJson<serde_json::Value>> {
+    app.device(req.gpu)?
+        .probe_fault
+        .store(req.fail, std::sync::atomic::Ordering::Relaxed);
+    Ok(ApiJson(serde_json::json!({ "probe_fails": req.fail })))
 }
 
 #[derive(Deserialize)]

@@ -7,16 +7,14 @@ mod embeddings;
 mod gpu;
 mod health;
 mod infer;
+mod json;
 mod models;
+mod openapi;
 mod status;
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    extract::{DefaultBodyLimit, FromRequest},
-    middleware,
-};
+use axum::{Router, extract::DefaultBodyLimit, middleware};
 use tower_http::trace::TraceLayer;
 
 use crate::{
@@ -28,16 +26,7 @@ use crate::{
 /// The largest request body accepted (embedding batches are the largest).
 pub const BODY_LIMIT: usize = 1 << 20;
 
-/// `Json` whose rejections are [`ApiError`]s (400, 413, 415, 422 with a clear message).
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-impl<T: serde::Serialize> axum::response::IntoResponse for ApiJson<T> {
-    fn into_response(self) -> axum::response::Response {
-        axum::Json(self.0).into_response()
-    }
-}
+pub use json::ApiJson;
 
 /// Every route of the agent.
 pub fn router(app: Arc<App>) -> Router {
@@ -61,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(acting)
         .merge(reads)
         .merge(health::router())
+        .merge(openapi::router())
         .merge(crate::ui::router())
         .fallback(|| async { ApiError::Invalid("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

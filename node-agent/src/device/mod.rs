@@ -137,6 +137,8 @@ pub struct Device {
     store: StateStore,
     /// Test-only: the fault the next worker is started with.
     pub(crate) next_fault: Mutex<Option<crate::args::Fault>>,
+    /// Test-only: make every device reading fail.
+    pub(crate) probe_fault: std::sync::atomic::AtomicBool,
 }
 
 /// Holds the device for one acting operation.
@@ -180,6 +182,7 @@ impl Device {
             changes: watch::channel(0).0,
             store,
             next_fault: Mutex::new(None),
+            probe_fault: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -281,9 +284,13 @@ impl Device {
     /// Reads the probe off the async runtime; failures are recorded for status and readiness.
     pub async fn read(&self) -> std::result::Result<DeviceReading, ProbeError> {
         let probe = self.probe.clone();
-        let result = tokio::task::spawn_blocking(move || probe.read())
-            .await
-            .unwrap_or_else(|e| Err(ProbeError(format!("probe task failed: {e}"))));
+        let result = if self.probe_fault.load(Ordering::Relaxed) {
+            Err(ProbeError("injected fault: device reads fail".into()))
+        } else {
+            tokio::task::spawn_blocking(move || probe.read())
+                .await
+                .unwrap_or_else(|e| Err(ProbeError(format!("probe task failed: {e}"))))
+        };
         let mut state = self.state.lock().unwrap();
         match &result {
             Ok(reading) => {

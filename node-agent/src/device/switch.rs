@@ -17,7 +17,7 @@ use super::{Active, ActiveView, Device, OpGuard};
 use crate::{
     error::{ApiError, Result},
     models::{ModelKind, ModelSpec, minilm_fetch},
-    probe::process,
+    probe::{BackendKind, process},
     worker::{
         client::{WorkerError, WorkerHandle},
         protocol::{Request, Response},
@@ -267,7 +267,8 @@ impl Device {
                 if Instant::now() > deadline {
                     return (reading.used_bytes, false);
                 }
-            } else if Instant::now() > deadline {
+            } else {
+                // Without readings nothing can be verified; say so at once.
                 return (self.last_used(), false);
             }
             tokio::time::sleep(pause).await;
@@ -391,12 +392,21 @@ impl Device {
         let memory = worker.memory(cfg.control_timeout).await?;
         phases.allocator_in_use_mb = mib(memory.in_use_bytes);
         phases.allocator_reserved_mb = mib(memory.reserved_bytes);
-        let reading = self.read().await.map_err(|e| WorkerError::Failed {
-            message: format!("cannot measure the model: {e}"),
-            fatal: false,
-        })?;
+        let measured = match self.read().await {
+            Ok(reading) => (reading.usage_of(worker.pid()), reading.used_bytes),
+            Err(e) => {
+                // Degraded: the device cannot be read, the worker still can. Its own figure
+                // (resident memory on the CPU, the allocator's reservation on a GPU) stands in.
+                let own = match worker.backend() {
+                    BackendKind::Ndarray => memory.rss_bytes,
+                    BackendKind::Cuda => memory.reserved_bytes,
+                };
+                tracing::warn!(gpu = self.info.index, error = %e, "device unreadable: the model's memory is the worker's own figure");
+                (own, self.last_used() + own)
+            }
+        };
         phases.measure_ms = ms(measure.elapsed());
-        Ok((reading.usage_of(worker.pid()), reading.used_bytes))
+        Ok(measured)
     }
 
     fn already_active(&self, model: &str, trigger: SwitchTrigger) -> SwitchResponse {

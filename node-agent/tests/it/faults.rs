@@ -106,3 +106,114 @@ async fn a_worker_killed_while_serving_is_replaced() {
     assert_eq!(body["switched"]["trigger"], "auto");
     assert_ne!(agent.workers()[0].pid, pid);
 }
+
+#[tokio::test]
+async fn failing_device_reads_degrade_the_agent_and_readyz_says_so() {
+    let agent = Agent::small(&["--sample-ms", "100"]).await;
+    assert_eq!(agent.get_text("/readyz").await.0, StatusCode::OK);
+    agent.post("/v1/debug/probe", json!({"fail": true})).await;
+    wait_until("readiness to drop", DEADLINE, || async {
+        agent.get_text("/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (_, body) = agent.get_text("/readyz").await;
+    assert!(
+        body.contains("memory readings fail") && body.contains("injected fault"),
+        "{body}"
+    );
+    let d = agent.device().await;
+    assert!(d.probe_error.unwrap().contains("injected fault"));
+    // Still serving: a switch works, measured by the worker itself, and says it could not
+    // verify the release of what it unloaded.
+    let (code, r) = agent
+        .post("/v1/models/switch", json!({"model": "tiny-a"}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{r}");
+    assert!(r["vram_mb"].as_f64().unwrap() > 1.0, "{r}");
+    let (code, r) = agent
+        .post("/v1/models/switch", json!({"model": "tiny-b"}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{r}");
+    assert_eq!(r["release"]["verified"], false);
+    let (_, metrics) = agent.get_text("/metrics").await;
+    assert!(
+        !metrics.contains(r#"vramkeeper_probe_errors_total{gpu="0"} 0"#),
+        "errors are counted"
+    );
+    // Readings come back: ready again.
+    agent.post("/v1/debug/probe", json!({"fail": false})).await;
+    wait_until("readiness to return", DEADLINE, || async {
+        agent.get_text("/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(agent.device().await.probe_error.is_none());
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_switch_restarts_with_its_records_and_frees_the_orphan() {
+    let mut agent = Agent::small(&[]).await;
+    agent
+        .post("/v1/models/switch", json!({"model": "tiny-a"}))
+        .await;
+    agent
+        .post("/v1/debug/fault", json!({"fault": "hang-on-load"}))
+        .await;
+    let url = agent.url.clone();
+    let pending = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/models/switch"))
+            .json(&json!({"model": "tiny-b"}))
+            .send()
+            .await
+    });
+    wait_until("the switch to be loading tiny-b", DEADLINE, || async {
+        agent
+            .device()
+            .await
+            .busy_with
+            .is_some_and(|b| b.contains("tiny-b"))
+            && agent.workers().len() == 1
+    })
+    .await;
+    let hung = agent.workers()[0].pid;
+    agent.kill_agent_only();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the client sees the agent go away"
+    );
+    assert!(
+        procs::is_alive(hung),
+        "the half-loaded worker outlives the agent"
+    );
+
+    let mut options = agent.restart_options();
+    options.catalog = Some(vramkeeper_e2e::agent::SMALL_CATALOG.into());
+    options.args = vec![
+        "--enable-test-ops".into(),
+        "--auto-free".into(),
+        "false".into(),
+    ];
+    let again = Agent::start(options).await;
+    let d = again.device().await;
+    assert_eq!(d.active_model, None);
+    let a = d.models.iter().find(|m| m.name == "tiny-a").unwrap();
+    assert_eq!(
+        (a.state, a.loads),
+        (vramkeeper_crds::ModelState::Unloaded, 1),
+        "records kept"
+    );
+    let orphan = d
+        .ghost
+        .sources
+        .iter()
+        .find(|s| s.pid == Some(hung))
+        .unwrap_or_else(|| panic!("the hung worker is not attributed: {:?}", d.ghost));
+    assert_eq!(orphan.kind, vramkeeper_crds::GhostSourceKind::OrphanWorker);
+    let (_, r) = again.post("/v1/gpu/free", json!({})).await;
+    assert_eq!(r["killed"][0]["pid"], hung);
+    assert!(!procs::is_alive(hung));
+    let (code, _) = again
+        .post("/v1/models/switch", json!({"model": "tiny-b"}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "the restarted agent serves");
+}

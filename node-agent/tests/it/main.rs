@@ -4,6 +4,7 @@
 mod embeddings;
 mod errors;
 mod faults;
+mod fuzz;
 mod ghost;
 mod isolation;
 mod restart;

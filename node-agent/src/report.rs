@@ -1,0 +1,440 @@
+//! Report: in a cluster, the agent writes what it observes into the status of its node's
+//! GpuModels, by server-side apply under its own field manager (`vramkeeper-agent`).
+//!
+//! It owns the observation fields (`activeModel`, `switching`, `device`, `models`,
+//! `ghostSources`, `zombieSince`, `lastSwitch`, `remediations`, `reportedAt`) and never writes
+//! the operator's (`phase`, `observedGeneration`, `conditions`). A change of state (active
+//! model, busy, zombie flag, a new switch or remediation, a model's state) is written at once;
+//! changed figures at most every `min_interval`; an unchanged status every `heartbeat`, so
+//! that `reportedAt` says the agent is alive.
+//!
+//! ```text
+//!   Device::subscribe() --tick--> report loop --SSA status (vramkeeper-agent)--> GpuModel
+//!   GpuModels (list/watch) ------^  (those with spec.nodeName == this node, by spec.gpu)
+//! ```
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use vramkeeper_crds::{
+    DeviceMemory, GhostSourceStatus, GpuModel, ModelRecordStatus, ModelState, RemediationStatus,
+    SwitchStatus,
+    api::{DeviceStatus, RemediationAction, RemediationReport, RemediationTrigger},
+};
+
+/// The field manager of the agent's status writes.
+pub const FIELD_MANAGER: &str = "vramkeeper-agent";
+
+/// How many remediations the status keeps (the newest).
+pub const REMEDIATIONS_KEPT: usize = 20;
+
+/// The permissions the reporter uses, as `(apiGroup, resource, verbs)`: the chart grants the
+/// agent exactly these (cluster-wide: GpuModels are cluster-scoped).
+pub const RBAC_RULES: &[(&str, &str, &[&str])] = &[
+    ("vramkeeper.dev", "gpumodels", &["list", "watch"]),
+    ("vramkeeper.dev", "gpumodels/status", &["patch"]),
+];
+
+/// How the reporter runs.
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    /// This node's name (`spec.nodeName` of the GpuModels it reports into).
+    pub node_name: String,
+    /// Changed figures are written at most this often.
+    pub min_interval: Duration,
+    /// An unchanged status is rewritten this often (`reportedAt`).
+    pub heartbeat: Duration,
+}
+
+impl ReportConfig {
+    /// Defaults: figures at most every 5 s, a heartbeat every 30 s.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            min_interval: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the reporter reads: the devices' status, their remediations, and change ticks.
+pub trait ReportSource: Send + Sync + 'static {
+    /// Every device's status now.
+    fn devices(&self) -> Vec<DeviceStatus>;
+    /// The remediations of device `gpu` in the last hour, oldest first (read only when the
+    /// device's last remediation changed).
+    fn remediations(&self, gpu: u32) -> Vec<RemediationReport>;
+    /// Receivers that tick whenever a device's state changes.
+    fn changes(&self) -> Vec<watch::Receiver<u64>>;
+}
+
+impl ReportSource for crate::app::App {
+    fn devices(&self) -> Vec<DeviceStatus> {
+        self.devices.iter().map(|d| d.status()).collect()
+    }
+
+    fn remediations(&self, gpu: u32) -> Vec<RemediationReport> {
+        self.devices
+            .iter()
+            .find(|d| d.info.index == gpu)
+            .map(|d| d.history(3600).remediations)
+            .unwrap_or_default()
+    }
+
+    fn changes(&self) -> Vec<watch::Receiver<u64>> {
+        self.devices.iter().map(|d| d.subscribe()).collect()
+    }
+}
+
+fn mib(mb: f64) -> u64 {
+    if mb.is_finite() && mb > 0.0 {
+        mb.round() as u64
+    } else {
+        0
+    }
+}
+
+fn remediation_status(r: &RemediationReport) -> RemediationStatus {
+    RemediationStatus {
+        action: match r.action {
+            RemediationAction::Free => "free",
+            RemediationAction::Reset => "reset",
+        }
+        .into(),
+        trigger: match r.trigger {
+            RemediationTrigger::Auto => "auto",
+            RemediationTrigger::Api => "api",
+            RemediationTrigger::Operator => "operator",
+        }
+        .into(),
+        at: r.at.clone(),
+        ghost_before_mib: mib(r.ghost_before_mb),
+        ghost_after_mib: mib(r.ghost_after_mb),
+        killed: r.killed.len() as u32,
+    }
+}
+
+/// The agent's status fields for device `d`, as a server-side apply body. Empty lists and
+/// absent values are left out: server-side apply then removes what the agent wrote before.
+pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Timestamp) -> Value {
+    let mut status = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() && v != json!([]) {
+            status.insert(k.into(), v);
+        }
+    };
+    put("activeModel", json!(d.active_model));
+    // A plain bool in the schema: always written.
+    put("switching", json!(d.busy));
+    put(
+        "device",
+        json!(DeviceMemory {
+            name: d.name.clone(),
+            total_mib: mib(d.memory.total_mb),
+            used_mib: mib(d.memory.used_mb),
+            baseline_mib: mib(d.memory.baseline_mb),
+            ghost_mib: mib(d.ghost.total_mb),
+        }),
+    );
+    let models: Vec<ModelRecordStatus> = d
+        .models
+        .iter()
+        .map(|m| ModelRecordStatus {
+            name: m.name.clone(),
+            state: m.state,
+            vram_mib: m.vram_mb.map(mib),
+            ram_mib: m.ram_mb.map(mib),
+            load_ms: m.load_ms.map(mib),
+            loads: m.loads,
+            last_loaded: m.last_loaded.clone(),
+            last_unloaded: m.last_unloaded.clone(),
+        })
+        .collect();
+    put("models", json!(models));
+    let sources: Vec<GhostSourceStatus> = d
+        .ghost
+        .sources
+        .iter()
+        .map(|g| GhostSourceStatus {
+            kind: g.kind,
+            mib: mib(g.mb),
+            pid: g.pid,
+            name: g.name.clone(),
+        })
+        .collect();
+    put("ghostSources", json!(sources));
+    put("zombieSince", json!(d.zombie.over_threshold_since));
+    put(
+        "lastSwitch",
+        json!(d.last_switch.as_ref().map(|s| SwitchStatus {
+            from: s.from.clone(),
+            to: s.to.clone(),
+            trigger: s.trigger,
+            at: s.at.clone(),
+            unload_ms: mib(s.unload_ms),
+            load_ms: mib(s.load_ms),
+            vram_mib: s.vram_mb.map(mib),
+            ram_mib: s.ram_mb.map(mib),
+        })),
+    );
+    let mut kept: Vec<RemediationStatus> = remediations.iter().map(remediation_status).collect();
+    if let Some(last) = &d.zombie.last_remediation
+        && !kept.iter().any(|r| r.at == last.at)
+    {
+        kept.push(remediation_status(last));
+    }
+    let skip = kept.len().saturating_sub(REMEDIATIONS_KEPT);
+    put("remediations", json!(kept[skip..]));
+    put("reportedAt", json!(now.to_string()));
+    json!({
+        "apiVersion": "vramkeeper.dev/v1alpha1",
+        "kind": "GpuModel",
+        "status": status,
+    })
+}
+
+/// What, if it changes, is written at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StateKey {
+    active: Option<String>,
+    busy: bool,
+    zombie: bool,
+    zombie_since: Option<String>,
+    last_switch: Option<String>,
+    last_remediation: Option<String>,
+    models: Vec<(String, ModelState)>,
+}
+
+fn state_key(d: &DeviceStatus) -> StateKey {
+    StateKey {
+        active: d.active_model.clone(),
+        busy: d.busy,
+        zombie: d.zombie.flagged,
+        zombie_since: d.zombie.over_threshold_since.clone(),
+        last_switch: d.last_switch.as_ref().map(|s| s.at.clone()),
+        last_remediation: d.zombie.last_remediation.as_ref().map(|r| r.at.clone()),
+        models: d.models.iter().map(|m| (m.name.clone(), m.state)).collect(),
+    }
+}
+
+/// Figures that are written at most every `min_interval` when they change.
+fn figures(d: &DeviceStatus) -> (u64, u64, Vec<(u64, u64)>) {
+    (
+        mib(d.memory.used_mb),
+        mib(d.ghost.total_mb),
+        d.models
+            .iter()
+            .map(|m| (m.vram_mb.map_or(0, mib), m.ram_mb.map_or(0, mib)))
+            .collect(),
+    )
+}
+
+struct Written {
+    uid: String,
+    at: Instant,
+    key: StateKey,
+    figures: (u64, u64, Vec<(u64, u64)>),
+}
+
+/// Whether a status must be written now.
+fn due(
+    last: Option<&Written>,
+    uid: &str,
+    d: &DeviceStatus,
+    config: &ReportConfig,
+    now: Instant,
+) -> bool {
+    let Some(last) = last.filter(|l| l.uid == uid) else {
+        return true;
+    };
+    let since = now.duration_since(last.at);
+    last.key != state_key(d)
+        || (last.figures != figures(d) && since >= config.min_interval)
+        || since >= config.heartbeat
+}
+
+/// Reports until `stop` fires.
+pub async fn run(
+    client: Client,
+    source: Arc<dyn ReportSource>,
+    config: ReportConfig,
+    stop: CancellationToken,
+) {
+    let api: Api<GpuModel> = Api::all(client);
+    let wake = Arc::new(Notify::new());
+    let (store, writer) = reflector::store::<GpuModel>();
+    let watching = {
+        let wake = wake.clone();
+        let stream = reflector(writer, watcher(api.clone(), watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+        tokio::spawn(async move {
+            stream
+                .for_each(|event| {
+                    if let Err(e) = event {
+                        tracing::debug!(error = %e, "GpuModel watch");
+                    }
+                    wake.notify_one();
+                    futures::future::ready(())
+                })
+                .await;
+        })
+    };
+    for mut rx in source.changes() {
+        let (wake, stop) = (wake.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        wake.notify_one();
+                    }
+                }
+            }
+        });
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut written: HashMap<String, Written> = HashMap::new();
+    let mut remediations: HashMap<u32, (Option<String>, Vec<RemediationReport>)> = HashMap::new();
+    tracing::info!(node = %config.node_name, "reporting into GpuModel status");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let devices = source.devices();
+        let mine: Vec<Arc<GpuModel>> = store
+            .state()
+            .into_iter()
+            .filter(|g| {
+                g.spec.node_name == config.node_name && g.metadata.deletion_timestamp.is_none()
+            })
+            .collect();
+        written.retain(|name, _| mine.iter().any(|g| g.name_any() == *name));
+        for gm in mine {
+            let Some(d) = devices.iter().find(|d| d.gpu == gm.spec.gpu) else {
+                continue;
+            };
+            let name = gm.name_any();
+            let uid = gm.uid().unwrap_or_default();
+            let now = Instant::now();
+            if !due(written.get(&name), &uid, d, &config, now) {
+                continue;
+            }
+            let last_at = d.zombie.last_remediation.as_ref().map(|r| r.at.clone());
+            let cached = remediations.entry(d.gpu).or_insert((None, vec![]));
+            if cached.0 != last_at {
+                *cached = (last_at, source.remediations(d.gpu));
+            }
+            let body = status_body(d, &cached.1, Timestamp::now());
+            match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
+                Ok(_) => {
+                    written.insert(
+                        name,
+                        Written {
+                            uid,
+                            at: now,
+                            key: state_key(d),
+                            figures: figures(d),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(gpumodel = %name, error = %e, "cannot report into the status")
+                }
+            }
+        }
+    }
+    watching.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> DeviceStatus {
+        serde_json::from_value(json!({
+            "gpu": 0, "name": "cpu", "backend": "ndarray",
+            "memory": {"total_mb": 16000.0, "used_mb": 400.4, "free_mb": 15599.6, "reserved_mb": 0.0, "baseline_mb": 100.0},
+            "ghost": {"total_mb": 0.0, "sources": []},
+            "zombie": {"flagged": false, "over_threshold_since": null, "threshold_mb": 1536.0, "persist_seconds": 30,
+                       "auto_free": false, "next_auto_free_at": null, "last_remediation": null},
+            "active_model": "tiny-a", "busy": false, "busy_with": null,
+            "models": [{"name": "tiny-a", "kind": "synthetic", "state": "Loaded", "vram_mb": 300.2, "ram_mb": 310.0,
+                        "expected_mb": 300.0, "load_ms": 120.0, "loads": 1, "last_loaded": "2027-01-01T00:00:00Z",
+                        "last_unloaded": null, "last_trigger": "spec", "pid": 42, "requests": 0}],
+            "last_switch": null, "implicit_switches": 0, "probe_error": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_body_holds_the_agents_fields_only() {
+        let now: Timestamp = "2027-01-01T00:01:00Z".parse().unwrap();
+        let body = status_body(&device(), &[], now);
+        let status = body["status"].as_object().unwrap();
+        let mut keys: Vec<&str> = status.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["activeModel", "device", "models", "reportedAt", "switching"]
+        );
+        assert_eq!(body["status"]["device"]["usedMiB"], 400);
+        assert_eq!(body["status"]["models"][0]["vramMiB"], 300);
+        for operator_owned in ["phase", "conditions", "observedGeneration"] {
+            assert!(!status.contains_key(operator_owned));
+        }
+    }
+
+    #[test]
+    fn state_changes_are_due_at_once_figures_later() {
+        let config = ReportConfig::new("node-a");
+        let d = device();
+        let t0 = Instant::now();
+        let last = Written {
+            uid: "u".into(),
+            at: t0,
+            key: state_key(&d),
+            figures: figures(&d),
+        };
+        assert!(!due(Some(&last), "u", &d, &config, t0));
+        assert!(due(Some(&last), "other-uid", &d, &config, t0));
+        let mut busy = d.clone();
+        busy.busy = true;
+        assert!(due(Some(&last), "u", &busy, &config, t0));
+        let mut grown = d.clone();
+        grown.memory.used_mb += 50.0;
+        assert!(!due(
+            Some(&last),
+            "u",
+            &grown,
+            &config,
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(due(
+            Some(&last),
+            "u",
+            &grown,
+            &config,
+            t0 + config.min_interval
+        ));
+        assert!(due(Some(&last), "u", &d, &config, t0 + config.heartbeat));
+    }
+}
