@@ -38,6 +38,8 @@ pub enum Success {
     Json(SchemaFn),
     /// Plain text of this content type.
     Text(&'static str),
+    /// An OpenAPI document (this one).
+    Document,
 }
 
 /// One route of the agent's API.
@@ -138,7 +140,7 @@ pub const ROUTES: &[Route] = &[
         access: Access::Open,
         body: None,
         query: &[],
-        success: Success::Text("application/json"),
+        success: Success::Document,
         errors: &[],
     },
     Route {
@@ -393,6 +395,13 @@ fn operation(
         Success::Text(content_type) => json!({
             "description": "Success.",
             "content": {content_type: {"schema": {"type": "string"}}},
+        }),
+        Success::Document => json!({
+            "description": "Success.",
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["openapi", "info", "paths"],
+            }}},
         }),
     };
     answers.insert("200".into(), ok);
