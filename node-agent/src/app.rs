@@ -250,6 +250,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         device.save_state();
     }
+    // A switch still in flight (the unload above found the device busy) may have started a
+    // worker that no record names yet: end every worker of this run, so none outlives it.
+    let agent_id = &app.devices[0].ctx().launch.agent_id;
+    for (pid, marker) in crate::probe::process::workers_of(agent_id) {
+        if marker.instance == app.agent.instance {
+            tracing::warn!(pid, "ending a worker left by an interrupted switch");
+            crate::worker::client::kill_pid(pid, Duration::from_secs(5)).await;
+        }
+    }
     Ok(())
 }
 

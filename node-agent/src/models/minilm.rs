@@ -124,10 +124,13 @@ impl<B: Backend> Bert<B> {
 }
 
 impl<B: Backend> Layer<B> {
+    /// One encoder layer. The linear layers run on `[b * s, DIM]`: one large matrix product
+    /// each, rather than one small product (and one packing of the weights) per sentence.
     fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let dk = DIM / HEADS;
-        let heads = |t: Tensor<B, 3>| t.reshape([b, s, HEADS, dk]).swap_dims(1, 2);
+        let x = x.reshape([b * s, DIM]);
+        let heads = |t: Tensor<B, 2>| t.reshape([b, s, HEADS, dk]).swap_dims(1, 2);
         let q = heads(self.query.forward(x.clone()));
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x.clone()));
@@ -135,12 +138,12 @@ impl<B: Backend> Layer<B> {
         let attended = activation::softmax(scores, 3)
             .matmul(v)
             .swap_dims(1, 2)
-            .reshape([b, s, DIM]);
+            .reshape([b * s, DIM]);
         let x = self.attn_norm.forward(self.attn_out.forward(attended) + x);
         let h = self
             .out
             .forward(activation::gelu(self.inter.forward(x.clone())));
-        self.out_norm.forward(h + x)
+        self.out_norm.forward(h + x).reshape([b, s, DIM])
     }
 }
 
