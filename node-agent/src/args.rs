@@ -179,6 +179,8 @@ pub enum Fault {
     CrashOnLoad,
     /// Never answer a load.
     HangOnLoad,
+    /// Never answer an inference (after loading normally).
+    HangOnInfer,
     /// Ignore shutdown requests.
     IgnoreShutdown,
 }
@@ -189,6 +191,7 @@ impl Fault {
         match self {
             Self::CrashOnLoad => "crash-on-load",
             Self::HangOnLoad => "hang-on-load",
+            Self::HangOnInfer => "hang-on-infer",
             Self::IgnoreShutdown => "ignore-shutdown",
         }
     }

@@ -159,10 +159,16 @@ impl LeaderElector {
                 _ = stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(self.settings.renew_every) => {}
             }
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = Instant::now(),
-                Ok(false) => return Err(Error::Leader("another replica holds the lease".into())),
-                Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+            // Bounded: the client retries 5xx answers with a backoff of its own, and a renewal
+            // that is still waiting when the lease runs out must not keep this replica acting.
+            match tokio::time::timeout(self.settings.renew_every, self.try_acquire_or_renew()).await
+            {
+                Ok(Ok(true)) => last_renewal = Instant::now(),
+                Ok(Ok(false)) => {
+                    return Err(Error::Leader("another replica holds the lease".into()));
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+                Err(_) => tracing::warn!("the leader lease renewal got no answer in time"),
             }
             // Stop acting before another replica may take over.
             if last_renewal.elapsed() + self.settings.renew_every >= self.settings.duration {

@@ -130,7 +130,12 @@ pub async fn run(
             }
         }
     };
-    controller::run(client, &args, &identity, metrics.clone(), stop).await;
+    // A lost lease stops the controller at once, reconciles in flight included (one may be
+    // waiting in the client's own retries): another replica may be acting already.
+    tokio::select! {
+        _ = controller::run(client, &args, &identity, metrics.clone(), stop) => {}
+        _ = lost.cancelled() => {}
+    }
     metrics.set_leader(false);
     let outcome = match holding {
         Some(task) => task

@@ -107,13 +107,17 @@ fn serve(mut stream: UnixStream, engine: &mut dyn Engine, args: &WorkerArgs) -> 
             }
             return Flow::Exit;
         }
-        if matches!(request, Request::Load { .. }) {
-            match args.fault {
-                Some(Fault::CrashOnLoad) => std::process::abort(),
-                Some(Fault::HangOnLoad) => loop {
-                    std::thread::park();
-                },
-                _ => {}
+        let hang = match (&request, args.fault) {
+            (Request::Load { .. }, Some(Fault::CrashOnLoad)) => std::process::abort(),
+            (Request::Load { .. }, Some(Fault::HangOnLoad)) => true,
+            (Request::Infer { .. }, Some(Fault::HangOnInfer)) => true,
+            _ => false,
+        };
+        if hang {
+            // Tests wait for this file, then act on a worker known to be inside the request.
+            let _ = std::fs::write(args.socket.with_extension("hanging"), b"");
+            loop {
+                std::thread::park();
             }
         }
         if request == Request::Hang && args.test_ops {

@@ -1,5 +1,7 @@
-//! Worker faults: a load that crashes or hangs leaves no worker and no memory; a worker that
-//! ignores shutdown is killed; a worker killed mid-service is replaced on the next request.
+//! Worker faults: a load that crashes, hangs or is SIGKILLed leaves no worker and no memory; a
+//! worker that ignores shutdown is killed; a worker SIGKILLed between or during inferences fails
+//! only the request in flight and is replaced on the next one; failing device reads degrade the
+//! agent; an agent killed mid-switch restarts with its records and frees what it left.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -202,13 +204,16 @@ async fn an_agent_killed_mid_switch_restarts_with_its_records_and_frees_the_orph
         (vramkeeper_crds::ModelState::Unloaded, 1),
         "records kept"
     );
-    let orphan = d
-        .ghost
-        .sources
-        .iter()
-        .find(|s| s.pid == Some(hung))
-        .unwrap_or_else(|| panic!("the hung worker is not attributed: {:?}", d.ghost));
-    assert_eq!(orphan.kind, vramkeeper_crds::GhostSourceKind::OrphanWorker);
+    wait_until(
+        "the hung worker attributed as an orphan",
+        DEADLINE,
+        || async {
+            again.device().await.ghost.sources.iter().any(|s| {
+                s.pid == Some(hung) && s.kind == vramkeeper_crds::GhostSourceKind::OrphanWorker
+            })
+        },
+    )
+    .await;
     let (_, r) = again.post("/v1/gpu/free", json!({})).await;
     assert_eq!(r["killed"][0]["pid"], hung);
     assert!(!procs::is_alive(hung));
@@ -216,4 +221,103 @@ async fn an_agent_killed_mid_switch_restarts_with_its_records_and_frees_the_orph
         .post("/v1/models/switch", json!({"model": "tiny-b"}))
         .await;
     assert_eq!(code, StatusCode::OK, "the restarted agent serves");
+}
+
+/// Whether a worker of `agent` is stuck inside a request because of its hang fault.
+fn hanging(agent: &Agent) -> bool {
+    std::fs::read_dir(agent.state.path().join("state/run")).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().extension().is_some_and(|x| x == "hanging"))
+    })
+}
+
+#[tokio::test]
+async fn a_worker_sigkilled_mid_inference_fails_that_request_and_is_replaced() {
+    let agent = Agent::small(&[]).await;
+    agent
+        .post("/v1/debug/fault", json!({"fault": "hang-on-infer"}))
+        .await;
+    agent
+        .post("/v1/models/switch", json!({"model": "tiny-a"}))
+        .await;
+    let pid = agent.workers()[0].pid;
+    let url = agent.url.clone();
+    let inflight = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/infer"))
+            .json(&json!({"model": "tiny-a", "tokens": [1, 2, 3]}))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<serde_json::Value>().await.unwrap())
+    });
+    wait_until(
+        "the worker to be inside the inference",
+        DEADLINE,
+        || async { hanging(&agent) },
+    )
+    .await;
+    procs::signal(pid, "KILL");
+    let (code, body) = inflight.await.unwrap();
+    assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("SIGKILL"), "{body}");
+    wait_until("the dead worker to be removed", DEADLINE, || async {
+        agent.device().await.active_model.is_none()
+    })
+    .await;
+    assert!(agent.workers().is_empty(), "{:?}", agent.workers());
+    // The fault was for that one worker: the next inference loads a healthy one.
+    let (code, body) = agent
+        .post("/v1/infer", json!({"model": "tiny-a", "tokens": [1]}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["switched"]["trigger"], "auto");
+    assert_ne!(agent.workers()[0].pid, pid);
+}
+
+#[tokio::test]
+async fn a_worker_sigkilled_mid_load_fails_the_switch_and_leaves_nothing() {
+    let agent = Agent::small(&["--load-timeout-s", "600"]).await;
+    agent
+        .post("/v1/models/switch", json!({"model": "tiny-a"}))
+        .await;
+    agent
+        .post("/v1/debug/fault", json!({"fault": "hang-on-load"}))
+        .await;
+    let url = agent.url.clone();
+    let switch = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/models/switch"))
+            .json(&json!({"model": "tiny-b"}))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<serde_json::Value>().await.unwrap())
+    });
+    wait_until("the new worker to be inside its load", DEADLINE, || async {
+        hanging(&agent)
+    })
+    .await;
+    let workers = agent.workers();
+    assert_eq!(workers.len(), 1, "tiny-a went first: {workers:?}");
+    procs::signal(workers[0].pid, "KILL");
+    let (code, body) = switch.await.unwrap();
+    assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL"),
+        "{body}"
+    );
+    assert!(agent.workers().is_empty(), "{:?}", agent.workers());
+    let device = agent.device().await;
+    assert_eq!(device.active_model, None);
+    assert!(
+        !device.busy,
+        "the device is free again: {:?}",
+        device.busy_with
+    );
 }

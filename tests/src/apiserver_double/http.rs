@@ -111,6 +111,12 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if *shared.outage.borrow() {
+        shared
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return error(503, "the API server double is down (a test's outage)");
+    }
     let query: HashMap<String, String> = axum::extract::Query::try_from_uri(&uri)
         .map(|q: axum::extract::Query<HashMap<String, String>>| q.0)
         .unwrap_or_default();
@@ -390,9 +396,16 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
             }
         }
     });
+    let mut outage = shared.outage.subscribe();
+    let end = async move {
+        tokio::select! {
+            _ = tokio::time::sleep(timeout) => {}
+            _ = outage.wait_for(|down| *down) => {}
+        }
+    };
     let stream = futures::stream::iter(backlog)
         .chain(live)
-        .take_until(tokio::time::sleep(timeout))
+        .take_until(end)
         .map(Ok::<Bytes, std::convert::Infallible>);
     Response::builder()
         .status(StatusCode::OK)

@@ -28,6 +28,10 @@ pub struct Shared {
     store: Mutex<Store>,
     changes: broadcast::Sender<Change>,
     requests: Mutex<Vec<RequestRecord>>,
+    /// A test's outage: while true every request is answered 503 and open watches end.
+    outage: tokio::sync::watch::Sender<bool>,
+    /// Requests refused during outages.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -84,6 +88,8 @@ impl ApiServerDouble {
             store: Mutex::new(Store::default()),
             changes,
             requests: Mutex::new(vec![]),
+            outage: tokio::sync::watch::Sender::new(false),
+            refused: Default::default(),
         });
         let app = axum::Router::new()
             .fallback(http::handle)
@@ -96,6 +102,20 @@ impl ApiServerDouble {
             let _ = axum::serve(listener, app).await;
         });
         ApiServerDouble { url, shared, task }
+    }
+
+    /// Starts (`true`) or ends an outage: meanwhile every request is answered 503 Service
+    /// Unavailable and open watches end, as when a real API server goes away and its clients
+    /// must back off and list and watch again on its return. The objects are kept.
+    pub fn set_down(&self, down: bool) {
+        self.shared.outage.send_replace(down);
+    }
+
+    /// How many requests were refused during outages.
+    pub fn refused(&self) -> u64 {
+        self.shared
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A kube client talking to the double.

@@ -8,3 +8,4 @@ mod cluster;
 mod common;
 mod leader;
 mod lifecycle;
+mod outage;
