@@ -167,6 +167,29 @@ impl Device {
         let mut killed = vec![];
         for (pid, kind, bytes) in targets {
             let name = process::name(pid);
+            let marker = process::worker_marker(pid);
+            if !may_end(
+                kind,
+                marker.as_ref(),
+                &self.ctx.launch.agent_id,
+                kill_foreign,
+            ) {
+                tracing::warn!(
+                    gpu = self.info.index,
+                    pid,
+                    name,
+                    kind = kind.as_str(),
+                    "not ended: the process is not attributable to this agent (its command line \
+                     carries no marker of ours; a reused pid, or a host pid seen without hostPID)"
+                );
+                spared.push(GhostSource {
+                    kind: GhostSourceKind::Unattributed,
+                    mb: mib(bytes),
+                    pid: Some(pid),
+                    name: Some(name),
+                });
+                continue;
+            }
             if kill_pid(pid, KILL_WAIT).await {
                 tracing::info!(
                     gpu = self.info.index,
@@ -251,5 +274,59 @@ impl Device {
         self.with_state(|s| s.tracker.push_remediation(report.clone()));
         self.save_state();
         report
+    }
+}
+
+/// Whether the agent may end `pid`, classified as `kind`, whose command line now carries
+/// `marker`: its own workers (zombies, orphans) only while the marker names this agent, so that
+/// a pid reused by another process, or a host pid that means another process in this pid
+/// namespace, is never killed; any other process only when policy allows ending foreign ones.
+fn may_end(
+    kind: GhostSourceKind,
+    marker: Option<&process::WorkerMarker>,
+    agent_id: &str,
+    kill_foreign: bool,
+) -> bool {
+    match kind {
+        GhostSourceKind::ZombieWorker | GhostSourceKind::OrphanWorker => {
+            marker.is_some_and(|m| m.agent_id == agent_id)
+        }
+        GhostSourceKind::ForeignProcess => kill_foreign,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(agent_id: &str) -> process::WorkerMarker {
+        process::WorkerMarker {
+            agent_id: agent_id.into(),
+            instance: "i1".into(),
+        }
+    }
+
+    #[test]
+    fn only_attributable_processes_are_ended() {
+        use GhostSourceKind::*;
+        let ours = marker("a1");
+        let theirs = marker("other-agent");
+        for kind in [ZombieWorker, OrphanWorker] {
+            assert!(may_end(kind, Some(&ours), "a1", false));
+            assert!(
+                !may_end(kind, Some(&theirs), "a1", true),
+                "another agent's worker"
+            );
+            assert!(!may_end(kind, None, "a1", true), "a reused or unknown pid");
+        }
+        assert!(
+            !may_end(ForeignProcess, None, "a1", false),
+            "policy forbids"
+        );
+        assert!(may_end(ForeignProcess, None, "a1", true), "policy allows");
+        for kind in [AllocatorCache, WorkerGrowth, Unattributed] {
+            assert!(!may_end(kind, Some(&ours), "a1", true));
+        }
     }
 }
