@@ -20,6 +20,8 @@ import tempfile
 import time
 import urllib.request
 
+from procstat import cpu_seconds, rss_mib
+
 CATALOG = """
 [[model]]
 name = "bench-small"
@@ -36,28 +38,12 @@ layers = 8
 seed = 2
 """
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
 
 def post(url, path, body):
     req = urllib.request.Request(url + path, json.dumps(body).encode(),
                                  {"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.load(r)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def percentile(values, p):

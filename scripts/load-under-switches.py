@@ -26,10 +26,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
+
+from procstat import cpu_seconds, rss_mib
 
 CATALOG = """
 [[model]]
@@ -51,8 +52,6 @@ context = 64
 seed = 2
 """
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
 
 def call(url, path, body=None):
     data = None if body is None else json.dumps(body).encode()
@@ -62,20 +61,6 @@ def call(url, path, body=None):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def oha(binary, url, rate, seconds, body=None):

@@ -347,3 +347,35 @@ pub struct RemediationStatus {
     #[serde(default)]
     pub killed: u32,
 }
+
+/// Whole MiB for a status field: rounded; 0 for anything negative or not finite.
+pub fn whole_mib(mb: f64) -> u64 {
+    if mb.is_finite() && mb > 0.0 {
+        mb.round() as u64
+    } else {
+        0
+    }
+}
+
+impl From<&crate::api::RemediationReport> for RemediationStatus {
+    fn from(r: &crate::api::RemediationReport) -> Self {
+        use crate::api::{RemediationAction, RemediationTrigger};
+        RemediationStatus {
+            action: match r.action {
+                RemediationAction::Free => "free",
+                RemediationAction::Reset => "reset",
+            }
+            .into(),
+            trigger: match r.trigger {
+                RemediationTrigger::Auto => "auto",
+                RemediationTrigger::Api => "api",
+                RemediationTrigger::Operator => "operator",
+            }
+            .into(),
+            at: r.at.clone(),
+            ghost_before_mib: whole_mib(r.ghost_before_mb),
+            ghost_after_mib: whole_mib(r.ghost_after_mb),
+            killed: r.killed.len() as u32,
+        }
+    }
+}

@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use vramkeeper_crds::{
     DeviceMemory, GhostSourceStatus, GpuModel, ModelRecordStatus, ModelState, RemediationStatus,
     SwitchStatus,
-    api::{DeviceStatus, RemediationAction, RemediationReport, RemediationTrigger},
+    api::{DeviceStatus, RemediationReport},
+    whole_mib,
 };
 
 /// The field manager of the agent's status writes.
@@ -99,34 +100,6 @@ impl ReportSource for crate::app::App {
     }
 }
 
-fn mib(mb: f64) -> u64 {
-    if mb.is_finite() && mb > 0.0 {
-        mb.round() as u64
-    } else {
-        0
-    }
-}
-
-fn remediation_status(r: &RemediationReport) -> RemediationStatus {
-    RemediationStatus {
-        action: match r.action {
-            RemediationAction::Free => "free",
-            RemediationAction::Reset => "reset",
-        }
-        .into(),
-        trigger: match r.trigger {
-            RemediationTrigger::Auto => "auto",
-            RemediationTrigger::Api => "api",
-            RemediationTrigger::Operator => "operator",
-        }
-        .into(),
-        at: r.at.clone(),
-        ghost_before_mib: mib(r.ghost_before_mb),
-        ghost_after_mib: mib(r.ghost_after_mb),
-        killed: r.killed.len() as u32,
-    }
-}
-
 /// The agent's status fields for device `d`, as a server-side apply body. Empty lists and
 /// absent values are left out: server-side apply then removes what the agent wrote before.
 pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Timestamp) -> Value {
@@ -143,10 +116,10 @@ pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Ti
         "device",
         json!(DeviceMemory {
             name: d.name.clone(),
-            total_mib: mib(d.memory.total_mb),
-            used_mib: mib(d.memory.used_mb),
-            baseline_mib: mib(d.memory.baseline_mb),
-            ghost_mib: mib(d.ghost.total_mb),
+            total_mib: whole_mib(d.memory.total_mb),
+            used_mib: whole_mib(d.memory.used_mb),
+            baseline_mib: whole_mib(d.memory.baseline_mb),
+            ghost_mib: whole_mib(d.ghost.total_mb),
         }),
     );
     let models: Vec<ModelRecordStatus> = d
@@ -155,9 +128,9 @@ pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Ti
         .map(|m| ModelRecordStatus {
             name: m.name.clone(),
             state: m.state,
-            vram_mib: m.vram_mb.map(mib),
-            ram_mib: m.ram_mb.map(mib),
-            load_ms: m.load_ms.map(mib),
+            vram_mib: m.vram_mb.map(whole_mib),
+            ram_mib: m.ram_mb.map(whole_mib),
+            load_ms: m.load_ms.map(whole_mib),
             loads: m.loads,
             last_loaded: m.last_loaded.clone(),
             last_unloaded: m.last_unloaded.clone(),
@@ -170,7 +143,7 @@ pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Ti
         .iter()
         .map(|g| GhostSourceStatus {
             kind: g.kind,
-            mib: mib(g.mb),
+            mib: whole_mib(g.mb),
             pid: g.pid,
             name: g.name.clone(),
         })
@@ -184,17 +157,18 @@ pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Ti
             to: s.to.clone(),
             trigger: s.trigger,
             at: s.at.clone(),
-            unload_ms: mib(s.unload_ms),
-            load_ms: mib(s.load_ms),
-            vram_mib: s.vram_mb.map(mib),
-            ram_mib: s.ram_mb.map(mib),
+            unload_ms: whole_mib(s.unload_ms),
+            load_ms: whole_mib(s.load_ms),
+            vram_mib: s.vram_mb.map(whole_mib),
+            ram_mib: s.ram_mb.map(whole_mib),
         })),
     );
-    let mut kept: Vec<RemediationStatus> = remediations.iter().map(remediation_status).collect();
+    let mut kept: Vec<RemediationStatus> =
+        remediations.iter().map(RemediationStatus::from).collect();
     if let Some(last) = &d.zombie.last_remediation
         && !kept.iter().any(|r| r.at == last.at)
     {
-        kept.push(remediation_status(last));
+        kept.push(RemediationStatus::from(last));
     }
     let skip = kept.len().saturating_sub(REMEDIATIONS_KEPT);
     put("remediations", json!(kept[skip..]));
@@ -233,11 +207,16 @@ fn state_key(d: &DeviceStatus) -> StateKey {
 /// Figures that are written at most every `min_interval` when they change.
 fn figures(d: &DeviceStatus) -> (u64, u64, Vec<(u64, u64)>) {
     (
-        mib(d.memory.used_mb),
-        mib(d.ghost.total_mb),
+        whole_mib(d.memory.used_mb),
+        whole_mib(d.ghost.total_mb),
         d.models
             .iter()
-            .map(|m| (m.vram_mb.map_or(0, mib), m.ram_mb.map_or(0, mib)))
+            .map(|m| {
+                (
+                    m.vram_mb.map_or(0, whole_mib),
+                    m.ram_mb.map_or(0, whole_mib),
+                )
+            })
             .collect(),
     )
 }

@@ -11,21 +11,14 @@ use jiff::Timestamp;
 use vramkeeper_crds::{
     DeviceMemory, GhostSourceStatus, GpuModelStatus, ModelRecordStatus, RemediationStatus,
     SwitchStatus,
-    api::{DeviceStatus, RemediationAction, RemediationReport, RemediationTrigger},
+    api::{DeviceStatus, RemediationReport},
+    whole_mib,
 };
 
 use crate::planner::{Remediation, RemedyKind, parse_time};
 
-fn mib(mb: f64) -> u64 {
-    if mb.is_finite() && mb > 0.0 {
-        mb.round() as u64
-    } else {
-        0
-    }
-}
-
 fn ms(v: f64) -> u64 {
-    mib(v)
+    whole_mib(v)
 }
 
 /// The status the agent would report for `device` at `now`, with the operator's own fields
@@ -44,10 +37,10 @@ pub fn status_from_agent(
         switching: device.busy,
         device: Some(DeviceMemory {
             name: device.name.clone(),
-            total_mib: mib(device.memory.total_mb),
-            used_mib: mib(device.memory.used_mb),
-            baseline_mib: mib(device.memory.baseline_mb),
-            ghost_mib: mib(device.ghost.total_mb),
+            total_mib: whole_mib(device.memory.total_mb),
+            used_mib: whole_mib(device.memory.used_mb),
+            baseline_mib: whole_mib(device.memory.baseline_mb),
+            ghost_mib: whole_mib(device.ghost.total_mb),
         }),
         models: device
             .models
@@ -55,8 +48,8 @@ pub fn status_from_agent(
             .map(|m| ModelRecordStatus {
                 name: m.name.clone(),
                 state: m.state,
-                vram_mib: m.vram_mb.map(mib),
-                ram_mib: m.ram_mb.map(mib),
+                vram_mib: m.vram_mb.map(whole_mib),
+                ram_mib: m.ram_mb.map(whole_mib),
                 load_ms: m.load_ms.map(ms),
                 loads: m.loads,
                 last_loaded: m.last_loaded.clone(),
@@ -69,7 +62,7 @@ pub fn status_from_agent(
             .iter()
             .map(|g| GhostSourceStatus {
                 kind: g.kind,
-                mib: mib(g.mb),
+                mib: whole_mib(g.mb),
                 pid: g.pid,
                 name: g.name.clone(),
             })
@@ -82,35 +75,14 @@ pub fn status_from_agent(
             at: s.at.clone(),
             unload_ms: ms(s.unload_ms),
             load_ms: ms(s.load_ms),
-            vram_mib: s.vram_mb.map(mib),
-            ram_mib: s.ram_mb.map(mib),
+            vram_mib: s.vram_mb.map(whole_mib),
+            ram_mib: s.ram_mb.map(whole_mib),
         }),
         remediations: merge_remediation_statuses(
             &stored.remediations,
             device.zombie.last_remediation.as_ref(),
         ),
         reported_at: Some(now.to_string()),
-    }
-}
-
-/// A remediation report as the status records it.
-pub fn remediation_status(r: &RemediationReport) -> RemediationStatus {
-    RemediationStatus {
-        action: match r.action {
-            RemediationAction::Free => "free",
-            RemediationAction::Reset => "reset",
-        }
-        .into(),
-        trigger: match r.trigger {
-            RemediationTrigger::Auto => "auto",
-            RemediationTrigger::Api => "api",
-            RemediationTrigger::Operator => "operator",
-        }
-        .into(),
-        at: r.at.clone(),
-        ghost_before_mib: mib(r.ghost_before_mb),
-        ghost_after_mib: mib(r.ghost_after_mb),
-        killed: r.killed.len() as u32,
     }
 }
 
@@ -122,7 +94,7 @@ fn merge_remediation_statuses(
     if let Some(last) = last
         && !all.iter().any(|r| r.at == last.at)
     {
-        all.push(remediation_status(last));
+        all.push(RemediationStatus::from(last));
     }
     all
 }
@@ -162,7 +134,8 @@ mod tests {
     use vramkeeper_crds::{
         GhostSourceKind, ModelState, SwitchTrigger,
         api::{
-            DeviceMemoryReport, GhostReport, GhostSource, ModelRecord, SwitchRecord, ZombieStatus,
+            DeviceMemoryReport, GhostReport, GhostSource, ModelRecord, RemediationAction,
+            RemediationTrigger, SwitchRecord, ZombieStatus,
         },
     };
 
