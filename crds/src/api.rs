@@ -166,6 +166,12 @@ pub struct RemediateRequest {
     /// Who asks: `api` (default) or `operator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<RemediationTrigger>,
+    /// Whether this step may end foreign processes (not workers of this agent). Absent: the
+    /// agent's own policy (`--kill-foreign-processes`). `true` takes effect only where that
+    /// policy allows it too; `false` spares them whatever the policy. The operator sends its
+    /// GpuModel's `spec.zombie.killForeignProcesses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_foreign: Option<bool>,
 }
 
 /// Who asked for a free or reset.

@@ -148,6 +148,8 @@ pub struct ZombiePolicy {
 
     /// Allow free and reset to kill processes that hold device memory and are no worker of this
     /// agent (stale servers, other tenants). Off by default: such processes are only reported.
+    /// Takes effect only where the agent's own policy allows it too (`--kill-foreign-processes`;
+    /// chart: `agent.killForeignProcesses`).
     #[serde(default)]
     pub kill_foreign_processes: bool,
 }

@@ -92,20 +92,32 @@ impl AgentClient {
         self.post(target, "/v1/models/unload", &body).await
     }
 
-    /// `POST /v1/gpu/free` with trigger `operator`.
-    pub async fn free(&self, target: &AgentTarget, gpu: u32) -> Result<RemediationReport> {
+    /// `POST /v1/gpu/free` with trigger `operator`; `kill_foreign` from the GpuModel's policy.
+    pub async fn free(
+        &self,
+        target: &AgentTarget,
+        gpu: u32,
+        kill_foreign: bool,
+    ) -> Result<RemediationReport> {
         let body = RemediateRequest {
             gpu,
             trigger: Some(RemediationTrigger::Operator),
+            kill_foreign: Some(kill_foreign),
         };
         self.post(target, "/v1/gpu/free", &body).await
     }
 
-    /// `POST /v1/gpu/reset` with trigger `operator`.
-    pub async fn reset(&self, target: &AgentTarget, gpu: u32) -> Result<RemediationReport> {
+    /// `POST /v1/gpu/reset` with trigger `operator`; `kill_foreign` from the GpuModel's policy.
+    pub async fn reset(
+        &self,
+        target: &AgentTarget,
+        gpu: u32,
+        kill_foreign: bool,
+    ) -> Result<RemediationReport> {
         let body = RemediateRequest {
             gpu,
             trigger: Some(RemediationTrigger::Operator),
+            kill_foreign: Some(kill_foreign),
         };
         self.post(target, "/v1/gpu/reset", &body).await
     }

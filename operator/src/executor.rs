@@ -179,9 +179,10 @@ pub async fn execute(ctx: &Context, gm: &GpuModel, target: &AgentTarget, plan: &
                 (RemedyKind::Reset, "Reset")
             };
             let started = Instant::now();
+            let kill_foreign = gm.spec.zombie.kill_foreign_processes;
             let result = match kind {
-                RemedyKind::Free => ctx.agent.free(target, gpu).await,
-                RemedyKind::Reset => ctx.agent.reset(target, gpu).await,
+                RemedyKind::Free => ctx.agent.free(target, gpu, kill_foreign).await,
+                RemedyKind::Reset => ctx.agent.reset(target, gpu, kill_foreign).await,
             };
             ctx.metrics
                 .agent_call(kind.as_str(), result.is_ok(), started.elapsed());

@@ -32,7 +32,9 @@ async fn free(
     ApiJson(req): ApiJson<RemediateRequest>,
 ) -> Result<ApiJson<RemediationReport>> {
     let trigger = trigger(&req)?;
-    Ok(ApiJson(app.device(req.gpu)?.free(trigger).await?))
+    Ok(ApiJson(
+        app.device(req.gpu)?.free(trigger, req.kill_foreign).await?,
+    ))
 }
 
 async fn reset(
@@ -40,5 +42,9 @@ async fn reset(
     ApiJson(req): ApiJson<RemediateRequest>,
 ) -> Result<ApiJson<RemediationReport>> {
     let trigger = trigger(&req)?;
-    Ok(ApiJson(app.device(req.gpu)?.reset(trigger).await?))
+    Ok(ApiJson(
+        app.device(req.gpu)?
+            .reset(trigger, req.kill_foreign)
+            .await?,
+    ))
 }

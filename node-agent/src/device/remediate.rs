@@ -22,15 +22,21 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 impl Device {
     /// Free: release pooled memory in the live worker, end this run's zombie workers and the
     /// orphans of earlier runs (and foreign processes, when policy allows).
-    pub async fn free(&self, trigger: RemediationTrigger) -> Result<RemediationReport> {
+    /// `kill_foreign`: the request's say on foreign processes (see `RemediateRequest`).
+    pub async fn free(
+        &self,
+        trigger: RemediationTrigger,
+        kill_foreign: Option<bool>,
+    ) -> Result<RemediationReport> {
         let held = self.try_op("freeing memory")?;
-        Ok(self.free_held(&held, trigger).await)
+        Ok(self.free_held(&held, trigger, kill_foreign).await)
     }
 
     async fn free_held(
         &self,
         _held: &OpGuard<'_>,
         trigger: RemediationTrigger,
+        kill_foreign: Option<bool>,
     ) -> RemediationReport {
         let started = Instant::now();
         let (used_before, ghost_before) = self.measure_ghost().await;
@@ -53,7 +59,7 @@ impl Device {
             }
         }
         let reading = self.read().await.ok();
-        let (killed, spared) = self.end_strays(reading.as_ref(), false).await;
+        let (killed, spared) = self.end_strays(reading.as_ref(), false, kill_foreign).await;
         if let Some(reading) = &reading {
             self.wait_for_release_of(reading, &killed).await;
         }
@@ -77,7 +83,12 @@ impl Device {
 
     /// Reset: end every worker, wait until memory is back at the baseline, reload the model
     /// that was active.
-    pub async fn reset(&self, trigger: RemediationTrigger) -> Result<RemediationReport> {
+    /// `kill_foreign`: the request's say on foreign processes (see `RemediateRequest`).
+    pub async fn reset(
+        &self,
+        trigger: RemediationTrigger,
+        kill_foreign: Option<bool>,
+    ) -> Result<RemediationReport> {
         let held = self.try_op("resetting")?;
         let started = Instant::now();
         let (used_before, ghost_before) = self.measure_ghost().await;
@@ -87,7 +98,7 @@ impl Device {
             self.unload_held(&held, SwitchTrigger::Reset).await?;
         }
         let reading = self.read().await.ok();
-        let (killed, spared) = self.end_strays(reading.as_ref(), true).await;
+        let (killed, spared) = self.end_strays(reading.as_ref(), true, kill_foreign).await;
         self.set_busy("resetting: waiting for memory to return to the baseline".into());
         let spared_pids: Vec<u32> = spared.iter().filter_map(|s| s.pid).collect();
         let baseline = self.with_state(|s| s.baseline);
@@ -131,8 +142,9 @@ impl Device {
         &self,
         reading: Option<&DeviceReading>,
         all_orphans: bool,
+        asked: Option<bool>,
     ) -> (Vec<KilledProcess>, Vec<GhostSource>) {
-        let kill_foreign = self.ctx.config.policy.kill_foreign;
+        let kill_foreign = foreign_allowed(self.ctx.config.policy.kill_foreign, asked);
         let mut targets: Vec<(u32, GhostSourceKind, u64)> = vec![];
         let mut spared = vec![];
         if let Some(reading) = reading {
@@ -277,6 +289,12 @@ impl Device {
     }
 }
 
+/// Whether foreign processes may be ended: the agent's policy is the ceiling, and a request
+/// (the operator sends its GpuModel's `killForeignProcesses`) may only narrow it.
+fn foreign_allowed(policy: bool, asked: Option<bool>) -> bool {
+    policy && asked.unwrap_or(true)
+}
+
 /// Whether the agent may end `pid`, classified as `kind`, whose command line now carries
 /// `marker`: its own workers (zombies, orphans) only while the marker names this agent, so that
 /// a pid reused by another process, or a host pid that means another process in this pid
@@ -305,6 +323,15 @@ mod tests {
             agent_id: agent_id.into(),
             instance: "i1".into(),
         }
+    }
+
+    #[test]
+    fn a_request_narrows_the_foreign_policy_and_never_widens_it() {
+        assert!(foreign_allowed(true, None));
+        assert!(foreign_allowed(true, Some(true)));
+        assert!(!foreign_allowed(true, Some(false)));
+        assert!(!foreign_allowed(false, None));
+        assert!(!foreign_allowed(false, Some(true)));
     }
 
     #[test]

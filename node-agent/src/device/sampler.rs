@@ -94,7 +94,7 @@ impl Device {
         if auto_free {
             let device = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = device.free(RemediationTrigger::Auto).await {
+                if let Err(e) = device.free(RemediationTrigger::Auto, None).await {
                     tracing::info!(gpu = device.info.index, error = %e, "automatic free skipped");
                 }
             });

@@ -180,8 +180,14 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     assert_eq!(
         w.agent.acts(),
         [
-            act("/v1/gpu/free", json!({"gpu": 0, "trigger": "operator"})),
-            act("/v1/gpu/reset", json!({"gpu": 0, "trigger": "operator"})),
+            act(
+                "/v1/gpu/free",
+                json!({"gpu": 0, "trigger": "operator", "kill_foreign": false}),
+            ),
+            act(
+                "/v1/gpu/reset",
+                json!({"gpu": 0, "trigger": "operator", "kill_foreign": false}),
+            ),
         ]
     );
 
@@ -250,7 +256,9 @@ async fn a_free_that_clears_ends_the_ladder() {
     let w0 = world(d, Setup::default()).await;
     w0.agent.edit(|s| s.free_clears = true);
     let mut w = w0;
-    let gm = gpumodel("gm-a").model("tiny-a");
+    // This GpuModel's policy lets free end foreign processes: the agent is told so.
+    let mut gm = gpumodel("gm-a").model("tiny-a");
+    gm.spec.zombie.kill_foreign_processes = true;
     let freed = "freed: ghost memory 2000 -> 0 MiB, 0 processes ended";
     let s1 = remediating(zombie("Freeing", freed, T0));
     w.reconcile(
@@ -320,7 +328,7 @@ async fn a_free_that_clears_ends_the_ladder() {
         w.agent.acts(),
         [act(
             "/v1/gpu/free",
-            json!({"gpu": 0, "trigger": "operator"})
+            json!({"gpu": 0, "trigger": "operator", "kill_foreign": true})
         )]
     );
 }
