@@ -9,3 +9,4 @@ mod common;
 mod leader;
 mod lifecycle;
 mod outage;
+mod report;
