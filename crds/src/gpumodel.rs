@@ -359,6 +359,62 @@ pub fn whole_mib(mb: f64) -> u64 {
     }
 }
 
+impl GpuModelStatus {
+    /// What an agent observes on device `d`, in status form: the observation fields only. The
+    /// operator's fields, `remediations` and `reportedAt` are left empty for the writer (the
+    /// agent's report, or the operator when no report reaches it) to fill.
+    pub fn observed(d: &crate::api::DeviceStatus) -> Self {
+        GpuModelStatus {
+            active_model: d.active_model.clone(),
+            switching: d.busy,
+            device: Some(DeviceMemory {
+                name: d.name.clone(),
+                total_mib: whole_mib(d.memory.total_mb),
+                used_mib: whole_mib(d.memory.used_mb),
+                baseline_mib: whole_mib(d.memory.baseline_mb),
+                ghost_mib: whole_mib(d.ghost.total_mb),
+            }),
+            models: d
+                .models
+                .iter()
+                .map(|m| ModelRecordStatus {
+                    name: m.name.clone(),
+                    state: m.state,
+                    vram_mib: m.vram_mb.map(whole_mib),
+                    ram_mib: m.ram_mb.map(whole_mib),
+                    load_ms: m.load_ms.map(whole_mib),
+                    loads: m.loads,
+                    last_loaded: m.last_loaded.clone(),
+                    last_unloaded: m.last_unloaded.clone(),
+                })
+                .collect(),
+            ghost_sources: d
+                .ghost
+                .sources
+                .iter()
+                .map(|g| GhostSourceStatus {
+                    kind: g.kind,
+                    mib: whole_mib(g.mb),
+                    pid: g.pid,
+                    name: g.name.clone(),
+                })
+                .collect(),
+            zombie_since: d.zombie.over_threshold_since.clone(),
+            last_switch: d.last_switch.as_ref().map(|s| SwitchStatus {
+                from: s.from.clone(),
+                to: s.to.clone(),
+                trigger: s.trigger,
+                at: s.at.clone(),
+                unload_ms: whole_mib(s.unload_ms),
+                load_ms: whole_mib(s.load_ms),
+                vram_mib: s.vram_mb.map(whole_mib),
+                ram_mib: s.ram_mb.map(whole_mib),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 impl From<&crate::api::RemediationReport> for RemediationStatus {
     fn from(r: &crate::api::RemediationReport) -> Self {
         use crate::api::{RemediationAction, RemediationTrigger};

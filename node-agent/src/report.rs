@@ -30,8 +30,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use vramkeeper_crds::{
-    DeviceMemory, GhostSourceStatus, GpuModel, ModelRecordStatus, ModelState, RemediationStatus,
-    SwitchStatus,
+    GpuModel, GpuModelStatus, ModelState, RemediationStatus,
     api::{DeviceStatus, RemediationReport},
     whole_mib,
 };
@@ -103,66 +102,7 @@ impl ReportSource for crate::app::App {
 /// The agent's status fields for device `d`, as a server-side apply body. Empty lists and
 /// absent values are left out: server-side apply then removes what the agent wrote before.
 pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Timestamp) -> Value {
-    let mut status = serde_json::Map::new();
-    let mut put = |k: &str, v: Value| {
-        if !v.is_null() && v != json!([]) {
-            status.insert(k.into(), v);
-        }
-    };
-    put("activeModel", json!(d.active_model));
-    // A plain bool in the schema: always written.
-    put("switching", json!(d.busy));
-    put(
-        "device",
-        json!(DeviceMemory {
-            name: d.name.clone(),
-            total_mib: whole_mib(d.memory.total_mb),
-            used_mib: whole_mib(d.memory.used_mb),
-            baseline_mib: whole_mib(d.memory.baseline_mb),
-            ghost_mib: whole_mib(d.ghost.total_mb),
-        }),
-    );
-    let models: Vec<ModelRecordStatus> = d
-        .models
-        .iter()
-        .map(|m| ModelRecordStatus {
-            name: m.name.clone(),
-            state: m.state,
-            vram_mib: m.vram_mb.map(whole_mib),
-            ram_mib: m.ram_mb.map(whole_mib),
-            load_ms: m.load_ms.map(whole_mib),
-            loads: m.loads,
-            last_loaded: m.last_loaded.clone(),
-            last_unloaded: m.last_unloaded.clone(),
-        })
-        .collect();
-    put("models", json!(models));
-    let sources: Vec<GhostSourceStatus> = d
-        .ghost
-        .sources
-        .iter()
-        .map(|g| GhostSourceStatus {
-            kind: g.kind,
-            mib: whole_mib(g.mb),
-            pid: g.pid,
-            name: g.name.clone(),
-        })
-        .collect();
-    put("ghostSources", json!(sources));
-    put("zombieSince", json!(d.zombie.over_threshold_since));
-    put(
-        "lastSwitch",
-        json!(d.last_switch.as_ref().map(|s| SwitchStatus {
-            from: s.from.clone(),
-            to: s.to.clone(),
-            trigger: s.trigger,
-            at: s.at.clone(),
-            unload_ms: whole_mib(s.unload_ms),
-            load_ms: whole_mib(s.load_ms),
-            vram_mib: s.vram_mb.map(whole_mib),
-            ram_mib: s.ram_mb.map(whole_mib),
-        })),
-    );
+    let mut status = GpuModelStatus::observed(d);
     let mut kept: Vec<RemediationStatus> =
         remediations.iter().map(RemediationStatus::from).collect();
     if let Some(last) = &d.zombie.last_remediation
@@ -171,8 +111,10 @@ pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Ti
         kept.push(RemediationStatus::from(last));
     }
     let skip = kept.len().saturating_sub(REMEDIATIONS_KEPT);
-    put("remediations", json!(kept[skip..]));
-    put("reportedAt", json!(now.to_string()));
+    status.remediations = kept.split_off(skip);
+    status.reported_at = Some(now.to_string());
+    // The operator's fields are empty here, and empty fields are not serialized: the agent
+    // never claims them.
     json!({
         "apiVersion": "vramkeeper.dev/v1alpha1",
         "kind": "GpuModel",

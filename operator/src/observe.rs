@@ -9,17 +9,11 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
-    DeviceMemory, GhostSourceStatus, GpuModelStatus, ModelRecordStatus, RemediationStatus,
-    SwitchStatus,
+    GpuModelStatus, RemediationStatus,
     api::{DeviceStatus, RemediationReport},
-    whole_mib,
 };
 
 use crate::planner::{Remediation, RemedyKind, parse_time};
-
-fn ms(v: f64) -> u64 {
-    whole_mib(v)
-}
 
 /// The status the agent would report for `device` at `now`, with the operator's own fields
 /// (`phase`, `observedGeneration`, `conditions`) taken from `stored`.
@@ -33,56 +27,12 @@ pub fn status_from_agent(
         observed_generation: stored.observed_generation,
         phase: stored.phase,
         conditions: stored.conditions,
-        active_model: device.active_model.clone(),
-        switching: device.busy,
-        device: Some(DeviceMemory {
-            name: device.name.clone(),
-            total_mib: whole_mib(device.memory.total_mb),
-            used_mib: whole_mib(device.memory.used_mb),
-            baseline_mib: whole_mib(device.memory.baseline_mb),
-            ghost_mib: whole_mib(device.ghost.total_mb),
-        }),
-        models: device
-            .models
-            .iter()
-            .map(|m| ModelRecordStatus {
-                name: m.name.clone(),
-                state: m.state,
-                vram_mib: m.vram_mb.map(whole_mib),
-                ram_mib: m.ram_mb.map(whole_mib),
-                load_ms: m.load_ms.map(ms),
-                loads: m.loads,
-                last_loaded: m.last_loaded.clone(),
-                last_unloaded: m.last_unloaded.clone(),
-            })
-            .collect(),
-        ghost_sources: device
-            .ghost
-            .sources
-            .iter()
-            .map(|g| GhostSourceStatus {
-                kind: g.kind,
-                mib: whole_mib(g.mb),
-                pid: g.pid,
-                name: g.name.clone(),
-            })
-            .collect(),
-        zombie_since: device.zombie.over_threshold_since.clone(),
-        last_switch: device.last_switch.as_ref().map(|s| SwitchStatus {
-            from: s.from.clone(),
-            to: s.to.clone(),
-            trigger: s.trigger,
-            at: s.at.clone(),
-            unload_ms: ms(s.unload_ms),
-            load_ms: ms(s.load_ms),
-            vram_mib: s.vram_mb.map(whole_mib),
-            ram_mib: s.ram_mb.map(whole_mib),
-        }),
         remediations: merge_remediation_statuses(
             &stored.remediations,
             device.zombie.last_remediation.as_ref(),
         ),
         reported_at: Some(now.to_string()),
+        ..GpuModelStatus::observed(device)
     }
 }
 
