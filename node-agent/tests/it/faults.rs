@@ -97,16 +97,7 @@ async fn a_worker_killed_while_serving_is_replaced() {
             .contains("SIGKILL"),
         "{body}"
     );
-    wait_until("the dead worker to be removed", DEADLINE, || async {
-        agent.device().await.active_model.is_none()
-    })
-    .await;
-    let (code, body) = agent
-        .post("/v1/infer", json!({"model": "tiny-a", "tokens": [1]}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["switched"]["trigger"], "auto");
-    assert_ne!(agent.workers()[0].pid, pid);
+    replaced_on_the_next_inference(&agent, pid).await;
 }
 
 #[tokio::test]
@@ -223,6 +214,40 @@ async fn an_agent_killed_mid_switch_restarts_with_its_records_and_frees_the_orph
     assert_eq!(code, StatusCode::OK, "the restarted agent serves");
 }
 
+/// A POST to `agent` sent from a task, answered later: `(status, JSON body)`.
+fn in_flight(
+    agent: &Agent,
+    path: &str,
+    body: serde_json::Value,
+) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)> {
+    let url = format!("{}{path}", agent.url);
+    tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    })
+}
+
+/// After worker `dead` died: it is removed, no worker is left, and the next inference loads a
+/// healthy one (trigger `auto`).
+async fn replaced_on_the_next_inference(agent: &Agent, dead: u32) {
+    wait_until("the dead worker to be removed", DEADLINE, || async {
+        agent.device().await.active_model.is_none()
+    })
+    .await;
+    assert!(agent.workers().is_empty(), "{:?}", agent.workers());
+    let (code, body) = agent
+        .post("/v1/infer", json!({"model": "tiny-a", "tokens": [1]}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["switched"]["trigger"], "auto");
+    assert_ne!(agent.workers()[0].pid, dead);
+}
+
 /// Whether a worker of `agent` is stuck inside a request because of its hang fault.
 fn hanging(agent: &Agent) -> bool {
     std::fs::read_dir(agent.state.path().join("state/run")).is_ok_and(|entries| {
@@ -242,16 +267,11 @@ async fn a_worker_sigkilled_mid_inference_fails_that_request_and_is_replaced() {
         .post("/v1/models/switch", json!({"model": "tiny-a"}))
         .await;
     let pid = agent.workers()[0].pid;
-    let url = agent.url.clone();
-    let inflight = tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(format!("{url}/v1/infer"))
-            .json(&json!({"model": "tiny-a", "tokens": [1, 2, 3]}))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<serde_json::Value>().await.unwrap())
-    });
+    let inflight = in_flight(
+        &agent,
+        "/v1/infer",
+        json!({"model": "tiny-a", "tokens": [1, 2, 3]}),
+    );
     wait_until(
         "the worker to be inside the inference",
         DEADLINE,
@@ -263,18 +283,8 @@ async fn a_worker_sigkilled_mid_inference_fails_that_request_and_is_replaced() {
     assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("SIGKILL"), "{body}");
-    wait_until("the dead worker to be removed", DEADLINE, || async {
-        agent.device().await.active_model.is_none()
-    })
-    .await;
-    assert!(agent.workers().is_empty(), "{:?}", agent.workers());
     // The fault was for that one worker: the next inference loads a healthy one.
-    let (code, body) = agent
-        .post("/v1/infer", json!({"model": "tiny-a", "tokens": [1]}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["switched"]["trigger"], "auto");
-    assert_ne!(agent.workers()[0].pid, pid);
+    replaced_on_the_next_inference(&agent, pid).await;
 }
 
 #[tokio::test]
@@ -286,16 +296,7 @@ async fn a_worker_sigkilled_mid_load_fails_the_switch_and_leaves_nothing() {
     agent
         .post("/v1/debug/fault", json!({"fault": "hang-on-load"}))
         .await;
-    let url = agent.url.clone();
-    let switch = tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(format!("{url}/v1/models/switch"))
-            .json(&json!({"model": "tiny-b"}))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<serde_json::Value>().await.unwrap())
-    });
+    let switch = in_flight(&agent, "/v1/models/switch", json!({"model": "tiny-b"}));
     wait_until("the new worker to be inside its load", DEADLINE, || async {
         hanging(&agent)
     })

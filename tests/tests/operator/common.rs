@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use vramkeeper_e2e::ApiServerDouble;
+use vramkeeper_e2e::{Agent, ApiServerDouble};
 use vramkeeper_operator::{Args, Running};
 
 /// The namespace of the agents, their token Secret and the Lease.
@@ -238,4 +238,21 @@ pub fn assert_rbac_covers(double: &ApiServerDouble) {
             r.resource
         );
     }
+}
+
+/// The agent's active model on GPU 0.
+pub async fn active(agent: &Agent) -> Option<String> {
+    agent.device().await.active_model
+}
+
+/// The operator's switches as the agent recorded them: `(from, to)`, oldest first.
+pub async fn spec_switches(agent: &Agent) -> Vec<(Value, Value)> {
+    let (_, history) = agent.get("/v1/history?window=3600").await;
+    history["switches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["trigger"] == "spec")
+        .map(|s| (s["from"].clone(), s["to"].clone()))
+        .collect()
 }

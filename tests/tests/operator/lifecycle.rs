@@ -30,10 +30,6 @@ async fn start_agent() -> Agent {
     .await
 }
 
-async fn active(agent: &Agent) -> Option<String> {
-    agent.device().await.active_model
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_drives_a_real_agent_through_the_whole_lifecycle() {
     let double = ApiServerDouble::start().await;
@@ -79,16 +75,8 @@ async fn the_operator_drives_a_real_agent_through_the_whole_lifecycle() {
         active(&agent).await.as_deref() == Some("tiny-b") && is(&double, "Ready", "True")
     })
     .await;
-    let (_, history) = agent.get("/v1/history?window=3600").await;
-    let spec_switches: Vec<(Value, Value)> = history["switches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["trigger"] == "spec")
-        .map(|s| (s["from"].clone(), s["to"].clone()))
-        .collect();
     assert_eq!(
-        spec_switches,
+        spec_switches(&agent).await,
         [
             (Value::Null, json!("tiny-a")),
             (json!("tiny-a"), Value::Null),

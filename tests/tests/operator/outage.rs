@@ -17,22 +17,6 @@ fn ready(double: &ApiServerDouble) -> Option<(String, String)> {
         .and_then(|g| condition(&g, "Ready"))
 }
 
-async fn active(agent: &Agent) -> Option<String> {
-    agent.device().await.active_model
-}
-
-/// The operator's switches as the agent recorded them: `(from, to)`.
-async fn spec_switches(agent: &Agent) -> Vec<(Value, Value)> {
-    let (_, history) = agent.get("/v1/history?window=3600").await;
-    history["switches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["trigger"] == "spec")
-        .map(|s| (s["from"].clone(), s["to"].clone()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_outage_and_an_unreachable_agent() {
     let double = ApiServerDouble::start().await;
