@@ -167,7 +167,7 @@ def main():
 
     texts = corpus(1024)
     batches = [int(b) for b in args.batches.split(",")]
-    backend = "cuda" if args.device == "cuda" else "ndarray"
+    backend = "cuda" if args.device == "cuda" else "flex"
     machine = (torch.cuda.get_device_name(0) if args.device == "cuda"
                else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     results = {"device": args.device, "machine": machine, "torch": torch.__version__,

@@ -321,6 +321,10 @@ pub struct ModelRecord {
     pub last_unloaded: Option<String>,
     /// What triggered its last load.
     pub last_trigger: Option<SwitchTrigger>,
+    /// While loaded: when it last answered an inference request, or when it was loaded if it
+    /// has answered none (what idle unload counts from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
     /// The worker's process id while loaded.
     pub pid: Option<u32>,
     /// Inference requests it answered since it was loaded.
@@ -359,7 +363,7 @@ pub struct DeviceStatus {
     pub gpu: u32,
     /// Product name, or `cpu`.
     pub name: String,
-    /// `cuda` or `ndarray`.
+    /// `cuda` or `flex`.
     pub backend: String,
     /// Memory figures.
     pub memory: DeviceMemoryReport,

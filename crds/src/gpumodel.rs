@@ -87,7 +87,10 @@ pub struct GpuModelSpec {
     #[serde(default)]
     pub zombie: ZombiePolicy,
 
-    /// Unload the model after it has served nothing for this many seconds (absent: never).
+    /// Unload the model after it has served nothing for this many seconds (absent: never). The
+    /// operator does not load it again by itself afterwards: the next inference request that
+    /// names it loads it (the agent switches on demand), and `Ready` says `IdleUnloaded`
+    /// meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0").message("idleUnloadSeconds must be positive"))]
     pub idle_unload_seconds: Option<u32>,
@@ -284,6 +287,10 @@ pub struct ModelRecordStatus {
     /// When it was last unloaded (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_unloaded: Option<String>,
+    /// While loaded: when it last answered an inference request, or when it was loaded if it
+    /// has answered none (RFC 3339). `idleUnloadSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
 }
 
 /// One holder of ghost memory.
@@ -386,6 +393,7 @@ impl GpuModelStatus {
                     loads: m.loads,
                     last_loaded: m.last_loaded.clone(),
                     last_unloaded: m.last_unloaded.clone(),
+                    last_used: m.last_used.clone(),
                 })
                 .collect(),
             ghost_sources: d

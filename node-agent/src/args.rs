@@ -154,7 +154,7 @@ pub struct WorkerArgs {
     /// The Unix socket to listen on.
     #[arg(long)]
     pub socket: PathBuf,
-    /// `cuda` or `ndarray`.
+    /// `cuda` or `flex`.
     #[arg(long)]
     pub backend: String,
     /// GPU index.

@@ -7,7 +7,7 @@
 //!        |  switch: unload -> verify release -> load -> cleanup -> measure
 //!        |  sampler: ghost = used - baseline - Σ expected; zombie -> auto-free
 //!        v
-//!  worker process (one per loaded model; burn cuda | ndarray), framed JSON over a Unix socket
+//!  worker process (one per loaded model; burn cuda | flex), framed JSON over a Unix socket
 //! ```
 #![deny(rust_2018_idioms)]
 #![deny(unsafe_code)]

@@ -292,7 +292,7 @@ mod tests {
 
     fn device() -> DeviceStatus {
         serde_json::from_value(json!({
-            "gpu": 0, "name": "cpu", "backend": "ndarray",
+            "gpu": 0, "name": "cpu", "backend": "flex",
             "memory": {"total_mb": 16000.0, "used_mb": 400.4, "free_mb": 15599.6, "reserved_mb": 0.0, "baseline_mb": 100.0},
             "ghost": {"total_mb": 0.0, "sources": []},
             "zombie": {"flagged": false, "over_threshold_since": null, "threshold_mb": 1536.0, "persist_seconds": 30,

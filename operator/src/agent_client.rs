@@ -83,11 +83,17 @@ impl AgentClient {
         self.post(target, "/v1/models/switch", &body).await
     }
 
-    /// `POST /v1/models/unload` with trigger `spec`.
-    pub async fn unload(&self, target: &AgentTarget, gpu: u32) -> Result<UnloadResponse> {
+    /// `POST /v1/models/unload` with `trigger`: `spec` (the spec wants another model or none)
+    /// or `idle` (the model served nothing for `idleUnloadSeconds`).
+    pub async fn unload(
+        &self,
+        target: &AgentTarget,
+        gpu: u32,
+        trigger: SwitchTrigger,
+    ) -> Result<UnloadResponse> {
         let body = UnloadRequest {
             gpu,
-            trigger: Some(SwitchTrigger::Spec),
+            trigger: Some(trigger),
         };
         self.post(target, "/v1/models/unload", &body).await
     }

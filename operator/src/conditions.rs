@@ -17,6 +17,8 @@ pub mod reason {
     pub const MODEL_ACTIVE: &str = "ModelActive";
     /// Ready: no model is wanted and none is loaded.
     pub const NO_MODEL: &str = "NoModelWanted";
+    /// Ready: the desired model was unloaded for idleness and loads on the next request.
+    pub const IDLE_UNLOADED: &str = "IdleUnloaded";
     /// No agent Pod on the node.
     pub const AGENT_NOT_FOUND: &str = "AgentNotFound";
     /// The agent Pod did not answer.
@@ -207,11 +209,17 @@ pub fn derive(
 
     let desired = spec.model.as_deref();
     let active = match (&plan.step, outcome) {
-        (Step::Unload { .. }, Outcome::Done(_)) => None,
+        (Step::Unload { .. } | Step::IdleUnload { .. }, Outcome::Done(_)) => None,
         (Step::Load { model }, Outcome::Done(_)) => Some(model.as_str()),
         _ => observed.active_model.as_deref(),
     };
-    let in_sync = active == desired;
+    // Unloaded for idleness: the wanted model loads again on the next request that names it.
+    let parked = matches!(plan.step, Step::Parked { .. })
+        || matches!(
+            (&plan.step, outcome),
+            (Step::IdleUnload { .. }, Outcome::Done(_))
+        );
+    let in_sync = active == desired || parked;
     let degraded = plan.degraded();
     let unknown = matches!(plan.step, Step::Wait(Wait::Failed))
         || matches!(outcome, Outcome::UnknownModel(_));
@@ -263,6 +271,13 @@ pub fn derive(
             reason::AGENT_BUSY,
             format!("{gpu} serves {want}; the agent is busy"),
         )
+    } else if let (true, Some(m)) = (parked, desired) {
+        (
+            reason::IDLE_UNLOADED,
+            format!(
+                "{m} was unloaded from {gpu} after serving nothing for a while; the next inference request that names it loads it again"
+            ),
+        )
     } else if let Some(m) = desired {
         (reason::MODEL_ACTIVE, format!("{m} is active on {gpu}"))
     } else {
@@ -295,9 +310,11 @@ pub fn derive(
             .iter()
             .find(|c| c.type_ == SWITCHING && c.status == "False" && c.reason == reason::DONE);
         match (&plan.step, outcome, last_done) {
-            (Step::Load { .. } | Step::Unload { .. }, Outcome::Done(s), _) => {
-                (reason::DONE, s.clone())
-            }
+            (
+                Step::Load { .. } | Step::Unload { .. } | Step::IdleUnload { .. },
+                Outcome::Done(s),
+                _,
+            ) => (reason::DONE, s.clone()),
             // The last switch's words stay until the next one.
             (_, _, Some(c)) if in_sync => (reason::DONE, c.message.clone()),
             _ => (reason::IDLE, "no switch under way".to_string()),

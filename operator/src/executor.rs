@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use kube::{Resource, ResourceExt};
 use vramkeeper_crds::{
-    GpuModel,
+    GpuModel, SwitchTrigger,
     api::{ReleaseReport, RemediationAction, RemediationReport},
 };
 
@@ -22,6 +22,8 @@ use crate::{
 pub mod event_reason {
     /// A model was unloaded.
     pub const UNLOADED: &str = "Unloaded";
+    /// A model that served nothing for `idleUnloadSeconds` was unloaded.
+    pub const IDLE_UNLOADED: &str = "IdleUnloaded";
     /// An unload finished but the memory did not come back within the tolerance.
     pub const RELEASE_UNVERIFIED: &str = "ReleaseUnverified";
     /// A model was loaded.
@@ -102,29 +104,8 @@ pub async fn execute(ctx: &Context, gm: &GpuModel, target: &AgentTarget, plan: &
     let name = gm.name_any();
     ctx.metrics.step(plan.step.name());
     match &plan.step {
-        Step::Unload { model } => {
-            let started = Instant::now();
-            let result = ctx.agent.unload(target, gpu).await;
-            ctx.metrics
-                .agent_call("unload", result.is_ok(), started.elapsed());
-            match result {
-                Ok(r) => {
-                    let (verified, summary) = match &r.release {
-                        Some(rel) => (rel.verified, release_words(rel)),
-                        None => (true, format!("{model} was already unloaded")),
-                    };
-                    tracing::info!(gpumodel = %name, model = %model, verified, "unloaded");
-                    let (type_, reason) = if verified {
-                        (EventType::Normal, event_reason::UNLOADED)
-                    } else {
-                        (EventType::Warning, event_reason::RELEASE_UNVERIFIED)
-                    };
-                    publish(ctx, gm, type_, reason, "Unload", summary.clone()).await;
-                    Executed::done(summary)
-                }
-                Err(e) => failed(ctx, gm, "Unload", event_reason::SWITCH_FAILED, e).await,
-            }
-        }
+        Step::Unload { model } => unload(ctx, gm, target, model, None).await,
+        Step::IdleUnload { model, idle_s } => unload(ctx, gm, target, model, Some(*idle_s)).await,
         Step::Load { model } => {
             let started = Instant::now();
             let result = ctx.agent.switch(target, gpu, model).await;
@@ -234,7 +215,7 @@ pub async fn execute(ctx: &Context, gm: &GpuModel, target: &AgentTarget, plan: &
             .await;
             Executed::no_call()
         }
-        Step::Wait(_) | Step::InSync => Executed::no_call(),
+        Step::Wait(_) | Step::InSync | Step::Parked { .. } => Executed::no_call(),
     }
 }
 
@@ -254,6 +235,46 @@ async fn failed(ctx: &Context, gm: &GpuModel, action: &str, reason: &str, e: Err
     Executed {
         outcome: Outcome::Failed(e.to_string()),
         error: Some(e),
+    }
+}
+
+/// Unloads `model`: for the spec, or (`idle_s` given) because it served nothing that long.
+async fn unload(
+    ctx: &Context,
+    gm: &GpuModel,
+    target: &AgentTarget,
+    model: &str,
+    idle_s: Option<u64>,
+) -> Executed {
+    let (trigger, action) = match idle_s {
+        Some(_) => (SwitchTrigger::Idle, "IdleUnload"),
+        None => (SwitchTrigger::Spec, "Unload"),
+    };
+    let started = Instant::now();
+    let result = ctx.agent.unload(target, gm.spec.gpu, trigger).await;
+    ctx.metrics
+        .agent_call("unload", result.is_ok(), started.elapsed());
+    match result {
+        Ok(r) => {
+            let (verified, mut summary) = match &r.release {
+                Some(rel) => (rel.verified, release_words(rel)),
+                None => (true, format!("{model} was already unloaded")),
+            };
+            if let Some(s) = idle_s {
+                summary = format!(
+                    "{summary}; it served nothing for {s} s (idleUnloadSeconds), and the next inference request that names it loads it again"
+                );
+            }
+            tracing::info!(gpumodel = %gm.name_any(), model = %model, verified, idle_s, "unloaded");
+            let (type_, reason) = match (verified, idle_s) {
+                (false, _) => (EventType::Warning, event_reason::RELEASE_UNVERIFIED),
+                (true, Some(_)) => (EventType::Normal, event_reason::IDLE_UNLOADED),
+                (true, None) => (EventType::Normal, event_reason::UNLOADED),
+            };
+            publish(ctx, gm, type_, reason, action, summary.clone()).await;
+            Executed::done(summary)
+        }
+        Err(e) => failed(ctx, gm, action, event_reason::SWITCH_FAILED, e).await,
     }
 }
 

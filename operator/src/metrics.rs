@@ -94,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "steps",
-            "Planner steps: unload, load, free, reset, mark_degraded, wait, in_sync",
+            "Planner steps: unload, load, idle_unload, parked, free, reset, mark_degraded, wait, in_sync",
             m.steps.clone(),
         );
         registry.register(

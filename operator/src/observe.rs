@@ -93,7 +93,7 @@ mod tests {
         DeviceStatus {
             gpu: 0,
             name: "cpu".into(),
-            backend: "ndarray".into(),
+            backend: "flex".into(),
             memory: DeviceMemoryReport {
                 total_mb: 16000.4,
                 used_mb: 2100.6,
@@ -150,6 +150,7 @@ mod tests {
                 last_trigger: Some(SwitchTrigger::Spec),
                 pid: Some(42),
                 requests: 0,
+                last_used: None,
             }],
             last_switch: Some(SwitchRecord {
                 at: "2026-01-01T00:00:00Z".into(),

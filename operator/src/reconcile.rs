@@ -12,7 +12,7 @@ use kube::{
     },
 };
 use serde::Serialize;
-use vramkeeper_crds::{Condition, GpuModel, Phase};
+use vramkeeper_crds::{Condition, GpuModel, Phase, SwitchTrigger};
 
 use crate::{
     conditions::{self, DEGRADED, OperatorStatus, Situation, ZOMBIE_MEMORY, reason},
@@ -171,7 +171,10 @@ async fn cleanup(gm: &GpuModel, ctx: &Context) -> Result<Action> {
         .and_then(|d| d.active_model.clone());
     if let Some(model) = active {
         let started = std::time::Instant::now();
-        let result = ctx.agent.unload(&target, spec.gpu).await;
+        let result = ctx
+            .agent
+            .unload(&target, spec.gpu, SwitchTrigger::Spec)
+            .await;
         ctx.metrics
             .agent_call("unload", result.is_ok(), started.elapsed());
         let release = result?.release;

@@ -48,7 +48,7 @@ type Fleet = Arc<Vec<Mutex<Node>>>;
 
 fn device(gpu: usize, active: &Option<String>) -> Value {
     json!({
-        "gpu": gpu, "name": "fake", "backend": "ndarray",
+        "gpu": gpu, "name": "fake", "backend": "flex",
         "memory": {"total_mb": 81920.0, "used_mb": 1000.0, "free_mb": 80920.0, "reserved_mb": 0.0, "baseline_mb": 500.0},
         "ghost": {"total_mb": 0.0, "sources": []},
         "zombie": {"flagged": false, "over_threshold_since": null, "threshold_mb": 1536.0, "persist_seconds": 30,

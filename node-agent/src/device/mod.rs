@@ -120,6 +120,8 @@ pub(crate) struct ActiveView {
     pub expected_bytes: u64,
     pub pooled_bytes: u64,
     pub requests: u64,
+    /// When it last answered a request (or was loaded).
+    pub last_used: jiff::Timestamp,
 }
 
 /// One device.
@@ -369,6 +371,7 @@ impl Device {
         *active.last_used.lock().unwrap() = Instant::now();
         if let Some(a) = self.state.lock().unwrap().active.as_mut() {
             a.requests = active.requests.load(Ordering::Relaxed);
+            a.last_used = jiff::Timestamp::now();
         }
     }
 

@@ -95,6 +95,7 @@ impl Device {
                     last_trigger: r.last_trigger,
                     pid: active.map(|a| a.pid),
                     requests: active.map_or(0, |a| a.requests),
+                    last_used: active.map(|a| a.last_used.to_string()),
                 }
             })
             .collect()

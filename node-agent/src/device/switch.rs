@@ -120,6 +120,7 @@ impl Device {
                         expected_bytes: vram,
                         pooled_bytes: 0,
                         requests: 0,
+                        last_used: now,
                     });
                     s.loading_pid = None;
                     s.tracker.loaded(model, trigger, vram, ram, load_ms, now);
@@ -398,7 +399,7 @@ impl Device {
                 // Degraded: the device cannot be read, the worker still can. Its own figure
                 // (resident memory on the CPU, the allocator's reservation on a GPU) stands in.
                 let own = match worker.backend() {
-                    BackendKind::Ndarray => memory.rss_bytes,
+                    BackendKind::Flex => memory.rss_bytes,
                     BackendKind::Cuda => memory.reserved_bytes,
                 };
                 tracing::warn!(gpu = self.info.index, error = %e, "device unreadable: the model's memory is the worker's own figure");

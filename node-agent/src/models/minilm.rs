@@ -13,11 +13,10 @@ use burn::{
     nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig},
     prelude::*,
     store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore},
-    tensor::activation,
 };
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::MinilmSpec;
+use super::{MinilmSpec, kernels::Kernels};
 
 /// Parameters of all-MiniLM-L6-v2 (the pooler excluded).
 pub const PARAMS: u64 = 22_565_376;
@@ -78,7 +77,7 @@ fn norm<B: Backend>(device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(DIM).with_epsilon(EPS).init(device)
 }
 
-impl<B: Backend> Bert<B> {
+impl<B: Kernels> Bert<B> {
     fn init(device: &B::Device) -> Self {
         Self {
             word_embeddings: EmbeddingConfig::new(VOCAB, DIM).init(device),
@@ -123,26 +122,18 @@ impl<B: Backend> Bert<B> {
     }
 }
 
-impl<B: Backend> Layer<B> {
+impl<B: Kernels> Layer<B> {
     /// One encoder layer. The linear layers run on `[b * s, DIM]`: one large matrix product
     /// each, rather than one small product (and one packing of the weights) per sentence.
     fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
-        let dk = DIM / HEADS;
         let x = x.reshape([b * s, DIM]);
-        let heads = |t: Tensor<B, 2>| t.reshape([b, s, HEADS, dk]).swap_dims(1, 2);
-        let q = heads(self.query.forward(x.clone()));
-        let k = heads(self.key.forward(x.clone()));
-        let v = heads(self.value.forward(x.clone()));
-        let scores = q.matmul(k.transpose()).div_scalar((dk as f32).sqrt()) + bias;
-        let attended = activation::softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b * s, DIM]);
+        let q = self.query.forward(x.clone());
+        let k = self.key.forward(x.clone());
+        let v = self.value.forward(x.clone());
+        let attended = B::self_attention(q, k, v, bias, [b, s, HEADS]);
         let x = self.attn_norm.forward(self.attn_out.forward(attended) + x);
-        let h = self
-            .out
-            .forward(activation::gelu(self.inter.forward(x.clone())));
+        let h = self.out.forward(B::gelu_erf(self.inter.forward(x.clone())));
         self.out_norm.forward(h + x).reshape([b, s, DIM])
     }
 }
@@ -163,7 +154,7 @@ pub fn missing(dir: &Path) -> Option<String> {
         })
 }
 
-impl<B: Backend> MiniLm<B> {
+impl<B: Kernels> MiniLm<B> {
     /// Loads the weights and the tokenizer from the spec's directory; `batch` sentences go
     /// through the model at once.
     pub fn load(spec: &MinilmSpec, device: &B::Device, batch: usize) -> Result<Self, String> {

@@ -1,6 +1,8 @@
 //! Model kinds the workers can run, and their catalog entries.
 
 pub mod catalog;
+pub mod gelu;
+pub mod kernels;
 pub mod minilm;
 pub mod minilm_fetch;
 pub mod synthetic;

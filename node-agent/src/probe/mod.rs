@@ -12,16 +12,16 @@ use std::sync::Arc;
 pub enum BackendKind {
     /// burn-cuda on an NVIDIA GPU.
     Cuda,
-    /// burn-ndarray on the CPU.
-    Ndarray,
+    /// burn-flex on the CPU (burn's own CPU backend: AVX-512 or AVX2 GEMM, chosen at run time).
+    Flex,
 }
 
 impl BackendKind {
-    /// The backend's name (`cuda`, `ndarray`).
+    /// The backend's name (`cuda`, `flex`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cuda => "cuda",
-            Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
         }
     }
 }

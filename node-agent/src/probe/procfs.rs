@@ -18,7 +18,7 @@ impl ProcfsProbe {
             info: DeviceInfo {
                 index: 0,
                 name: "cpu".into(),
-                backend: BackendKind::Ndarray,
+                backend: BackendKind::Flex,
             },
             agent_id: agent_id.to_string(),
         }

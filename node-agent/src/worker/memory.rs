@@ -1,10 +1,10 @@
 //! Allocator figures and cleanup per backend: cubecl's pool on CUDA, glibc's heap on the CPU
 //! (the CPU's "allocator cache" is what malloc keeps after frees; `malloc_trim` returns it).
 
-use burn::{backend::NdArray, tensor::backend::Backend};
+use burn::backend::Flex;
 
 /// Backend-specific memory operations.
-pub trait DeviceMemoryOps: Backend {
+pub trait DeviceMemoryOps: crate::models::kernels::Kernels {
     /// Whether synthetic weights are generated on the device rather than copied from the host.
     const INIT_ON_DEVICE: bool;
     /// Sentences per embedding forward pass.
@@ -18,7 +18,7 @@ pub trait DeviceMemoryOps: Backend {
 }
 
 /// The CPU backend.
-pub type Cpu = NdArray<f32>;
+pub type Cpu = Flex<f32>;
 
 impl DeviceMemoryOps for Cpu {
     const INIT_ON_DEVICE: bool = false;

@@ -78,7 +78,7 @@ pub enum Response {
         pid: u32,
         /// The agent instance that started it.
         instance: String,
-        /// `cuda` or `ndarray`.
+        /// `cuda` or `flex`.
         backend: String,
     },
     /// The model is built and answered a warm-up pass.

@@ -49,10 +49,7 @@ fn exit_now() -> ! {
 
 fn engine_for(args: &WorkerArgs) -> anyhow::Result<Box<dyn Engine>> {
     match args.backend.as_str() {
-        "ndarray" => Ok(Box::new(BurnEngine::<Cpu>::new(
-            Default::default(),
-            "ndarray",
-        ))),
+        "flex" => Ok(Box::new(BurnEngine::<Cpu>::new(Default::default(), "flex"))),
         #[cfg(feature = "cuda")]
         "cuda" => {
             configure_cubecl(&args.cache_dir);

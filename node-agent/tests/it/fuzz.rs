@@ -392,7 +392,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
         Rs::Hello {
             pid: 7,
             instance: "i".into(),
-            backend: "ndarray".into(),
+            backend: "flex".into(),
         },
         Rs::Loaded {
             params: 1,

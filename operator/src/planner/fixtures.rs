@@ -2,7 +2,8 @@
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
-    Condition, DeviceMemory, GpuModelSpec, GpuModelStatus, ZombiePolicy,
+    Condition, DeviceMemory, GpuModelSpec, GpuModelStatus, ModelRecordStatus, ModelState,
+    SwitchStatus, SwitchTrigger, ZombiePolicy,
     conditions::{DEGRADED, READY},
 };
 
@@ -75,6 +76,11 @@ impl SpecBuilder {
         self.0.zombie.max_resets_per_hour = n;
         self
     }
+    /// Unload after `s` seconds without requests.
+    pub fn idle_unload(mut self, s: u32) -> Self {
+        self.0.idle_unload_seconds = Some(s);
+        self
+    }
     /// No reset after a free.
     pub fn no_reset(mut self) -> Self {
         self.0.zombie.reset_after_free = false;
@@ -121,6 +127,36 @@ impl StatusBuilder {
             d.ghost_mib = mib;
         }
         self.0.zombie_since = since.map(|s| t(s).to_string());
+        self
+    }
+    /// `m` loaded, last used at `t(s)` (None: the agent does not report use).
+    pub fn used(mut self, m: &str, s: Option<i64>) -> Self {
+        self.0.models.retain(|r| r.name != m);
+        self.0.models.push(ModelRecordStatus {
+            name: m.into(),
+            state: ModelState::Loaded,
+            vram_mib: Some(40),
+            ram_mib: Some(42),
+            load_ms: Some(250),
+            loads: 1,
+            last_loaded: Some(t(-3600).to_string()),
+            last_unloaded: None,
+            last_used: s.map(|s| t(s).to_string()),
+        });
+        self
+    }
+    /// The last switch was a plain unload of `m` with `trigger`.
+    pub fn unloaded_by(mut self, m: &str, trigger: SwitchTrigger) -> Self {
+        self.0.last_switch = Some(SwitchStatus {
+            from: Some(m.into()),
+            to: None,
+            trigger,
+            at: t(-10).to_string(),
+            unload_ms: 12,
+            load_ms: 0,
+            vram_mib: None,
+            ram_mib: None,
+        });
         self
     }
     /// Never reported.

@@ -11,8 +11,11 @@
 //!    (cooldown) -> reset (at most `maxResetsPerHour`) -> (cooldown) -> Degraded.
 //! 6. Nothing is active and a model is wanted: load it, but only once the status shows the
 //!    memory came back (ghost under the threshold), and not again after the agent said the
-//!    model does not exist (until the spec changes).
-//! 7. Otherwise the GPU serves what it should: in sync.
+//!    model does not exist (until the spec changes). A model the agent last unloaded for
+//!    idleness is parked instead: the next inference request that names it loads it.
+//! 7. The wanted model is active but served nothing for `idleUnloadSeconds`: unload it (trigger
+//!    `idle`).
+//! 8. Otherwise the GPU serves what it should: in sync.
 
 mod zombie;
 
@@ -27,7 +30,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
-    Condition, GpuModelSpec, GpuModelStatus,
+    Condition, GpuModelSpec, GpuModelStatus, SwitchTrigger,
     conditions::{DEGRADED, READY},
 };
 
@@ -171,6 +174,19 @@ pub enum Step {
         /// The desired model.
         model: String,
     },
+    /// Unload the desired model: it served nothing for `idleUnloadSeconds`.
+    IdleUnload {
+        /// The model active now, which is the desired one.
+        model: String,
+        /// Whole seconds since it last served.
+        idle_s: u64,
+    },
+    /// The desired model was unloaded for idleness and stays so until an inference request
+    /// names it (the agent then loads it on demand).
+    Parked {
+        /// The desired model.
+        model: String,
+    },
     /// Free zombie memory.
     Free,
     /// Reset the device.
@@ -189,6 +205,8 @@ impl Step {
         match self {
             Self::Unload { .. } => "unload",
             Self::Load { .. } => "load",
+            Self::IdleUnload { .. } => "idle_unload",
+            Self::Parked { .. } => "parked",
             Self::Free => "free",
             Self::Reset => "reset",
             Self::MarkDegraded(_) => "mark_degraded",
@@ -201,7 +219,11 @@ impl Step {
     pub fn acts(&self) -> bool {
         matches!(
             self,
-            Self::Unload { .. } | Self::Load { .. } | Self::Free | Self::Reset
+            Self::Unload { .. }
+                | Self::Load { .. }
+                | Self::IdleUnload { .. }
+                | Self::Free
+                | Self::Reset
         )
     }
 }
@@ -278,6 +300,20 @@ pub fn plan(input: &Input<'_>) -> Plan {
     };
     match (desired, active) {
         (Some(model), None) => {
+            if parked(status, model) {
+                return match zombie {
+                    Zombie::Suspected { until, .. } => {
+                        wait(Wait::ZombieSuspected, memory_recheck(until))
+                    }
+                    _ => Plan::new(
+                        Step::Parked {
+                            model: model.to_string(),
+                        },
+                        zombie,
+                        RECHECK_IN_SYNC,
+                    ),
+                };
+            }
             if failed_at(status, generation) {
                 return wait(Wait::Failed, RECHECK_FAILED);
             }
@@ -294,9 +330,52 @@ pub fn plan(input: &Input<'_>) -> Plan {
         }
         _ => match zombie {
             Zombie::Suspected { until, .. } => wait(Wait::ZombieSuspected, memory_recheck(until)),
-            _ => Plan::new(Step::InSync, zombie, RECHECK_IN_SYNC),
+            _ => match (active, spec.idle_unload_seconds) {
+                (Some(model), Some(limit)) => {
+                    let limit = Duration::from_secs(limit.into());
+                    match idle_for(status, model, now) {
+                        Some(idle) if idle >= limit => Plan::new(
+                            Step::IdleUnload {
+                                model: model.to_string(),
+                                idle_s: idle.as_secs(),
+                            },
+                            zombie,
+                            RECHECK_AFTER_STEP,
+                        ),
+                        // Look again when the model would turn idle.
+                        Some(idle) => Plan::new(
+                            Step::InSync,
+                            zombie,
+                            (limit - idle).clamp(Duration::from_secs(1), RECHECK_IN_SYNC),
+                        ),
+                        None => Plan::new(Step::InSync, zombie, RECHECK_IN_SYNC),
+                    }
+                }
+                _ => Plan::new(Step::InSync, zombie, RECHECK_IN_SYNC),
+            },
         },
     }
+}
+
+/// How long `model` has served nothing: since its record's `lastUsed` (or `lastLoaded`, from an
+/// agent that does not report use). None when the record has neither.
+fn idle_for(status: &GpuModelStatus, model: &str, now: Timestamp) -> Option<Duration> {
+    let record = status.models.iter().find(|m| m.name == model)?;
+    let since = record
+        .last_used
+        .as_deref()
+        .or(record.last_loaded.as_deref())
+        .and_then(parse_time)?;
+    Some(elapsed(since, now))
+}
+
+/// Nothing is active because the agent last unloaded `model` for idleness (by the operator's
+/// `idleUnloadSeconds` or by its own idle timeout), and nothing was loaded since.
+fn parked(status: &GpuModelStatus, model: &str) -> bool {
+    status.active_model.is_none()
+        && status.last_switch.as_ref().is_some_and(|s| {
+            s.trigger == SwitchTrigger::Idle && s.to.is_none() && s.from.as_deref() == Some(model)
+        })
 }
 
 /// Parses an RFC 3339 time.

@@ -1,10 +1,11 @@
-//! Property tests: random histories of spec changes, leaks, busy agents, silent agents and
-//! clock jumps, planned step by step against a simulated agent. The planner's conditions are
-//! fed back as the executor would write them.
+//! Property tests: random histories of spec changes, leaks, busy agents, silent agents, clock
+//! jumps, inference requests and idle unloads, planned step by step against a simulated agent.
+//! The planner's conditions are fed back as the executor would write them.
 
 use proptest::prelude::*;
 use vramkeeper_crds::{
-    GpuModelSpec, GpuModelStatus, RemediationStatus,
+    GpuModelSpec, GpuModelStatus, ModelRecordStatus, ModelState, RemediationStatus, SwitchStatus,
+    SwitchTrigger,
     conditions::{DEGRADED, READY},
 };
 
@@ -33,6 +34,8 @@ struct Tick {
     spec_change: Option<Option<usize>>,
     leak: Option<(u64, Leak)>,
     api_load: Option<usize>,
+    /// An inference request naming the desired model (the agent loads it on demand).
+    request: bool,
     busy: bool,
     silent: bool,
 }
@@ -49,15 +52,17 @@ fn tick() -> impl Strategy<Value = Tick> {
             ),
         ),
         prop::option::weighted(0.03, 0usize..2),
+        prop::bool::weighted(0.2),
         prop::bool::weighted(0.1),
         prop::bool::weighted(0.05),
     )
         .prop_map(
-            |(advance_s, spec_change, leak, api_load, busy, silent)| Tick {
+            |(advance_s, spec_change, leak, api_load, request, busy, silent)| Tick {
                 advance_s,
                 spec_change,
                 leak,
                 api_load,
+                request,
                 busy,
                 silent,
             },
@@ -65,14 +70,22 @@ fn tick() -> impl Strategy<Value = Tick> {
 }
 
 fn policy() -> impl Strategy<Value = ZombiePolicyParams> {
-    (1u32..=90, 1u32..=300, any::<bool>(), 0u32..=3).prop_map(
-        |(persist, cooldown, reset_after_free, max_resets)| ZombiePolicyParams {
-            persist,
-            cooldown,
-            reset_after_free,
-            max_resets,
-        },
+    (
+        1u32..=90,
+        1u32..=300,
+        any::<bool>(),
+        0u32..=3,
+        prop::option::of(1u32..=300),
     )
+        .prop_map(|(persist, cooldown, reset_after_free, max_resets, idle)| {
+            ZombiePolicyParams {
+                persist,
+                cooldown,
+                reset_after_free,
+                max_resets,
+                idle,
+            }
+        })
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +94,7 @@ struct ZombiePolicyParams {
     cooldown: u32,
     reset_after_free: bool,
     max_resets: u32,
+    idle: Option<u32>,
 }
 
 /// The simulated GPU and agent, and what the operator wrote.
@@ -94,6 +108,10 @@ struct Sim {
     remediations: Vec<RemediationStatus>,
     by_planner: Vec<(i64, RemedyKind)>,
     conditions: Vec<vramkeeper_crds::Condition>,
+    /// When the active model last answered a request or was loaded.
+    last_used: i64,
+    /// The agent's last switch: from, to, trigger.
+    last_switch: Option<(Option<String>, Option<String>, SwitchTrigger)>,
 }
 
 impl Sim {
@@ -105,8 +123,10 @@ impl Sim {
         if !p.reset_after_free {
             spec = spec.no_reset();
         }
+        let mut spec = spec.model("a").build();
+        spec.idle_unload_seconds = p.idle;
         Self {
-            spec: spec.model("a").build(),
+            spec,
             generation: 1,
             now: 0,
             active: None,
@@ -115,7 +135,38 @@ impl Sim {
             remediations: vec![],
             by_planner: vec![],
             conditions: vec![],
+            last_used: 0,
+            last_switch: None,
         }
+    }
+
+    /// The agent loads `model` (or unloads, with None) for `trigger`.
+    fn switch(&mut self, to: Option<String>, trigger: SwitchTrigger) {
+        let from = std::mem::replace(&mut self.active, to.clone());
+        self.last_used = self.now;
+        self.last_switch = Some((from, to, trigger));
+    }
+
+    /// An inference request for the desired model: loaded on demand if need be, and used.
+    fn request(&mut self) {
+        if let Some(d) = self.spec.model.clone().filter(|d| d != "unknown") {
+            if self.active.as_ref() != Some(&d) {
+                self.switch(Some(d), SwitchTrigger::Auto);
+            }
+            self.last_used = self.now;
+        }
+    }
+
+    /// Unloaded for idleness, and nothing loaded since.
+    fn parked(&self) -> bool {
+        self.active.is_none()
+            && matches!(&self.last_switch, Some((from, None, SwitchTrigger::Idle)) if *from == self.spec.model)
+    }
+
+    fn idle_over(&self) -> bool {
+        self.spec
+            .idle_unload_seconds
+            .is_some_and(|s| self.now - self.last_used >= i64::from(s))
     }
 
     fn ghost(&self) -> u64 {
@@ -136,6 +187,34 @@ impl Sim {
             .ghost(self.ghost(), self.zombie_since)
             .build();
         s.active_model = self.active.clone();
+        s.models = self
+            .active
+            .iter()
+            .map(|m| ModelRecordStatus {
+                name: m.clone(),
+                state: ModelState::Loaded,
+                vram_mib: None,
+                ram_mib: None,
+                load_ms: None,
+                loads: 1,
+                last_loaded: None,
+                last_unloaded: None,
+                last_used: Some(t(self.last_used).to_string()),
+            })
+            .collect();
+        s.last_switch = self
+            .last_switch
+            .clone()
+            .map(|(from, to, trigger)| SwitchStatus {
+                from,
+                to,
+                trigger,
+                at: t(self.last_used).to_string(),
+                unload_ms: 0,
+                load_ms: 0,
+                vram_mib: None,
+                ram_mib: None,
+            });
         s.switching = busy;
         s.reported_at = Some(t(if silent { self.now - 1000 } else { self.now }).to_string());
         s.remediations = self.remediations.clone();
@@ -222,12 +301,31 @@ impl Sim {
         if self.holds(DEGRADED, None) && self.ghost() > threshold && !silent {
             prop_assert_eq!(&plan.step, &Step::Wait(Wait::Degraded));
         }
+        // Never an idle unload without the setting, of another model, or too early.
+        if let Step::IdleUnload { model, .. } = &plan.step {
+            prop_assert!(
+                self.idle_over(),
+                "idle unload at {} after use at {}",
+                self.now,
+                self.last_used
+            );
+            prop_assert_eq!(Some(model), desired.as_ref());
+        }
+        // Never a load of a model parked for idleness.
+        if let Step::Load { model } = &plan.step {
+            prop_assert!(!self.parked(), "reloaded {model} after an idle unload");
+        }
         // Progress toward the desired model when nothing blocks it.
         let failed = self.holds(READY, Some(reason::UNKNOWN_MODEL));
         if !busy && !silent && self.ghost() <= threshold && !failed {
             let expected = match (&self.active, &desired) {
                 (Some(a), d) if Some(a) != d.as_ref() => Step::Unload { model: a.clone() },
+                (None, Some(d)) if self.parked() => Step::Parked { model: d.clone() },
                 (None, Some(d)) => Step::Load { model: d.clone() },
+                (Some(a), _) if self.idle_over() => Step::IdleUnload {
+                    model: a.clone(),
+                    idle_s: (self.now - self.last_used) as u64,
+                },
                 _ => Step::InSync,
             };
             prop_assert_eq!(&plan.step, &expected);
@@ -235,14 +333,18 @@ impl Sim {
 
         let outcome = match &plan.step {
             Step::Unload { .. } => {
-                self.active = None;
+                self.switch(None, SwitchTrigger::Spec);
                 Outcome::Done("unloaded".into())
+            }
+            Step::IdleUnload { .. } => {
+                self.switch(None, SwitchTrigger::Idle);
+                Outcome::Done("unloaded for idleness".into())
             }
             Step::Load { model } if model == "unknown" => {
                 Outcome::UnknownModel("no such model".into())
             }
             Step::Load { model } => {
-                self.active = Some(model.clone());
+                self.switch(Some(model.clone()), SwitchTrigger::Spec);
                 Outcome::Done("loaded".into())
             }
             Step::Free => {
@@ -290,11 +392,15 @@ proptest! {
                 sim.leaks.push(leak);
             }
             if let Some(i) = tk.api_load {
-                sim.active = Some(MODELS[i].to_string());
+                sim.switch(Some(MODELS[i].to_string()), SwitchTrigger::Api);
+            }
+            if tk.request {
+                sim.request();
             }
             sim.reconcile(tk.busy, tk.silent)?;
         }
-        // Once nothing blocks (no ghost, a model the agent knows), the desired model comes.
+        // Once nothing blocks (no ghost, a model the agent knows), the desired model comes, or
+        // is parked for idleness until a request names it.
         sim.leaks.clear();
         if sim.spec.model.as_deref() == Some("unknown") {
             sim.spec.model = Some("b".into());
@@ -304,6 +410,10 @@ proptest! {
             sim.now += 1;
             sim.reconcile(false, false)?;
         }
+        prop_assert!(sim.active == sim.spec.model || sim.parked(), "{:?} {:?}", sim.active, sim.last_switch);
+        // A request brings a parked model back, and the operator keeps it.
+        sim.request();
+        sim.reconcile(false, false)?;
         prop_assert_eq!(&sim.active, &sim.spec.model);
     }
 }
@@ -317,6 +427,7 @@ fn ladder_walk_with_conditions_fed_back() {
         cooldown: 60,
         reset_after_free: true,
         max_resets: 2,
+        idle: None,
     };
     let mut sim = Sim::new(&p);
     let mut steps = vec![];

@@ -282,3 +282,85 @@ fn the_policy_threshold_decides_and_persist_counts_from_the_agents_since() {
     .history(&[free_at(-5)]);
     assert_eq!(step(&c), Step::Reset);
 }
+
+#[test]
+fn an_idle_model_is_unloaded_after_idle_unload_seconds() {
+    // Last used 299 s ago, limit 300 s: in sync, looking again when it turns idle.
+    let c = case(
+        spec().model("a").idle_unload(300),
+        status().active("a").used("a", Some(-299)),
+    );
+    let p = c.plan();
+    assert_eq!(p.step, Step::InSync);
+    assert_eq!(p.recheck, Duration::from_secs(1));
+    let c = case(
+        spec().model("a").idle_unload(300),
+        status().active("a").used("a", Some(-100)),
+    );
+    assert_eq!(c.plan().recheck, RECHECK_IN_SYNC);
+    // 300 s: unloaded, trigger idle.
+    let c = case(
+        spec().model("a").idle_unload(300),
+        status().active("a").used("a", Some(-300)),
+    );
+    assert_eq!(
+        step(&c),
+        Step::IdleUnload {
+            model: "a".into(),
+            idle_s: 300
+        }
+    );
+    // Without a use report, idleness counts from the load (an hour ago here).
+    let c = case(
+        spec().model("a").idle_unload(300),
+        status().active("a").used("a", None),
+    );
+    assert!(matches!(step(&c), Step::IdleUnload { idle_s: 3600, .. }));
+    // No idleUnloadSeconds: never.
+    let c = case(
+        spec().model("a"),
+        status().active("a").used("a", Some(-86_400)),
+    );
+    assert_eq!(step(&c), Step::InSync);
+    // Zombie memory comes first.
+    let c = case(
+        spec().model("a").idle_unload(300),
+        status()
+            .active("a")
+            .used("a", Some(-300))
+            .ghost(500, Some(-40)),
+    );
+    assert_eq!(step(&c), Step::Free);
+}
+
+#[test]
+fn a_model_unloaded_for_idleness_stays_parked_until_a_request_loads_it() {
+    let parked =
+        |s: SpecBuilder, st: StatusBuilder| case(s, st.unloaded_by("a", SwitchTrigger::Idle));
+    // By the operator's idleUnloadSeconds or the agent's own idle timeout: not reloaded.
+    let c = parked(spec().model("a").idle_unload(300), status());
+    assert_eq!(c.plan().step, Step::Parked { model: "a".into() });
+    assert_eq!(c.plan().recheck, RECHECK_IN_SYNC);
+    assert!(!c.plan().step.acts());
+    assert_eq!(
+        step(&parked(spec().model("a"), status())),
+        Step::Parked { model: "a".into() }
+    );
+    // A ghost over the threshold is still watched.
+    let c = parked(spec().model("a"), status().ghost(500, None));
+    assert_eq!(step(&c), Step::Wait(Wait::ZombieSuspected));
+    // Another model wanted now: loaded.
+    assert_eq!(step(&parked(spec().model("b"), status())), load("b"));
+    // Unloaded by the spec or the API, not for idleness: loaded again.
+    let c = case(
+        spec().model("a"),
+        status().unloaded_by("a", SwitchTrigger::Api),
+    );
+    assert_eq!(step(&c), load("a"));
+    // A request loaded it again: in sync (and idle counting starts over).
+    let c = parked(
+        spec().model("a").idle_unload(300),
+        status().active("a").used("a", Some(-5)),
+    );
+    assert_eq!(step(&c), Step::InSync);
+}

@@ -17,7 +17,7 @@ use vramkeeper_crds::{
     api::{
         AgentInfo, DeviceMemoryReport, DeviceStatus, GhostReport, GhostSource, ModelRecord,
         ReleaseReport, RemediationAction, RemediationReport, RemediationTrigger, StatusResponse,
-        SwitchResponse, UnloadResponse, ZombieStatus,
+        SwitchRecord, SwitchResponse, UnloadResponse, ZombieStatus,
     },
 };
 
@@ -63,7 +63,7 @@ pub fn device() -> DeviceStatus {
     DeviceStatus {
         gpu: 0,
         name: "cpu".into(),
-        backend: "ndarray".into(),
+        backend: "flex".into(),
         memory: DeviceMemoryReport {
             total_mb: 16_000.0,
             used_mb: 100.0,
@@ -251,6 +251,7 @@ async fn switch(State(s): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
         last_trigger: Some(SwitchTrigger::Spec),
         pid: Some(4242),
         requests: 0,
+        last_used: Some("2027-01-15T08:00:00Z".into()),
     });
     Json(SwitchResponse {
         release: from.as_deref().map(release),
@@ -275,6 +276,19 @@ async fn unload(State(s): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
         return r;
     }
     let from = s.device.active_model.take();
+    let trigger = serde_json::from_value(body["trigger"].clone()).unwrap_or(SwitchTrigger::Api);
+    s.device.last_switch = Some(SwitchRecord {
+        at: "2027-01-15T08:00:00Z".into(),
+        from: from.clone(),
+        to: None,
+        trigger,
+        unload_ms: 12.0,
+        load_ms: 0.0,
+        vram_mb: None,
+        ram_mb: None,
+        release_verified: Some(true),
+        error: None,
+    });
     Json(UnloadResponse {
         release: from.as_deref().map(release),
     })

@@ -353,3 +353,88 @@ async fn an_unknown_model_fails_once_and_waits_for_a_spec_change() {
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(w.agent.acts().len(), 1);
 }
+
+#[tokio::test]
+async fn an_idle_model_is_unloaded_and_stays_unloaded_until_a_request_names_it() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    d.models = vec![vramkeeper_crds::api::ModelRecord {
+        name: "tiny-a".into(),
+        kind: "synthetic".into(),
+        state: vramkeeper_crds::ModelState::Loaded,
+        vram_mb: Some(40.0),
+        ram_mb: Some(42.0),
+        expected_mb: Some(40.0),
+        load_ms: Some(250.0),
+        loads: 1,
+        last_loaded: Some(T0.into()),
+        last_unloaded: None,
+        last_trigger: Some(vramkeeper_crds::SwitchTrigger::Spec),
+        pid: Some(4242),
+        requests: 3,
+        last_used: Some("2027-01-15T08:01:00Z".into()),
+    }];
+    let mut w = world(d, Setup::default()).await;
+    let mut gm = gpumodel("gm-a").model("tiny-a").status_of(&owned(
+        "Ready",
+        1,
+        calm("tiny-a", ("Done", LOADED_A), T0),
+    ));
+    gm.spec.idle_unload_seconds = Some(300);
+
+    // 4 minutes after its last request: in sync, and a look again when it turns idle.
+    w.at("2027-01-15T08:05:00Z");
+    let action = w.reconcile(&gm, vec![]).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    w.at("2027-01-15T08:05:50Z");
+    let action = w.reconcile(&gm, vec![]).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    assert_eq!(w.agent.acts(), []);
+
+    // 5 minutes: unloaded with trigger idle; still Ready, saying why nothing is loaded.
+    let t1 = "2027-01-15T08:06:00Z";
+    w.at(t1);
+    let note = format!(
+        "{UNLOADED_A}; it served nothing for 300 s (idleUnloadSeconds), and the next inference request that names it loads it again"
+    );
+    let mut conditions = calm("tiny-a", ("Done", &note), T0);
+    conditions[0] = cond(
+        "Ready",
+        true,
+        "IdleUnloaded",
+        "tiny-a was unloaded from GPU 0 of node node-a after serving nothing for a while; the next inference request that names it loads it again",
+        T0,
+        1,
+    );
+    let parked = owned("Ready", 1, conditions);
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                at: t1,
+                name: "gm-a",
+                type_: "Normal",
+                reason: "IdleUnloaded",
+                action: "IdleUnload",
+                note: note.clone(),
+            },
+            Call::Status(gm.clone(), parked.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        w.agent.acts(),
+        [act(
+            "/v1/models/unload",
+            json!({"gpu": 0, "trigger": "idle"})
+        )]
+    );
+
+    // Later: the operator does not load it back by itself, and writes nothing.
+    let gm = gm.status_of(&parked);
+    w.at("2027-01-15T08:30:00Z");
+    let action = w.reconcile(&gm, vec![]).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(w.agent.acts().len(), 1);
+}

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod common;
+mod idle;
 mod leader;
 mod lifecycle;
 mod outage;

@@ -1,0 +1,226 @@
+//! The few operations of MiniLM that a backend may run better than burn's generic composition.
+//!
+//! The defaults are burn's own tensor operations, which the CUDA backend fuses well. The CPU
+//! backend (burn-flex) overrides both: attention with flex's fused attention (GEMM-backed, no
+//! score tensor per op), and GELU with one vectorised pass over the buffer ([`super::gelu`]),
+//! where flex would call libm's scalar `erff` per element.
+
+use burn::{
+    backend::Flex,
+    prelude::*,
+    tensor::{activation, module, ops::AttentionModuleOptions},
+};
+
+/// Backend-specific versions of MiniLM's heaviest non-GEMM operations.
+pub trait Kernels: Backend {
+    /// GELU, erf form, element-wise.
+    fn gelu_erf(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        activation::gelu(x)
+    }
+
+    /// Multi-head self-attention over the projections `q`, `k`, `v`, each `[b * s, heads * d]`
+    /// (sentence-major, as the linear layers give them): `softmax(q kᵀ / √d + bias) v` per
+    /// head, with an additive `bias` `[b, 1, 1, s]` (large and negative at padding). The answer
+    /// has the same `[b * s, heads * d]` form.
+    fn self_attention(
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        bias: Tensor<Self, 4>,
+        [b, s, heads]: [usize; 3],
+    ) -> Tensor<Self, 2> {
+        let width = q.dims()[1];
+        let d = width / heads;
+        let split = |t: Tensor<Self, 2>| t.reshape([b, s, heads, d]).swap_dims(1, 2);
+        let scores = split(q)
+            .matmul(split(k).transpose())
+            .div_scalar((d as f32).sqrt())
+            + bias;
+        activation::softmax(scores, 3)
+            .matmul(split(v))
+            .swap_dims(1, 2)
+            .reshape([b * s, width])
+    }
+}
+
+impl Kernels for Flex<f32> {
+    fn gelu_erf(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let device = x.device();
+        let mut data = x.into_data();
+        match data.as_mut_slice::<f32>() {
+            Ok(values) => {
+                super::gelu::gelu_in_place(values);
+                Tensor::from_data(data, &device)
+            }
+            // Not f32 (never for this backend's float type): burn's own GELU.
+            Err(_) => activation::gelu(Tensor::from_data(data, &device)),
+        }
+    }
+
+    /// The heads are split and merged by copying whole `d`-runs between buffers (flex's
+    /// generic strided copy went element by element, a fifth of MiniLM's time), and the
+    /// attention itself is flex's fused, GEMM-backed op.
+    fn self_attention(
+        q: Tensor<Self, 2>,
+        k: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        bias: Tensor<Self, 4>,
+        [b, s, heads]: [usize; 3],
+    ) -> Tensor<Self, 2> {
+        let device = q.device();
+        let width = q.dims()[1];
+        let d = width / heads;
+        let split = |t: Tensor<Self, 2>| {
+            let values = f32_values(t);
+            let mut out = vec![0.0f32; values.len()];
+            heads_layout::split(&values, &mut out, [b, s, heads, d]);
+            Tensor::<Self, 4>::from_data(TensorData::new(out, [b, heads, s, d]), &device)
+        };
+        // Flex broadcasts a bias over heads without copying, but wants its last two dims whole.
+        let bias = bias.expand([b, 1, s, s]);
+        let attended = module::attention(
+            split(q),
+            split(k),
+            split(v),
+            None,
+            Some(bias),
+            AttentionModuleOptions::default(),
+        );
+        let values = f32_values(attended);
+        let mut out = vec![0.0f32; values.len()];
+        heads_layout::merge(&values, &mut out, [b, s, heads, d]);
+        Tensor::from_data(TensorData::new(out, [b * s, width]), &device)
+    }
+}
+
+/// A tensor's values, row-major.
+fn f32_values<const D: usize>(t: Tensor<Flex<f32>, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32 just above")
+}
+
+/// Moving between sentence-major `[b, s, heads, d]` and head-major `[b, heads, s, d]`.
+mod heads_layout {
+    /// `[b, s, heads, d]` to `[b, heads, s, d]`.
+    pub fn split(from: &[f32], to: &mut [f32], [b, s, heads, d]: [usize; 4]) {
+        for (src, dst) in from
+            .chunks_exact(s * heads * d)
+            .zip(to.chunks_exact_mut(s * heads * d))
+        {
+            for si in 0..s {
+                for h in 0..heads {
+                    let f = (si * heads + h) * d;
+                    let t = (h * s + si) * d;
+                    dst[t..t + d].copy_from_slice(&src[f..f + d]);
+                }
+            }
+        }
+        debug_assert_eq!(from.len(), b * s * heads * d);
+    }
+
+    /// `[b, heads, s, d]` to `[b, s, heads, d]`.
+    pub fn merge(from: &[f32], to: &mut [f32], [b, s, heads, d]: [usize; 4]) {
+        for (src, dst) in from
+            .chunks_exact(s * heads * d)
+            .zip(to.chunks_exact_mut(s * heads * d))
+        {
+            for h in 0..heads {
+                for si in 0..s {
+                    let f = (h * s + si) * d;
+                    let t = (si * heads + h) * d;
+                    dst[t..t + d].copy_from_slice(&src[f..f + d]);
+                }
+            }
+        }
+        debug_assert_eq!(from.len(), b * s * heads * d);
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Kernels for crate::worker::memory::Gpu {}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    type Cpu = Flex<f32>;
+
+    /// burn's generic composition (the trait's default) on the CPU backend, to compare the
+    /// override against.
+    fn generic_attention(
+        q: Tensor<Cpu, 2>,
+        k: Tensor<Cpu, 2>,
+        v: Tensor<Cpu, 2>,
+        bias: Tensor<Cpu, 4>,
+        [b, s, heads]: [usize; 3],
+    ) -> Tensor<Cpu, 2> {
+        let width = q.dims()[1];
+        let d = width / heads;
+        let split = |t: Tensor<Cpu, 2>| t.reshape([b, s, heads, d]).swap_dims(1, 2);
+        let scores = split(q)
+            .matmul(split(k).transpose())
+            .div_scalar((d as f32).sqrt())
+            + bias;
+        activation::softmax(scores, 3)
+            .matmul(split(v))
+            .swap_dims(1, 2)
+            .reshape([b * s, width])
+    }
+
+    fn max_abs_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn flex_overrides_agree_with_burns_generic_ops() {
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        Cpu::seed(&device, 7);
+        let [b, s, heads, d] = [3, 9, 4, 8];
+        let proj = || Tensor::<Cpu, 2>::random([b * s, heads * d], normal, &device);
+        let (q, k, v) = (proj(), proj(), proj());
+        // Sentence 1 has 4 padding positions, sentence 2 one.
+        let mut pad = vec![0.0f32; b * s];
+        pad[s + 5..2 * s].fill(-1e4);
+        pad[3 * s - 1] = -1e4;
+        let bias = Tensor::<Cpu, 1>::from_floats(pad.as_slice(), &device).reshape([b, 1, 1, s]);
+        let fused = <Cpu as Kernels>::self_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            bias.clone(),
+            [b, s, heads],
+        );
+        let generic = generic_attention(q, k, v, bias, [b, s, heads]);
+        assert_eq!(fused.dims(), [b * s, heads * d]);
+        let diff = max_abs_diff(fused, generic);
+        assert!(diff < 1e-5, "attention differs by {diff}");
+
+        let x = Tensor::<Cpu, 2>::random([37, 53], Distribution::Normal(0.0, 3.0), &device);
+        let diff = max_abs_diff(<Cpu as Kernels>::gelu_erf(x.clone()), activation::gelu(x));
+        assert!(diff < 1e-5, "gelu differs by {diff}");
+    }
+
+    #[test]
+    fn heads_split_and_merge_are_inverse_permutations() {
+        let [b, s, heads, d] = [2, 3, 4, 5];
+        let from: Vec<f32> = (0..b * s * heads * d).map(|i| i as f32).collect();
+        let mut split = vec![0.0; from.len()];
+        heads_layout::split(&from, &mut split, [b, s, heads, d]);
+        // Element (b=1, s=2, h=3, d=4) moves to (b=1, h=3, s=2, d=4).
+        let at = |bi: usize, x: usize, y: usize, di: usize, ny: usize, nx: usize| {
+            ((bi * nx + x) * ny + y) * d + di
+        };
+        assert_eq!(
+            split[at(1, 3, 2, 4, s, heads)],
+            from[at(1, 2, 3, 4, heads, s)]
+        );
+        let mut back = vec![0.0; from.len()];
+        heads_layout::merge(&split, &mut back, [b, s, heads, d]);
+        assert_eq!(back, from);
+    }
+}
