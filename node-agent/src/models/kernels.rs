@@ -21,26 +21,37 @@ pub trait Kernels: Backend {
     /// Multi-head self-attention over the projections `q`, `k`, `v`, each `[b * s, heads * d]`
     /// (sentence-major, as the linear layers give them): `softmax(q kᵀ / √d + bias) v` per
     /// head, with an additive `bias` `[b, 1, 1, s]` (large and negative at padding). The answer
-    /// has the same `[b * s, heads * d]` form.
+    /// has the same `[b * s, heads * d]` form. `shape` is `[b, s, heads]`.
     fn self_attention(
         q: Tensor<Self, 2>,
         k: Tensor<Self, 2>,
         v: Tensor<Self, 2>,
         bias: Tensor<Self, 4>,
-        [b, s, heads]: [usize; 3],
+        shape: [usize; 3],
     ) -> Tensor<Self, 2> {
-        let width = q.dims()[1];
-        let d = width / heads;
-        let split = |t: Tensor<Self, 2>| t.reshape([b, s, heads, d]).swap_dims(1, 2);
-        let scores = split(q)
-            .matmul(split(k).transpose())
-            .div_scalar((d as f32).sqrt())
-            + bias;
-        activation::softmax(scores, 3)
-            .matmul(split(v))
-            .swap_dims(1, 2)
-            .reshape([b * s, width])
+        composed_self_attention(q, k, v, bias, shape)
     }
+}
+
+/// [`Kernels::self_attention`] composed of burn's generic tensor operations.
+pub fn composed_self_attention<B: Backend>(
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    bias: Tensor<B, 4>,
+    [b, s, heads]: [usize; 3],
+) -> Tensor<B, 2> {
+    let width = q.dims()[1];
+    let d = width / heads;
+    let split = |t: Tensor<B, 2>| t.reshape([b, s, heads, d]).swap_dims(1, 2);
+    let scores = split(q)
+        .matmul(split(k).transpose())
+        .div_scalar((d as f32).sqrt())
+        + bias;
+    activation::softmax(scores, 3)
+        .matmul(split(v))
+        .swap_dims(1, 2)
+        .reshape([b * s, width])
 }
 
 impl Kernels for Flex<f32> {
@@ -149,28 +160,6 @@ mod tests {
 
     type Cpu = Flex<f32>;
 
-    /// burn's generic composition (the trait's default) on the CPU backend, to compare the
-    /// override against.
-    fn generic_attention(
-        q: Tensor<Cpu, 2>,
-        k: Tensor<Cpu, 2>,
-        v: Tensor<Cpu, 2>,
-        bias: Tensor<Cpu, 4>,
-        [b, s, heads]: [usize; 3],
-    ) -> Tensor<Cpu, 2> {
-        let width = q.dims()[1];
-        let d = width / heads;
-        let split = |t: Tensor<Cpu, 2>| t.reshape([b, s, heads, d]).swap_dims(1, 2);
-        let scores = split(q)
-            .matmul(split(k).transpose())
-            .div_scalar((d as f32).sqrt())
-            + bias;
-        activation::softmax(scores, 3)
-            .matmul(split(v))
-            .swap_dims(1, 2)
-            .reshape([b * s, width])
-    }
-
     fn max_abs_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
         (a - b).abs().max().into_scalar()
     }
@@ -195,7 +184,7 @@ mod tests {
             bias.clone(),
             [b, s, heads],
         );
-        let generic = generic_attention(q, k, v, bias, [b, s, heads]);
+        let generic = composed_self_attention(q, k, v, bias, [b, s, heads]);
         assert_eq!(fused.dims(), [b * s, heads * d]);
         let diff = max_abs_diff(fused, generic);
         assert!(diff < 1e-5, "attention differs by {diff}");
