@@ -82,9 +82,7 @@ impl Kernels for Flex<f32> {
         let width = q.dims()[1];
         let d = width / heads;
         let split = |t: Tensor<Self, 2>| {
-            let values = f32_values(t);
-            let mut out = vec![0.0f32; values.len()];
-            heads_layout::split(&values, &mut out, [b, s, heads, d]);
+            let out = swap_middle(&f32_values(t), [b, s, heads, d]);
             Tensor::<Self, 4>::from_data(TensorData::new(out, [b, heads, s, d]), &device)
         };
         // Flex broadcasts a bias over heads without copying, but wants its last two dims whole.
@@ -97,9 +95,7 @@ impl Kernels for Flex<f32> {
             Some(bias),
             AttentionModuleOptions::default(),
         );
-        let values = f32_values(attended);
-        let mut out = vec![0.0f32; values.len()];
-        heads_layout::merge(&values, &mut out, [b, s, heads, d]);
+        let out = swap_middle(&f32_values(attended), [b, heads, s, d]);
         Tensor::from_data(TensorData::new(out, [b * s, width]), &device)
     }
 }
@@ -112,41 +108,29 @@ fn f32_values<const D: usize>(t: Tensor<Flex<f32>, D>) -> Vec<f32> {
         .expect("converted to f32 just above")
 }
 
-/// Moving between sentence-major `[b, s, heads, d]` and head-major `[b, heads, s, d]`.
-mod heads_layout {
-    /// `[b, s, heads, d]` to `[b, heads, s, d]`.
-    pub fn split(from: &[f32], to: &mut [f32], [b, s, heads, d]: [usize; 4]) {
-        for (src, dst) in from
-            .chunks_exact(s * heads * d)
-            .zip(to.chunks_exact_mut(s * heads * d))
-        {
-            for si in 0..s {
-                for h in 0..heads {
-                    let f = (si * heads + h) * d;
-                    let t = (h * s + si) * d;
-                    dst[t..t + d].copy_from_slice(&src[f..f + d]);
-                }
+/// `[b, x, y, d]` row-major to `[b, y, x, d]`, moving whole `d`-runs: sentence-major
+/// `[b, s, heads, d]` to head-major `[b, heads, s, d]`, and back with the middle dims swapped.
+fn swap_middle(from: &[f32], [b, x, y, d]: [usize; 4]) -> Vec<f32> {
+    assert_eq!(
+        from.len(),
+        b * x * y * d,
+        "swap_middle: {} values",
+        from.len()
+    );
+    let mut to = vec![0.0f32; from.len()];
+    for (src, dst) in from
+        .chunks_exact(x * y * d)
+        .zip(to.chunks_exact_mut(x * y * d))
+    {
+        for xi in 0..x {
+            for yi in 0..y {
+                let f = (xi * y + yi) * d;
+                let t = (yi * x + xi) * d;
+                dst[t..t + d].copy_from_slice(&src[f..f + d]);
             }
         }
-        debug_assert_eq!(from.len(), b * s * heads * d);
     }
-
-    /// `[b, heads, s, d]` to `[b, s, heads, d]`.
-    pub fn merge(from: &[f32], to: &mut [f32], [b, s, heads, d]: [usize; 4]) {
-        for (src, dst) in from
-            .chunks_exact(s * heads * d)
-            .zip(to.chunks_exact_mut(s * heads * d))
-        {
-            for h in 0..heads {
-                for si in 0..s {
-                    let f = (h * s + si) * d;
-                    let t = (si * heads + h) * d;
-                    dst[t..t + d].copy_from_slice(&src[f..f + d]);
-                }
-            }
-        }
-        debug_assert_eq!(from.len(), b * s * heads * d);
-    }
+    to
 }
 
 #[cfg(feature = "cuda")]
@@ -198,8 +182,7 @@ mod tests {
     fn heads_split_and_merge_are_inverse_permutations() {
         let [b, s, heads, d] = [2, 3, 4, 5];
         let from: Vec<f32> = (0..b * s * heads * d).map(|i| i as f32).collect();
-        let mut split = vec![0.0; from.len()];
-        heads_layout::split(&from, &mut split, [b, s, heads, d]);
+        let split = swap_middle(&from, [b, s, heads, d]);
         // Element (b=1, s=2, h=3, d=4) moves to (b=1, h=3, s=2, d=4).
         let at = |bi: usize, x: usize, y: usize, di: usize, ny: usize, nx: usize| {
             ((bi * nx + x) * ny + y) * d + di
@@ -208,8 +191,6 @@ mod tests {
             split[at(1, 3, 2, 4, s, heads)],
             from[at(1, 2, 3, 4, heads, s)]
         );
-        let mut back = vec![0.0; from.len()];
-        heads_layout::merge(&split, &mut back, [b, s, heads, d]);
-        assert_eq!(back, from);
+        assert_eq!(swap_middle(&split, [b, heads, s, d]), from);
     }
 }
