@@ -305,9 +305,10 @@ pub struct ModelRecord {
     pub kind: String,
     /// Loaded, Unloaded or NeverLoaded.
     pub state: ModelState,
-    /// Device memory: live when loaded, last known when unloaded.
+    /// Device memory: its footprint, measured right after its last load (growth after it is
+    /// ghost memory, source `worker-growth`).
     pub vram_mb: Option<f64>,
-    /// Host memory of its worker: live when loaded, last known when unloaded.
+    /// Host memory of its worker right after its last load.
     pub ram_mb: Option<f64>,
     /// What it measured right after load and cleanup (the expected figure ghost uses).
     pub expected_mb: Option<f64>,
@@ -315,6 +316,12 @@ pub struct ModelRecord {
     pub load_ms: Option<f64>,
     /// How many times it was loaded.
     pub loads: u64,
+    /// How many times its worker exited on its own while loaded.
+    #[serde(default)]
+    pub crashes: u64,
+    /// Its worker stopped answering: the next request replaces it.
+    #[serde(default)]
+    pub hung: bool,
     /// When it was last loaded.
     pub last_loaded: Option<String>,
     /// When it was last unloaded.
@@ -377,6 +384,9 @@ pub struct DeviceStatus {
     pub busy: bool,
     /// What runs now, when busy.
     pub busy_with: Option<String>,
+    /// Operations waiting for the device, oldest first.
+    #[serde(default)]
+    pub queued: Vec<String>,
     /// Every catalog model's record.
     pub models: Vec<ModelRecord>,
     /// The latest switch.

@@ -19,17 +19,21 @@ pub enum SwitchTrigger {
     Idle,
     /// A reset reloading the model that was active before it.
     Reset,
+    /// The worker exited on its own (it crashed or was killed from outside): the model is
+    /// unloaded, and the record's error says how the process ended.
+    Crash,
 }
 
 impl SwitchTrigger {
     /// Every trigger, for metrics that should show zeros rather than gaps.
-    pub const ALL: [SwitchTrigger; 6] = [
+    pub const ALL: [SwitchTrigger; 7] = [
         Self::Spec,
         Self::Api,
         Self::Auto,
         Self::TestLoad,
         Self::Idle,
         Self::Reset,
+        Self::Crash,
     ];
 
     /// The wire name (`test-load`, `auto`, ...).
@@ -41,6 +45,7 @@ impl SwitchTrigger {
             Self::TestLoad => "test-load",
             Self::Idle => "idle",
             Self::Reset => "reset",
+            Self::Crash => "crash",
         }
     }
 }

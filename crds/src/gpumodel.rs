@@ -269,7 +269,7 @@ pub struct ModelRecordStatus {
     pub name: String,
     /// Loaded, Unloaded (figures are the last known) or NeverLoaded.
     pub state: ModelState,
-    /// Device memory the model uses (live when loaded, last known otherwise).
+    /// Device memory the model uses: its footprint, measured right after its last load.
     #[serde(rename = "vramMiB", default, skip_serializing_if = "Option::is_none")]
     pub vram_mib: Option<u64>,
     /// Host memory its worker uses (live when loaded, last known otherwise).
@@ -281,6 +281,10 @@ pub struct ModelRecordStatus {
     /// How many times it was loaded.
     #[serde(default)]
     pub loads: u64,
+    /// How many times its worker exited on its own while loaded (crashed, or killed from
+    /// outside); the switch history says how each ended.
+    #[serde(default)]
+    pub crashes: u64,
     /// When it was last loaded (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_loaded: Option<String>,
@@ -391,6 +395,7 @@ impl GpuModelStatus {
                     ram_mib: m.ram_mb.map(whole_mib),
                     load_ms: m.load_ms.map(whole_mib),
                     loads: m.loads,
+                    crashes: m.crashes,
                     last_loaded: m.last_loaded.clone(),
                     last_unloaded: m.last_unloaded.clone(),
                     last_used: m.last_used.clone(),

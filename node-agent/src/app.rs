@@ -17,6 +17,7 @@ use crate::{
     api::{self, auth::Token},
     args::{DeviceChoice, ServeArgs},
     device::{AgentContext, Device, DeviceConfig},
+    http_server::HttpLimits,
     metrics::Metrics,
     models::Catalog,
     probe,
@@ -140,7 +141,9 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
             .idle_unload_s
             .map(|s| secs(s, "--idle-unload-s"))
             .transpose()?,
-        queue_timeout: Duration::from_secs(120),
+        queue_timeout: secs(args.queue_timeout_s, "--queue-timeout-s")?,
+        queue_capacity: args.queue_capacity.max(1),
+        hang_timeout: secs(args.hang_timeout_s, "--hang-timeout-s")?,
         policy: ZombiePolicy {
             threshold_bytes: args.zombie_threshold_mib << 20,
             persist: secs(args.zombie_persist_s, "--zombie-persist-s")?,
@@ -197,6 +200,18 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
 /// Runs the agent until SIGTERM or Ctrl-C, then stops its workers and writes its state.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = build(&args)?;
+    raise_open_files_limit();
+    // Bind before anything is loaded: a taken port must fail the start with no worker left.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let limits = HttpLimits {
+        header_timeout: secs(args.header_timeout_s, "--header-timeout-s")?,
+        body_timeout: secs(args.body_timeout_s, "--body-timeout-s")?,
+        max_connections: args.max_connections.max(1),
+        shutdown_timeout: secs(args.shutdown_timeout_s, "--shutdown-timeout-s")?,
+    };
     let shutdown = CancellationToken::new();
     for device in &app.devices {
         let device = device.clone();
@@ -218,16 +233,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     if let Some(model) = &args.load {
-        let device = &app.devices[0];
-        match device.switch(model, SwitchTrigger::Api).await {
-            Ok(r) => tracing::info!(model, vram_mb = r.vram_mb, "loaded at start"),
-            Err(e) => tracing::error!(model, error = %e, "cannot load at start"),
-        }
+        // In the queue like any switch: requests that arrive meanwhile wait their turn.
+        let device = app.devices[0].clone();
+        let model = model.clone();
+        tokio::spawn(async move {
+            match device.switch(&model, SwitchTrigger::Api).await {
+                Ok(r) => tracing::info!(model, vram_mb = r.vram_mb, "loaded at start"),
+                Err(e) => tracing::error!(model, error = %e, "cannot load at start"),
+            }
+        });
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, agent_id = %app.devices[0].ctx().launch.agent_id, "serving; status page at http://{addr}/");
     // The first line on stdout is the address: tests and scripts read it.
     println!("listening on {addr}");
@@ -240,18 +255,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stop.cancel();
     });
     let router = api::router(app.clone());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    crate::http_server::serve(listener, router, limits.clone(), shutdown.clone()).await;
     tracing::info!("shutting down: stopping workers");
     for device in &app.devices {
-        if let Ok(Some(release)) = device.unload(SwitchTrigger::Api).await {
-            tracing::info!(gpu = device.info.index, model = release.model, "stopped");
+        // Bounded: an operation still running keeps the queue, and the sweep below ends
+        // whatever it left.
+        match tokio::time::timeout(limits.shutdown_timeout, device.unload(SwitchTrigger::Api)).await
+        {
+            Ok(Ok(Some(release))) => {
+                tracing::info!(gpu = device.info.index, model = release.model, "stopped")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(gpu = device.info.index, error = %e, "cannot unload"),
+            Err(_) => tracing::warn!(gpu = device.info.index, "unload timed out"),
         }
         device.save_state();
     }
-    // A switch still in flight (the unload above found the device busy) may have started a
-    // worker that no record names yet: end every worker of this run, so none outlives it.
+    // A switch still in flight may have started a worker that no record names yet: end every
+    // worker of this run, so none outlives it.
     let agent_id = &app.devices[0].ctx().launch.agent_id;
     for (pid, marker) in crate::probe::process::workers_of(agent_id) {
         if marker.instance == app.agent.instance {
@@ -260,6 +281,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: each client connection and each
+/// worker socket is a descriptor, and the connection cap must bind before this limit does.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+    }
 }
 
 /// Starts reporting into this node's GpuModels when a cluster is reachable; says once why not

@@ -140,6 +140,38 @@ pub struct ServeArgs {
     /// Enable test-only routes (/v1/debug/leak). Never in production.
     #[arg(long, env = "VRAMKEEPER_ENABLE_TEST_OPS", hide = true)]
     pub enable_test_ops: bool,
+
+    /// How many device operations (switches, loads, unloads, frees, resets, auto-switches of
+    /// inference calls) may wait for a device; one more is answered 409 with what is ahead.
+    #[arg(long, env = "VRAMKEEPER_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+
+    /// How long an operation may wait for its turn on a device before it is answered 409.
+    #[arg(long, env = "VRAMKEEPER_QUEUE_TIMEOUT_S", default_value_t = 120.0)]
+    pub queue_timeout_s: f64,
+
+    /// An idle worker that does not answer a poll within this time is marked hung and
+    /// replaced at the next request for its model.
+    #[arg(long, env = "VRAMKEEPER_HANG_TIMEOUT_S", default_value_t = 5.0)]
+    pub hang_timeout_s: f64,
+
+    /// Seconds a client has to send a request's headers (and, on a kept-alive connection,
+    /// to start its next request).
+    #[arg(long, env = "VRAMKEEPER_HEADER_TIMEOUT_S", default_value_t = 10.0)]
+    pub header_timeout_s: f64,
+
+    /// Seconds a client has to send a request's body.
+    #[arg(long, env = "VRAMKEEPER_BODY_TIMEOUT_S", default_value_t = 30.0)]
+    pub body_timeout_s: f64,
+
+    /// Connections kept at once; one over the cap is served once, then closed.
+    #[arg(long, env = "VRAMKEEPER_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// On SIGTERM, how long in-flight requests may finish before the workers are ended
+    /// regardless.
+    #[arg(long, env = "VRAMKEEPER_SHUTDOWN_TIMEOUT_S", default_value_t = 10.0)]
+    pub shutdown_timeout_s: f64,
 }
 
 /// A worker's options (set by the agent).

@@ -11,6 +11,13 @@ use vramkeeper_crds::api::{ErrorBody, ErrorDetail};
 
 use crate::worker::client::WorkerError;
 
+fn ahead_text(ahead: &[String]) -> String {
+    match ahead.len() {
+        0 => "nothing else waits".into(),
+        n => format!("{n} waiting ahead: {}", ahead.join(", ")),
+    }
+}
+
 /// `Result` with [`ApiError`].
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -48,8 +55,12 @@ pub enum ApiError {
     /// Well-formed but unacceptable values.
     #[error("{0}")]
     Invalid(String),
-    /// Another switch, unload, free or reset is running on the device.
-    #[error("device {gpu} is busy: {doing} (running for {secs:.1} s); retry when it is done")]
+    /// The device's operation queue turned the request away: full, or the wait passed its
+    /// bound. Says what runs and what waits ahead.
+    #[error(
+        "device {gpu} is busy: {doing} (running for {secs:.1} s), and {why}; {}; retry when it is done",
+        ahead_text(ahead)
+    )]
     Busy {
         /// The device.
         gpu: u32,
@@ -57,6 +68,10 @@ pub enum ApiError {
         doing: String,
         /// For how long.
         secs: f64,
+        /// What waits ahead, oldest first.
+        ahead: Vec<String>,
+        /// Why the request was turned away.
+        why: String,
     },
     /// No or wrong bearer token.
     #[error("this route needs the agent's bearer token (Authorization: Bearer <token>)")]

@@ -19,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod ghost;
 pub mod history;
+pub mod http_server;
 pub mod metrics;
 pub mod models;
 pub mod probe;

@@ -60,6 +60,13 @@ struct RemediationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerFailureLabels {
+    gpu: String,
+    model: String,
+    failure: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     gpu: String,
     model: String,
@@ -82,6 +89,7 @@ pub struct Metrics {
     remediations: Family<RemediationLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     probe_errors: Family<DeviceLabels, Counter>,
+    worker_failures: Family<WorkerFailureLabels, Counter>,
     catalog: Vec<String>,
 }
 
@@ -113,6 +121,7 @@ impl Metrics {
             remediations: Family::default(),
             requests: Family::default(),
             probe_errors: Family::default(),
+            worker_failures: Family::default(),
             registry: Registry::default(),
             catalog: catalog.to_vec(),
         };
@@ -180,6 +189,11 @@ impl Metrics {
             "probe_errors",
             "Failed device memory readings",
             m.probe_errors.clone(),
+        );
+        registry.register(
+            "worker_failures",
+            "Workers of loaded models that exited on their own (crashed) or stopped answering (hung)",
+            m.worker_failures.clone(),
         );
         // Zeros rather than gaps for the series dashboards query.
         for &d in devices {
@@ -345,6 +359,17 @@ impl Metrics {
                 gpu: gpu(index),
                 model: model.into(),
                 outcome: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a worker that crashed or hung (`failure`: `crashed` or `hung`).
+    pub fn worker_failed(&self, index: u32, model: &str, failure: &str) {
+        self.worker_failures
+            .get_or_create(&WorkerFailureLabels {
+                gpu: gpu(index),
+                model: model.into(),
+                failure: failure.into(),
             })
             .inc();
     }

@@ -22,10 +22,10 @@ pub const REMEDIATION_HISTORY: usize = 50;
 pub struct ModelRecord {
     /// Times loaded.
     pub loads: u64,
-    /// Device memory: measured right after load and cleanup (the expected figure), then the
-    /// last live reading while loaded, kept when unloaded.
+    /// Device memory measured right after load and cleanup: the model's footprint, fixed at
+    /// load. Growth after it is ghost (worker growth), never folded in here.
     pub vram_bytes: Option<u64>,
-    /// Host memory of its worker, likewise.
+    /// Host memory of its worker right after load.
     pub ram_bytes: Option<u64>,
     /// Device memory right after load and cleanup.
     pub expected_bytes: Option<u64>,
@@ -37,6 +37,9 @@ pub struct ModelRecord {
     pub last_unloaded: Option<Timestamp>,
     /// What triggered its last load.
     pub last_trigger: Option<SwitchTrigger>,
+    /// Times its worker exited on its own while loaded.
+    #[serde(default)]
+    pub crashes: u64,
 }
 
 impl ModelRecord {
@@ -97,19 +100,18 @@ impl Tracker {
         }
     }
 
+    /// Records that a loaded model's worker exited on its own: the model is unloaded.
+    pub fn crashed(&mut self, model: &str, now: Timestamp) {
+        self.record(model).crashes += 1;
+        self.unloaded(model, now);
+    }
+
     /// Records a model as unloaded (its last figures stay).
     pub fn unloaded(&mut self, model: &str, now: Timestamp) {
         self.record(model).last_unloaded = Some(now);
         if self.active_model.as_deref() == Some(model) {
             self.active_model = None;
         }
-    }
-
-    /// Updates a loaded model's live figures.
-    pub fn live(&mut self, model: &str, vram: u64, ram: u64) {
-        let r = self.record(model);
-        r.vram_bytes = Some(vram);
-        r.ram_bytes = Some(ram);
     }
 
     /// Appends a switch.
@@ -157,13 +159,12 @@ mod tests {
         t.loaded("a", SwitchTrigger::Auto, 100, 120, 5.0, now);
         assert_eq!(t.models["a"].state(true), ModelState::Loaded);
         assert_eq!(t.implicit_switches, 1);
-        t.live("a", 150, 160);
         t.unloaded("a", now);
         let r = &t.models["a"];
         assert_eq!(r.state(false), ModelState::Unloaded);
         assert_eq!(
             (r.vram_bytes, r.expected_bytes, r.loads),
-            (Some(150), Some(100), 1)
+            (Some(100), Some(100), 1)
         );
         assert_eq!(t.active_model, None);
     }

@@ -136,6 +136,7 @@ mod tests {
             active_model: Some("tiny-a".into()),
             busy: false,
             busy_with: None,
+            queued: vec![],
             models: vec![ModelRecord {
                 name: "tiny-a".into(),
                 kind: "synthetic".into(),
@@ -145,6 +146,8 @@ mod tests {
                 expected_mb: Some(8.0),
                 load_ms: Some(120.4),
                 loads: 1,
+                crashes: 0,
+                hung: false,
                 last_loaded: Some("2026-01-01T00:00:00Z".into()),
                 last_unloaded: None,
                 last_trigger: Some(SwitchTrigger::Spec),

@@ -1,10 +1,16 @@
 //! One device (a GPU, or the CPU) and everything the agent does on it: its worker, switches,
 //! memory readings, ghost detection and remediation.
 //!
-//! Acting operations (switch, unload, test-load, free, reset) hold `op` for their whole run, so
-//! they never interleave; inference holds a read lock on `slot`, so a switch waits for
-//! in-flight requests and new ones wait for the switch.
+//! Device operations (switch, unload, test-load, free, reset, and the load behind an
+//! auto-switch) run on their own tasks, so a client that gives up never cuts one short; they
+//! take turns through one FIFO queue (`queue`), so they never interleave and none starves.
+//! Inference holds a read lock on `slot`, so a switch waits for in-flight requests and new
+//! ones wait for the switch. Every worker is watched: its exit is known at once, and
+//! one that stops answering is marked hung and replaced at the next request (`health`).
 
+
+mod health;
+mod queue;
 mod remediate;
 mod sampler;
 mod serve;
@@ -12,15 +18,16 @@ mod status;
 mod switch;
 
 use std::{
+    future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use jiff::Timestamp;
-use tokio::sync::{OwnedMutexGuard, RwLock, watch};
+use tokio::sync::{RwLock, watch};
 use vramkeeper_crds::SwitchTrigger;
 
 use crate::{
@@ -54,8 +61,12 @@ pub struct DeviceConfig {
     pub release_tolerance: u64,
     /// Unload a model that served nothing for this long.
     pub idle_unload: Option<Duration>,
-    /// How long an inference call waits for a busy device before it gives up.
+    /// How long an operation may wait for its turn in the device's queue.
     pub queue_timeout: Duration,
+    /// How many operations may wait in the device's queue.
+    pub queue_capacity: usize,
+    /// How long an idle worker may take to answer a memory poll before it is marked hung.
+    pub hang_timeout: Duration,
     /// Zombie policy.
     pub policy: ZombiePolicy,
 }
@@ -86,13 +97,15 @@ pub struct Active {
     pub requests: AtomicU64,
     /// When it last answered one (or was loaded).
     pub last_used: Mutex<Instant>,
+    /// It stopped answering: the next request replaces it.
+    pub hung: AtomicBool,
 }
 
-/// What the device is doing, for busy answers.
-#[derive(Debug, Clone)]
-struct Busy {
-    doing: String,
-    since: Instant,
+impl Active {
+    /// Whether it can serve: alive and answering.
+    pub fn healthy(&self) -> bool {
+        !self.hung.load(Ordering::Relaxed) && self.worker.exit_status().is_none()
+    }
 }
 
 /// Mutable state read by status routes (never held across an await).
@@ -108,6 +121,9 @@ pub(crate) struct DeviceState {
     pub active: Option<ActiveView>,
     /// A worker being started or loaded (its memory is not ghost).
     pub loading_pid: Option<u32>,
+    /// A worker being ended on purpose: its exit is no crash, its memory is on its way out
+    /// (not ghost) and it is not sampled as its model's figure.
+    pub releasing_pid: Option<u32>,
     /// Workers of this run that should be gone but are not.
     pub zombies: Vec<(u32, String)>,
 }
@@ -122,6 +138,8 @@ pub(crate) struct ActiveView {
     pub requests: u64,
     /// When it last answered a request (or was loaded).
     pub last_used: jiff::Timestamp,
+    /// It stopped answering a poll within the hang timeout.
+    pub hung: bool,
 }
 
 /// One device.
@@ -130,8 +148,9 @@ pub struct Device {
     pub info: DeviceInfo,
     probe: Arc<dyn DeviceProbe>,
     ctx: Arc<AgentContext>,
-    op: Arc<tokio::sync::Mutex<()>>,
-    busy: Mutex<Option<Busy>>,
+    queue: queue::OpQueue,
+    /// A worker poll is in flight (one at a time, off the sampling tick).
+    polling: AtomicBool,
     slot: RwLock<Option<Arc<Active>>>,
     pub(crate) state: Mutex<DeviceState>,
     seq: AtomicU64,
@@ -143,15 +162,14 @@ pub struct Device {
     pub(crate) probe_fault: std::sync::atomic::AtomicBool,
 }
 
-/// Holds the device for one acting operation.
+/// Holds the device for one operation: its turn in the queue.
 pub struct OpGuard<'a> {
     device: &'a Device,
-    _lock: OwnedMutexGuard<()>,
+    _turn: queue::Turn<'a>,
 }
 
 impl Drop for OpGuard<'_> {
     fn drop(&mut self) {
-        *self.device.busy.lock().unwrap() = None;
         self.device.changed();
     }
 }
@@ -175,9 +193,9 @@ impl Device {
         Ok(Self {
             info: probe.info().clone(),
             probe,
+            queue: queue::OpQueue::new(ctx.config.queue_capacity),
             ctx,
-            op: Arc::new(tokio::sync::Mutex::new(())),
-            busy: Mutex::new(None),
+            polling: AtomicBool::new(false),
             slot: RwLock::new(None),
             state: Mutex::new(state),
             seq: AtomicU64::new(0),
@@ -202,56 +220,59 @@ impl Device {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Takes the device for an acting operation, or answers busy at once.
-    pub fn try_op(&self, doing: impl Into<String>) -> Result<OpGuard<'_>> {
-        match self.op.clone().try_lock_owned() {
-            Ok(lock) => Ok(self.hold(lock, doing.into())),
-            Err(_) => Err(self.busy_error()),
-        }
-    }
-
-    /// Takes the device for an acting operation, waiting up to the queue timeout.
-    pub async fn wait_op(&self, doing: impl Into<String>) -> Result<OpGuard<'_>> {
-        let timeout = self.ctx.config.queue_timeout;
-        match tokio::time::timeout(timeout, self.op.clone().lock_owned()).await {
-            Ok(lock) => Ok(self.hold(lock, doing.into())),
-            Err(_) => Err(self.busy_error()),
-        }
-    }
-
-    fn hold(&self, lock: OwnedMutexGuard<()>, doing: String) -> OpGuard<'_> {
-        *self.busy.lock().unwrap() = Some(Busy {
-            doing,
-            since: Instant::now(),
-        });
+    /// Waits for the device's turn (arrival order, every kind of operation alike); refused
+    /// only when the queue is full or the wait passes the queue timeout.
+    pub async fn enter(&self, doing: impl Into<String>) -> Result<OpGuard<'_>> {
+        let doing = doing.into();
+        let pending = self.queue.enter(doing, self.ctx.config.queue_timeout);
         self.changed();
-        OpGuard {
-            device: self,
-            _lock: lock,
+        match pending.await {
+            Ok(turn) => {
+                self.changed();
+                Ok(OpGuard {
+                    device: self,
+                    _turn: turn,
+                })
+            }
+            Err(refused) => Err(ApiError::Busy {
+                gpu: self.info.index,
+                doing: refused.doing,
+                secs: refused.secs,
+                ahead: refused.ahead,
+                why: refused.why,
+            }),
         }
+    }
+
+    /// Runs a device operation on its own task: it completes whatever happens to the request
+    /// that started it (a client that leaves finds it recorded), and a panic in it is an
+    /// internal error, not a lost lock.
+    pub(crate) async fn detached<T, F>(
+        self: &Arc<Self>,
+        op: impl FnOnce(Arc<Self>) -> F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        tokio::spawn(op(self.clone()))
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(format!("device operation failed: {e}"))))
     }
 
     fn set_busy(&self, doing: String) {
-        if let Some(b) = self.busy.lock().unwrap().as_mut() {
-            b.doing = doing;
-        }
+        self.queue.set_doing(doing);
         self.changed();
-    }
-
-    fn busy_error(&self) -> ApiError {
-        let busy = self.busy.lock().unwrap().clone();
-        ApiError::Busy {
-            gpu: self.info.index,
-            doing: busy
-                .as_ref()
-                .map_or("another operation".into(), |b| b.doing.clone()),
-            secs: busy.map_or(0.0, |b| b.since.elapsed().as_secs_f64()),
-        }
     }
 
     /// What the device is doing, if anything.
     pub fn busy_with(&self) -> Option<String> {
-        self.busy.lock().unwrap().as_ref().map(|b| b.doing.clone())
+        self.queue.doing()
+    }
+
+    /// What waits for the device, oldest first.
+    pub fn queued(&self) -> Vec<String> {
+        self.queue.waiting()
     }
 
     /// The catalog entry of `model`, or a 404 naming the catalog.
@@ -295,8 +316,9 @@ impl Device {
         };
         let mut state = self.state.lock().unwrap();
         match &result {
-            Ok(reading) => {
-                state.reading = Some(reading.clone());
+            // The reading is stored with the ghost computed from it (`observe`), never alone:
+            // status must not show used memory of one moment with the ghost of another.
+            Ok(_) => {
                 state.probe_error = None;
             }
             Err(e) => {
@@ -319,11 +341,15 @@ impl Device {
                 pooled_bytes: a.pooled_bytes,
             };
         }
-        if state.loading_pid == Some(pid) {
+        if state.loading_pid == Some(pid) || state.releasing_pid == Some(pid) {
             // Its figures are not known yet: what it holds is what it should hold.
             let used = state.reading.as_ref().map_or(0, |r| r.usage_of(pid));
             return Holder::Active {
-                model: "(loading)".into(),
+                model: if state.loading_pid == Some(pid) {
+                    "(loading)".into()
+                } else {
+                    "(unloading)".into()
+                },
                 expected_bytes: used,
                 pooled_bytes: 0,
             };
@@ -378,5 +404,10 @@ impl Device {
     /// Default trigger of a request.
     pub fn trigger_or_api(t: Option<SwitchTrigger>) -> SwitchTrigger {
         t.unwrap_or(SwitchTrigger::Api)
+    }
+
+    /// The worker in the slot now, without waiting for in-flight requests or a switch.
+    fn current(&self) -> Option<Arc<Active>> {
+        self.slot.try_read().ok().and_then(|slot| slot.clone())
     }
 }

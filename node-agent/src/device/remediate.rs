@@ -1,6 +1,9 @@
 //! Free and reset: the two remedies for ghost memory, each measured before and after.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
@@ -13,7 +16,7 @@ use crate::{
     error::Result,
     ghost::Holder,
     probe::{DeviceReading, process},
-    worker::client::kill_pid,
+    worker::client::{WorkerError, kill_pid},
 };
 
 /// How long a killed process may take to disappear.
@@ -24,12 +27,15 @@ impl Device {
     /// orphans of earlier runs (and foreign processes, when policy allows).
     /// `kill_foreign`: the request's say on foreign processes (see `RemediateRequest`).
     pub async fn free(
-        &self,
+        self: &Arc<Self>,
         trigger: RemediationTrigger,
         kill_foreign: Option<bool>,
     ) -> Result<RemediationReport> {
-        let held = self.try_op("freeing memory")?;
-        Ok(self.free_held(&held, trigger, kill_foreign).await)
+        self.detached(move |device| async move {
+            let held = device.enter("freeing memory").await?;
+            Ok(device.free_held(&held, trigger, kill_foreign).await)
+        })
+        .await
     }
 
     async fn free_held(
@@ -41,21 +47,24 @@ impl Device {
         let started = Instant::now();
         let (used_before, ghost_before) = self.measure_ghost().await;
         let mut cleaned = 0;
-        {
-            let slot = self.slot.read().await;
-            if let Some(active) = slot.as_ref() {
-                let timeout = self.ctx.config.control_timeout;
-                match active.worker.cleanup(timeout).await {
-                    Ok(bytes) => cleaned = bytes,
-                    Err(e) => tracing::warn!(gpu = self.info.index, error = %e, "cleanup failed"),
+        // Asked outside the slot's lock: a stopped worker must not hold up inference or status.
+        if let Some(active) = self.current().filter(|a| a.healthy()) {
+            let timeout = self.ctx.config.hang_timeout;
+            match active.worker.cleanup(timeout).await {
+                Ok(bytes) => cleaned = bytes,
+                Err(e) => {
+                    tracing::warn!(gpu = self.info.index, error = %e, "cleanup failed");
+                    if matches!(e, WorkerError::Timeout { .. }) {
+                        self.mark_hung(&active, &e);
+                    }
                 }
-                if let Ok(memory) = active.worker.memory(timeout).await {
-                    self.with_state(|s| {
-                        if let Some(a) = s.active.as_mut() {
-                            a.pooled_bytes = memory.pooled_bytes();
-                        }
-                    });
-                }
+            }
+            if let Ok(memory) = active.worker.memory(timeout).await {
+                self.with_state(|s| {
+                    if let Some(a) = s.active.as_mut() {
+                        a.pooled_bytes = memory.pooled_bytes();
+                    }
+                });
             }
         }
         let reading = self.read().await.ok();
@@ -85,11 +94,22 @@ impl Device {
     /// that was active.
     /// `kill_foreign`: the request's say on foreign processes (see `RemediateRequest`).
     pub async fn reset(
-        &self,
+        self: &Arc<Self>,
         trigger: RemediationTrigger,
         kill_foreign: Option<bool>,
     ) -> Result<RemediationReport> {
-        let held = self.try_op("resetting")?;
+        self.detached(
+            move |device| async move { device.reset_on_task(trigger, kill_foreign).await },
+        )
+        .await
+    }
+
+    async fn reset_on_task(
+        self: &Arc<Self>,
+        trigger: RemediationTrigger,
+        kill_foreign: Option<bool>,
+    ) -> Result<RemediationReport> {
+        let held = self.enter("resetting").await?;
         let started = Instant::now();
         let (used_before, ghost_before) = self.measure_ghost().await;
         let active = self.active_model();
@@ -248,20 +268,11 @@ impl Device {
         }
     }
 
-    /// Reads the device and computes its ghost now.
+    /// Reads the device and computes its ghost now: (used, ghost) bytes.
     pub(crate) async fn measure_ghost(&self) -> (u64, u64) {
-        match self.read().await {
-            Ok(reading) => {
-                let ghost = self.ghost_of(&reading);
-                let used = reading.used_bytes;
-                let policy = &self.ctx.config.policy;
-                self.with_state(|s| {
-                    s.ghost = ghost.clone();
-                    s.zombie.observe(ghost.bytes, policy, Timestamp::now());
-                });
-                (used, ghost.bytes)
-            }
-            Err(_) => self.with_state(|s| {
+        match self.observe().await {
+            Some(snapshot) => (snapshot.reading.used_bytes, snapshot.ghost.bytes),
+            None => self.with_state(|s| {
                 (
                     s.reading.as_ref().map_or(0, |r| r.used_bytes),
                     s.ghost.bytes,

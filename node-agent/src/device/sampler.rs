@@ -17,42 +17,77 @@ use crate::{
 /// Ticks between state-file writes (the coarse history changes once a minute).
 const SAVE_EVERY: u64 = 60;
 
+/// One consistent view of the device: a reading, the ghost computed from it with what the
+/// agent knew at that moment, and the active model's live figures from the same reading.
+pub(crate) struct Snapshot {
+    /// The reading.
+    pub reading: DeviceReading,
+    /// Its ghost.
+    pub ghost: Ghost,
+    /// The active model, its device memory in this reading (up to its footprint) and its
+    /// worker's resident memory;
+    /// `None` while no model is loaded or its worker is being ended.
+    pub live: Option<(String, u64, u64)>,
+    /// What the zombie detector made of it.
+    pub change: Change,
+}
+
 impl Device {
-    /// The ghost of a reading, given what the agent knows now.
-    pub(crate) fn ghost_of(&self, reading: &DeviceReading) -> Ghost {
-        let state = self.state.lock().unwrap();
-        ghost::compute(
-            reading,
+    /// Reads the device and stores the reading together with its ghost (under one lock, so
+    /// status never pairs figures of different moments). `None` when the device cannot be
+    /// read.
+    pub(crate) async fn observe(&self) -> Option<Snapshot> {
+        let reading = self.read().await.ok()?;
+        let policy = &self.ctx.config.policy;
+        let now = Timestamp::now();
+        let mut state = self.state.lock().unwrap();
+        let ghost = ghost::compute(
+            &reading,
             state.baseline,
             |pid| self.classify(&state, pid),
             process::name,
-        )
+        );
+        let live = state
+            .active
+            .as_ref()
+            .filter(|a| state.releasing_pid != Some(a.pid))
+            .map(|a| {
+                // What it holds beyond its footprint is growth, reported as ghost.
+                let vram = reading.usage_of(a.pid).min(a.expected_bytes);
+                (
+                    a.model.clone(),
+                    vram,
+                    process::rss_bytes(a.pid).unwrap_or(vram),
+                )
+            });
+        let change = state.zombie.observe(ghost.bytes, policy, now);
+        state.reading = Some(reading.clone());
+        state.ghost = ghost.clone();
+        Some(Snapshot {
+            reading,
+            ghost,
+            live,
+            change,
+        })
     }
 
-    /// One sampling tick.
+    /// One sampling tick. It never waits on a worker: the allocator poll runs on its own task.
     pub async fn sample(self: &Arc<Self>, tick: u64) {
-        self.refresh_worker_memory().await;
-        let Ok(reading) = self.read().await else {
+        self.poll_worker();
+        let Some(Snapshot {
+            reading,
+            ghost,
+            live,
+            change,
+        }) = self.observe().await
+        else {
             self.changed();
             return;
         };
-        let ghost = self.ghost_of(&reading);
         let now = Timestamp::now();
-        let active = self.with_state(|s| s.active.clone());
-        let live = active.as_ref().map(|a| {
-            let vram = reading.usage_of(a.pid);
-            (
-                a.model.clone(),
-                vram,
-                process::rss_bytes(a.pid).unwrap_or(vram),
-            )
-        });
         let policy = &self.ctx.config.policy;
         let idle = self.busy_with().is_none();
-        let (change, auto_free, baseline, since) = self.with_state(|s| {
-            if let Some((model, vram, ram)) = &live {
-                s.tracker.live(model, *vram, *ram);
-            }
+        let (auto_free, baseline, since) = self.with_state(|s| {
             s.tracker.history.push(Sample {
                 t_ms: now.as_millisecond(),
                 used: reading.used_bytes,
@@ -63,13 +98,11 @@ impl Device {
                     .map(|(m, vram, _)| (m.clone(), *vram))
                     .collect::<BTreeMap<_, _>>(),
             });
-            s.ghost = ghost.clone();
-            let change = s.zombie.observe(ghost.bytes, policy, now);
             let due = idle && s.zombie.auto_free_due(policy, now);
             if due {
                 s.zombie.auto_freed(now);
             }
-            (change, due, s.baseline, s.zombie.over_since())
+            (due, s.baseline, s.zombie.over_since())
         });
         match change {
             Change::Flagged => tracing::warn!(
@@ -107,38 +140,15 @@ impl Device {
         self.changed();
     }
 
-    /// Asks the active worker for its allocator figures, unless it is serving a request.
-    async fn refresh_worker_memory(&self) {
-        let Ok(slot) = self.slot.try_read() else {
-            return;
-        };
-        let Some(active) = slot.as_ref() else {
-            return;
-        };
-        if let Some(Ok(memory)) = active
-            .worker
-            .try_memory(self.ctx.config.control_timeout)
-            .await
-        {
-            self.with_state(|s| {
-                if let Some(a) = s.active.as_mut().filter(|a| a.pid == active.worker.pid()) {
-                    a.pooled_bytes = memory.pooled_bytes();
-                }
-            });
-        }
-    }
-
     fn unload_if_idle(self: &Arc<Self>) {
         let Some(limit) = self.ctx.config.idle_unload else {
             return;
         };
-        let idle_for = match self.slot.try_read() {
-            Ok(slot) => match slot.as_ref() {
-                Some(active) => active.last_used.lock().unwrap().elapsed(),
-                None => return,
-            },
-            Err(_) => return,
+        let Some(active) = self.current() else {
+            return;
         };
+        let idle_for = active.last_used.lock().unwrap().elapsed();
+        drop(active);
         if idle_for < limit {
             return;
         }

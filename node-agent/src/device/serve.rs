@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use tokio::sync::oneshot::{self, error::TryRecvError};
 use vramkeeper_crds::{SwitchTrigger, api::SwitchResponse};
 
-use super::Device;
+use super::{Active, Device};
 use crate::{
     error::{ApiError, Result},
     worker::{
@@ -14,90 +15,98 @@ use crate::{
     },
 };
 
-/// Attempts at finding the model active before giving up (another request may switch away
-/// between our switch and our request).
-const ATTEMPTS: usize = 3;
+/// Attempts at serving: a worker may die between its load and the request it was loaded for.
+const ATTEMPTS: usize = 2;
 
 impl Device {
-    /// Sends `request` to the worker of `model`, switching to it first if needed. Returns the
-    /// answer and the switch made, if any.
+    /// Sends `request` to the worker of `model`, switching to it first if needed (after the
+    /// operations queued before it). Returns the answer and the switch made, if any. Runs on
+    /// a task of its own: a client that leaves cuts neither the switch nor the exchange with
+    /// the worker short (a half-read answer would be read by the next request).
     pub async fn serve(
         self: &Arc<Self>,
         model: &str,
         request: Request,
     ) -> Result<(Response, Option<SwitchResponse>)> {
         self.spec(model)?;
+        let model = model.to_string();
+        // Closed when the client goes away (its handler is dropped).
+        let (_client, left) = oneshot::channel::<()>();
+        self.detached(
+            move |device| async move { device.serve_on_task(&model, request, left).await },
+        )
+        .await
+    }
+
+    async fn serve_on_task(
+        self: &Arc<Self>,
+        model: &str,
+        request: Request,
+        mut client: oneshot::Receiver<()>,
+    ) -> Result<(Response, Option<SwitchResponse>)> {
         let mut switched = None;
         for _ in 0..ATTEMPTS {
             {
                 let slot = self.slot.read().await;
-                if let Some(active) = slot.as_ref().filter(|a| a.spec.name == model) {
-                    let result = active
-                        .worker
-                        .call(request.clone(), self.ctx.config.infer_timeout)
-                        .await;
-                    self.touch(active);
-                    self.ctx
-                        .metrics
-                        .request(self.info.index, model, result.is_ok());
-                    return match result {
-                        Ok(response) => Ok((response, switched)),
-                        Err(e) => {
-                            if matches!(
-                                e,
-                                WorkerError::Died { .. }
-                                    | WorkerError::Timeout { .. }
-                                    | WorkerError::Protocol { .. }
-                                    | WorkerError::Failed { fatal: true, .. }
-                            ) {
-                                self.evict(model, active.worker.pid());
-                            }
-                            Err(ApiError::worker(model, e))
-                        }
-                    };
+                if let Some(active) = serving(&slot, model) {
+                    let response = self.call(active, model, request.clone()).await?;
+                    return Ok((response, switched));
                 }
             }
             let held = self
-                .wait_op(format!("switching to {model} for a request"))
+                .enter(format!("switching to {model} for a request"))
                 .await?;
-            if self.active_model().as_deref() != Some(model) {
+            if matches!(client.try_recv(), Err(TryRecvError::Closed)) {
+                // Nobody waits for this answer any more: a switch started is always finished,
+                // but one not started yet is not worth making.
+                tracing::info!(
+                    gpu = self.info.index,
+                    model,
+                    "auto-switch skipped: its client left while it waited"
+                );
+                return Err(ApiError::Unavailable(format!(
+                    "the client left before the switch to {model} began"
+                )));
+            }
+            if serving(&*self.slot.read().await, model).is_none() {
                 let outcome = self.switch_held(&held, model, SwitchTrigger::Auto).await?;
                 switched = Some(outcome.response);
             }
+            // Hold the model before giving up the turn: an operation queued behind this one
+            // waits for this request rather than switching the model away under it.
+            let slot = self.slot.read().await;
+            drop(held);
+            if let Some(active) = serving(&slot, model) {
+                let response = self.call(active, model, request.clone()).await?;
+                return Ok((response, switched));
+            }
         }
         Err(ApiError::Unavailable(format!(
-            "{model} was switched away {ATTEMPTS} times before it could answer; the device is contended"
+            "{model}'s worker failed {ATTEMPTS} times right after loading; see the agent's log"
         )))
     }
 
-    /// Removes a worker that died or stopped answering: ends it and verifies its memory came
-    /// back, in the background. The next request for its model loads it again.
-    fn evict(self: &Arc<Self>, model: &str, pid: u32) {
-        let device = self.clone();
-        let model = model.to_string();
-        tokio::spawn(async move {
-            let Ok(held) = device
-                .wait_op(format!("removing the failed worker of {model}"))
-                .await
-            else {
-                return;
-            };
-            let mut slot = device.slot.write().await;
-            if slot.as_ref().is_some_and(|a| a.worker.pid() == pid) {
-                let old = slot.take().expect("checked above");
-                drop(slot);
-                let release = device.release(old).await;
-                tracing::warn!(
-                    gpu = device.info.index,
-                    model,
-                    pid,
-                    verified = release.verified,
-                    "removed a worker that failed"
-                );
-                device.save_state();
+    async fn call(&self, active: &Arc<Active>, model: &str, request: Request) -> Result<Response> {
+        let result = active
+            .worker
+            .call(request, self.ctx.config.infer_timeout)
+            .await;
+        self.touch(active);
+        self.ctx
+            .metrics
+            .request(self.info.index, model, result.is_ok());
+        result.map_err(|e| {
+            if matches!(
+                e,
+                WorkerError::Timeout { .. }
+                    | WorkerError::Protocol { .. }
+                    | WorkerError::Failed { fatal: true, .. }
+            ) {
+                // Unusable now; the next request replaces it. (An exit is the watcher's.)
+                self.mark_hung(active, &e);
             }
-            drop(held);
-        });
+            ApiError::worker(model, e)
+        })
     }
 
     /// Test-only: makes the active worker hold `mib` more memory.
@@ -114,4 +123,10 @@ impl Device {
             .map_err(|e| ApiError::worker(&model, e))?;
         Ok(model)
     }
+}
+
+/// The slot's worker when it serves `model` and can answer.
+fn serving<'a>(slot: &'a Option<Arc<Active>>, model: &str) -> Option<&'a Arc<Active>> {
+    slot.as_ref()
+        .filter(|a| a.spec.name == model && a.healthy())
 }

@@ -16,6 +16,7 @@ impl Device {
         let policy = &self.ctx.config.policy;
         let busy_with = self.busy_with();
         let s = self.state.lock().unwrap();
+        // The reading and the ghost below were stored together (`observe`).
         let reading = s.reading.clone().unwrap_or_default();
         DeviceStatus {
             gpu: self.info.index,
@@ -54,6 +55,7 @@ impl Device {
             active_model: s.active.as_ref().map(|a| a.model.clone()),
             busy: busy_with.is_some(),
             busy_with,
+            queued: self.queued(),
             models: self.records_locked(&s),
             last_switch: s.tracker.switches.back().cloned(),
             implicit_switches: s.tracker.implicit_switches,
@@ -90,6 +92,8 @@ impl Device {
                     expected_mb: r.expected_bytes.map(mib),
                     load_ms: r.load_ms,
                     loads: r.loads,
+                    crashes: r.crashes,
+                    hung: active.is_some_and(|a| a.hung),
                     last_loaded: r.last_loaded.map(|t| t.to_string()),
                     last_unloaded: r.last_unloaded.map(|t| t.to_string()),
                     last_trigger: r.last_trigger,

@@ -1,7 +1,10 @@
 //! Switching models: unload (and verify the release) before load; load, clean, measure.
 
 use std::{
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64},
+    },
     time::{Duration, Instant},
 };
 
@@ -53,14 +56,20 @@ pub struct SwitchOutcome {
 impl Device {
     /// Switches to `model` with the device already held.
     pub async fn switch_held(
-        &self,
+        self: &Arc<Self>,
         _held: &OpGuard<'_>,
         model: &str,
         trigger: SwitchTrigger,
     ) -> Result<SwitchOutcome> {
         let spec = self.spec(model)?;
         let from = self.active_model();
-        if from.as_deref() == Some(model) {
+        let serving = self
+            .slot
+            .read()
+            .await
+            .as_ref()
+            .is_some_and(|a| a.spec.name == model && a.healthy());
+        if serving {
             return Ok(SwitchOutcome {
                 response: self.already_active(model, trigger),
             });
@@ -113,6 +122,7 @@ impl Device {
                     phases: Some(phases),
                     device_delta_mb: device_delta as f64 / MIB,
                 };
+                self.watch_worker(&active);
                 self.with_state(|s| {
                     s.active = Some(ActiveView {
                         model: model.to_string(),
@@ -121,6 +131,7 @@ impl Device {
                         pooled_bytes: 0,
                         requests: 0,
                         last_used: now,
+                        hung: false,
                     });
                     s.loading_pid = None;
                     s.tracker.loaded(model, trigger, vram, ram, load_ms, now);
@@ -133,6 +144,8 @@ impl Device {
                     ));
                 });
                 *slot = Some(active);
+                drop(slot);
+                self.observe().await;
                 self.ctx
                     .metrics
                     .switched(self.info.index, trigger, true, unload_ms, load_ms);
@@ -144,6 +157,8 @@ impl Device {
                 Ok(SwitchOutcome { response })
             }
             Err(e) => {
+                drop(slot);
+                self.observe().await;
                 self.with_state(|s| {
                     s.loading_pid = None;
                     s.tracker
@@ -159,17 +174,28 @@ impl Device {
         }
     }
 
-    /// Switches to `model`, answering busy at once if the device is held.
-    pub async fn switch(&self, model: &str, trigger: SwitchTrigger) -> Result<SwitchResponse> {
+    /// Switches to `model` on a task of its own, after the operations queued before it.
+    pub async fn switch(
+        self: &Arc<Self>,
+        model: &str,
+        trigger: SwitchTrigger,
+    ) -> Result<SwitchResponse> {
         self.spec(model)?;
-        let held = self.try_op(format!("switching to {model}"))?;
-        Ok(self.switch_held(&held, model, trigger).await?.response)
+        let model = model.to_string();
+        self.detached(move |device| async move {
+            let held = device.enter(format!("switching to {model}")).await?;
+            Ok(device.switch_held(&held, &model, trigger).await?.response)
+        })
+        .await
     }
 
-    /// Unloads the active model (if any).
-    pub async fn unload(&self, trigger: SwitchTrigger) -> Result<Option<ReleaseReport>> {
-        let held = self.try_op("unloading")?;
-        self.unload_held(&held, trigger).await
+    /// Unloads the active model (if any), on a task of its own.
+    pub async fn unload(self: &Arc<Self>, trigger: SwitchTrigger) -> Result<Option<ReleaseReport>> {
+        self.detached(move |device| async move {
+            let held = device.enter("unloading").await?;
+            device.unload_held(&held, trigger).await
+        })
+        .await
     }
 
     /// Unloads the active model with the device already held.
@@ -188,6 +214,8 @@ impl Device {
             return Ok(None);
         };
         let release = self.release(old).await;
+        drop(slot);
+        self.observe().await;
         let now = Timestamp::now();
         self.with_state(|s| {
             s.tracker.push_switch(SwitchRecord {
@@ -213,6 +241,7 @@ impl Device {
         let pid = old.worker.pid();
         let started = Instant::now();
         let before = self.last_used();
+        self.with_state(|s| s.releasing_pid = Some(pid));
         let ended = old.worker.shutdown(self.ctx.config.shutdown_grace).await;
         let target = old.pre_load_used;
         let tolerance = self.ctx.config.release_tolerance;
@@ -220,7 +249,10 @@ impl Device {
         let elapsed_ms = ms(started.elapsed());
         let now = Timestamp::now();
         self.with_state(|s| {
-            s.active = None;
+            s.releasing_pid = None;
+            if s.active.as_ref().is_some_and(|a| a.pid == pid) {
+                s.active = None;
+            }
             if process::is_alive(pid) {
                 s.zombies.push((pid, model.clone()));
             }
@@ -284,7 +316,7 @@ impl Device {
 
     /// Starts a worker, loads the model, cleans the pool and measures. On any failure the
     /// worker is ended and its memory verified gone.
-    async fn load(&self, spec: &ModelSpec) -> Result<Loaded> {
+    async fn load(self: &Arc<Self>, spec: &ModelSpec) -> Result<Loaded> {
         let started = Instant::now();
         let pre_load_used = match self.read().await {
             Ok(r) => r.used_bytes,
@@ -319,6 +351,7 @@ impl Device {
                     pre_load_used,
                     requests: AtomicU64::new(0),
                     last_used: Mutex::new(Instant::now()),
+                    hung: AtomicBool::new(false),
                 });
                 Ok(Loaded {
                     active,
@@ -433,7 +466,10 @@ impl Device {
 
     /// Loads every catalog model (or the given ones) in turn, then makes the model that was
     /// active before active again (or unloads, if none was).
-    pub async fn test_load(&self, models: Option<Vec<String>>) -> Result<TestLoadResponse> {
+    pub async fn test_load(
+        self: &Arc<Self>,
+        models: Option<Vec<String>>,
+    ) -> Result<TestLoadResponse> {
         let names: Vec<String> = match models {
             Some(names) => {
                 for n in &names {
@@ -449,7 +485,12 @@ impl Device {
                 .map(|m| m.name.clone())
                 .collect(),
         };
-        let held = self.try_op("test-load")?;
+        self.detached(move |device| async move { device.test_load_all(names).await })
+            .await
+    }
+
+    async fn test_load_all(self: &Arc<Self>, names: Vec<String>) -> Result<TestLoadResponse> {
+        let held = self.enter("test-load").await?;
         let before = self.active_model();
         let mut results = vec![];
         for name in names {

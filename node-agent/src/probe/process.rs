@@ -1,9 +1,14 @@
-//! Facts about processes from /proc: names, resident memory, and the marker that identifies a
-//! vramkeeper worker (`vramkeeper-agent worker --agent-id A --instance I ...` on its command line).
+//! Facts about processes from /proc: names, resident memory, start times, and the marker that
+//! identifies a vramkeeper worker: `VRAMKEEPER_WORKER_MARKER=<agent id>:<instance>` in its
+//! environment. Command lines prove nothing (anyone can write one); a marker counts only on a
+//! process that runs as the agent's own user.
 
-use std::fs;
+use std::{fs, os::unix::fs::MetadataExt};
 
-/// The marker on a worker's command line.
+/// The environment variable that marks a worker: `<agent id>:<instance>`.
+pub const MARKER_ENV: &str = "VRAMKEEPER_WORKER_MARKER";
+
+/// The marker in a worker's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerMarker {
     /// The agent it belongs to (stable across restarts of that agent).
@@ -38,42 +43,84 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// The worker marker on the process's command line, if it is a vramkeeper worker.
+/// The worker marker in the process's environment, if it runs as this agent's user and carries
+/// one.
 pub fn worker_marker(pid: u32) -> Option<WorkerMarker> {
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    parse_marker(&cmdline)
-}
-
-/// Parses a NUL-separated command line.
-pub fn parse_marker(cmdline: &[u8]) -> Option<WorkerMarker> {
-    let args: Vec<&str> = cmdline
-        .split(|b| *b == 0)
-        .filter_map(|a| std::str::from_utf8(a).ok())
-        .collect();
-    if args.get(1) != Some(&"worker") {
+    if owner_uid(pid)? != nix::unistd::geteuid().as_raw() {
         return None;
     }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| *a == flag)
-            .and_then(|i| args.get(i + 1))
-            .map(|s| s.to_string())
-    };
-    Some(WorkerMarker {
-        agent_id: value("--agent-id")?,
-        instance: value("--instance")?,
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    parse_marker(&environ)
+}
+
+/// The user a process runs as (the owner of its /proc entry).
+pub fn owner_uid(pid: u32) -> Option<u32> {
+    fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+}
+
+/// The marker value for a worker of `agent_id`, run `instance`.
+pub fn marker_value(agent_id: &str, instance: &str) -> String {
+    format!("{agent_id}:{instance}")
+}
+
+/// Parses a NUL-separated environment (`/proc/<pid>/environ`).
+pub fn parse_marker(environ: &[u8]) -> Option<WorkerMarker> {
+    let prefix = format!("{MARKER_ENV}=");
+    let value = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .find_map(|v| v.strip_prefix(prefix.as_str()))?;
+    let (agent_id, instance) = value.split_once(':')?;
+    (!agent_id.is_empty() && !instance.is_empty()).then(|| WorkerMarker {
+        agent_id: agent_id.into(),
+        instance: instance.into(),
     })
 }
 
-/// Every live vramkeeper worker of the given agent, with its marker.
-pub fn workers_of(agent_id: &str) -> Vec<(u32, WorkerMarker)> {
+/// When the process started, in clock ticks since boot (`/proc/<pid>/stat` field 22): with the
+/// pid, it names one process for good (a reused pid starts later).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised name, which may itself hold spaces and parentheses:
+    // state is field 3, so start time (22) is the 20th after the name.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// The process's command line, arguments joined by spaces (empty when gone or hidden).
+pub fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// Every live process that carries some vramkeeper worker marker and runs as this user.
+pub fn marked_workers() -> Vec<(u32, WorkerMarker)> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return vec![];
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| Some((pid, worker_marker(pid)?)))
-        .filter(|(pid, m)| m.agent_id == agent_id && is_alive(*pid))
+        .filter(|(pid, _)| is_alive(*pid))
+        .collect()
+}
+
+/// Every live vramkeeper worker of the given agent, with its marker.
+pub fn workers_of(agent_id: &str) -> Vec<(u32, WorkerMarker)> {
+    marked_workers()
+        .into_iter()
+        .filter(|(_, m)| m.agent_id == agent_id)
         .collect()
 }
 
@@ -86,24 +133,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn markers_are_parsed_from_worker_command_lines() {
-        let line =
-            b"/bin/vramkeeper-agent\0worker\0--agent-id\0abc\0--instance\0i-1\0--socket\0/s\0";
+    fn markers_are_parsed_from_the_environment_not_the_command_line() {
+        let environ = b"PATH=/bin\0VRAMKEEPER_WORKER_MARKER=abc:i-1\0HOME=/\0";
         assert_eq!(
-            parse_marker(line),
+            parse_marker(environ),
             Some(WorkerMarker {
                 agent_id: "abc".into(),
                 instance: "i-1".into()
             })
         );
+        // A command line that imitates a worker's carries no marker.
         assert_eq!(
-            parse_marker(b"/bin/vramkeeper-agent\0serve\0--agent-id\0abc\0"),
+            parse_marker(b"/bin/vramkeeper-agent\0worker\0--agent-id\0abc\0--instance\0i\0"),
             None
         );
-        assert_eq!(
-            parse_marker(b"/bin/vramkeeper-agent\0worker\0--instance\0i\0"),
-            None
-        );
+        assert_eq!(parse_marker(b"VRAMKEEPER_WORKER_MARKER=abc\0"), None);
+        assert_eq!(parse_marker(b"VRAMKEEPER_WORKER_MARKER=:i\0"), None);
+    }
+
+    #[test]
+    fn own_process_has_a_start_time_and_a_command_line() {
+        let me = std::process::id();
+        assert!(start_ticks(me).is_some_and(|t| t > 0));
+        assert!(!cmdline(me).is_empty());
+        assert_eq!(owner_uid(me), Some(nix::unistd::geteuid().as_raw()));
+        assert_eq!(start_ticks(u32::MAX - 1), None);
     }
 
     #[test]

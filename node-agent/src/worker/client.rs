@@ -1,7 +1,7 @@
 //! The agent's side of a worker: start the process, talk to it, end it.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -10,7 +10,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::UnixStream,
     process::{Child, Command},
-    sync::Mutex,
+    sync::{Mutex, mpsc, watch},
 };
 
 use super::protocol::{self, Request, Response, WorkerMemory};
@@ -82,12 +82,40 @@ pub enum WorkerError {
 }
 
 /// A running worker process.
+///
+/// The process is owned by a reaper task: it learns of the exit the moment it happens (the
+/// agent is the parent), publishes how it ended, and is the only one that signals the child,
+/// so a kill can never hit a reused pid. Dropping the handle kills the worker: no path of the
+/// agent's own request handling can orphan one.
 pub struct WorkerHandle {
     pid: u32,
-    child: Mutex<Child>,
+    kill: mpsc::UnboundedSender<()>,
+    exit: watch::Receiver<Option<String>>,
     conn: Mutex<Option<UnixStream>>,
     socket: PathBuf,
     backend: BackendKind,
+}
+
+/// Owns the child: waits for it, kills it when asked or when the handle is dropped.
+fn spawn_reaper(mut child: Child) -> (mpsc::UnboundedSender<()>, watch::Receiver<Option<String>>) {
+    let (kill_tx, mut kill_rx) = mpsc::unbounded_channel::<()>();
+    let (exit_tx, exit_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            // Asked to kill, or the handle is gone (the channel closed): either way, end it.
+            _ = kill_rx.recv() => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        let how = match status {
+            Ok(status) => describe_exit(status),
+            Err(e) => format!("cannot wait for it: {e}"),
+        };
+        exit_tx.send_replace(Some(how));
+    });
+    (kill_tx, exit_rx)
 }
 
 /// How a worker ended.
@@ -112,46 +140,61 @@ impl WorkerHandle {
         let socket = launch.run_dir.join(format!("w-{short}-{seq}.sock"));
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new(&launch.exe);
-        cmd.arg("worker")
-            .args(["--agent-id", &launch.agent_id])
-            .args(["--instance", &launch.instance])
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--backend", backend.as_str()])
-            .args(["--device-index", &index.to_string()])
-            .arg("--cache-dir")
-            .arg(&launch.cache_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            // Its own process group: a Ctrl-C at the agent's terminal is the agent's to handle.
-            .process_group(0)
-            .kill_on_drop(false);
+        // The marker that makes the worker this agent's: in its environment, read back from
+        // /proc only for processes of the agent's own user (a command line proves nothing).
+        cmd.env(
+            process::MARKER_ENV,
+            process::marker_value(&launch.agent_id, &launch.instance),
+        )
+        .arg("worker")
+        .args(["--agent-id", &launch.agent_id])
+        .args(["--instance", &launch.instance])
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--backend", backend.as_str()])
+        .args(["--device-index", &index.to_string()])
+        .arg("--cache-dir")
+        .arg(&launch.cache_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Its own process group: a Ctrl-C at the agent's terminal is the agent's to handle.
+        .process_group(0)
+        .kill_on_drop(false);
         if launch.test_ops {
             cmd.arg("--test-ops");
             if let Some(fault) = fault {
                 cmd.args(["--fault", fault]);
             }
         }
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|e| WorkerError::Spawn(format!("{}: {e}", launch.exe.display())))?;
         let pid = child.id().unwrap_or_default();
+        let (kill, exit) = spawn_reaper(child);
+        let mut handle = Self {
+            pid,
+            kill,
+            exit,
+            conn: Mutex::new(None),
+            socket,
+            backend,
+        };
         let deadline = Instant::now() + launch.start_timeout;
         let conn = loop {
-            if let Ok(conn) = UnixStream::connect(&socket).await {
+            if let Ok(conn) = UnixStream::connect(&handle.socket).await {
                 break conn;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = handle.exit_status() {
+                handle.remove_socket();
                 return Err(WorkerError::Died {
                     pid,
                     op: "start",
-                    status: describe_exit(status),
+                    status,
                 });
             }
             if Instant::now() > deadline {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                handle.kill().await;
                 return Err(WorkerError::Timeout {
                     pid,
                     op: "start",
@@ -160,13 +203,7 @@ impl WorkerHandle {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        let handle = Self {
-            pid,
-            child: Mutex::new(child),
-            conn: Mutex::new(Some(conn)),
-            socket,
-            backend,
-        };
+        *handle.conn.get_mut() = Some(conn);
         match handle.call(Request::Hello, launch.start_timeout).await {
             Ok(Response::Hello { .. }) => Ok(handle),
             Ok(other) => {
@@ -291,7 +328,7 @@ impl WorkerHandle {
         }
     }
 
-    /// Asks the worker to exit, waits up to `grace`, then kills it; always reaps it.
+    /// Asks the worker to exit, waits up to `grace`, then kills it; returns once it is reaped.
     pub async fn shutdown(&self, grace: Duration) -> Ended {
         let asked = {
             let mut guard = self.conn.lock().await;
@@ -305,37 +342,49 @@ impl WorkerHandle {
                 None => false,
             }
         };
-        let mut child = self.child.lock().await;
-        if asked && matches!(tokio::time::timeout(grace, child.wait()).await, Ok(Ok(_))) {
+        if self.exit_status().is_some()
+            || (asked && tokio::time::timeout(grace, self.exited()).await.is_ok())
+        {
             self.remove_socket();
             return Ended { killed: false };
         }
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        self.remove_socket();
+        self.kill().await;
         Ended { killed: true }
     }
 
-    /// Kills the worker at once and reaps it.
+    /// Kills the worker at once and returns once it is reaped.
     pub async fn kill(&self) {
         *self.conn.lock().await = None;
-        let mut child = self.child.lock().await;
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        let _ = self.kill.send(());
+        self.exited().await;
         self.remove_socket();
     }
 
-    /// Whether the process is still running.
-    pub async fn is_running(&self) -> bool {
-        matches!(self.child.lock().await.try_wait(), Ok(None))
+    /// How the process ended, once it has (`None` while it runs).
+    pub fn exit_status(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// Resolves when the process has exited (and been reaped), with how it ended.
+    pub async fn exited(&self) -> String {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(status) => status.clone().unwrap_or_default(),
+            // The reaper never drops its sender before publishing.
+            Err(_) => "unknown exit".into(),
+        }
+    }
+
+    /// A receiver that sees the exit, for watchers that outlive a borrow of the handle.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<String>> {
+        self.exit.clone()
     }
 
     async fn died(&self, op: &'static str) -> WorkerError {
-        let mut child = self.child.lock().await;
         // The connection broke: give the process a moment to finish exiting, then say how.
-        let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-            Ok(Ok(status)) => describe_exit(status),
-            _ => "connection lost while the process still runs".to_string(),
+        let status = match tokio::time::timeout(Duration::from_secs(2), self.exited()).await {
+            Ok(status) => status,
+            Err(_) => "connection lost while the process still runs".to_string(),
         };
         WorkerError::Died {
             pid: self.pid,
@@ -377,19 +426,4 @@ pub async fn kill_pid(pid: u32, wait: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     true
-}
-
-/// Removes stale sockets of earlier runs from the run directory.
-pub fn clean_run_dir(run_dir: &Path, instance: &str) {
-    let Ok(entries) = std::fs::read_dir(run_dir) else {
-        return;
-    };
-    let short = &instance[..8.min(instance.len())];
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.ends_with(".sock") && !name.starts_with(&format!("w-{short}-")) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }

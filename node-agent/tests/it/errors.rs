@@ -197,8 +197,8 @@ async fn bad_requests_are_rejected_clearly_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn a_busy_device_answers_409() {
-    let agent = Agent::small(&[]).await;
+async fn a_request_that_waits_past_the_queue_bound_answers_409() {
+    let agent = Agent::small(&["--queue-timeout-s", "1"]).await;
     // A worker that hangs on load keeps the device busy until the load times out.
     agent
         .post("/v1/debug/fault", json!({"fault": "hang-on-load"}))
@@ -224,9 +224,19 @@ async fn a_busy_device_answers_409() {
     let (c, b) = agent
         .post("/v1/models/switch", json!({"model": "tiny-b"}))
         .await;
-    assert_error(c, &b, StatusCode::CONFLICT, "busy", "switching");
+    assert_error(
+        c,
+        &b,
+        StatusCode::CONFLICT,
+        "busy",
+        "switching (none) → tiny-a",
+    );
+    assert_error(c, &b, StatusCode::CONFLICT, "busy", "waited 1 s");
     let (c, b) = agent.post("/v1/gpu/free", json!({})).await;
     assert_error(c, &b, StatusCode::CONFLICT, "busy", "retry");
+    // Turned away, it changed nothing: no model, one (hung) worker.
+    assert_eq!(agent.device().await.active_model, None);
+    assert_eq!(agent.workers().len(), 1);
     slow.abort();
 }
 

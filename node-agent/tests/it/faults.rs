@@ -79,28 +79,6 @@ async fn a_worker_that_ignores_shutdown_is_killed_and_reported() {
 }
 
 #[tokio::test]
-async fn a_worker_killed_while_serving_is_replaced() {
-    let agent = Agent::small(&[]).await;
-    agent
-        .post("/v1/infer", json!({"model": "tiny-a", "tokens": [1]}))
-        .await;
-    let pid = agent.workers()[0].pid;
-    procs::kill(pid);
-    let (code, body) = agent
-        .post("/v1/infer", json!({"model": "tiny-a", "tokens": [1]}))
-        .await;
-    assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("SIGKILL"),
-        "{body}"
-    );
-    replaced_on_the_next_inference(&agent, pid).await;
-}
-
-#[tokio::test]
 async fn failing_device_reads_degrade_the_agent_and_readyz_says_so() {
     let agent = Agent::small(&["--sample-ms", "100"]).await;
     assert_eq!(agent.get_text("/readyz").await.0, StatusCode::OK);

@@ -139,6 +139,7 @@ impl StatusBuilder {
             ram_mib: Some(42),
             load_ms: Some(250),
             loads: 1,
+            crashes: 0,
             last_loaded: Some(t(-3600).to_string()),
             last_unloaded: None,
             last_used: s.map(|s| t(s).to_string()),

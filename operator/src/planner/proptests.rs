@@ -197,6 +197,7 @@ impl Sim {
                 ram_mib: None,
                 load_ms: None,
                 loads: 1,
+                crashes: 0,
                 last_loaded: None,
                 last_unloaded: None,
                 last_used: Some(t(self.last_used).to_string()),

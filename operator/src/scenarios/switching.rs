@@ -367,6 +367,8 @@ async fn an_idle_model_is_unloaded_and_stays_unloaded_until_a_request_names_it()
         expected_mb: Some(40.0),
         load_ms: Some(250.0),
         loads: 1,
+        crashes: 0,
+        hung: false,
         last_loaded: Some(T0.into()),
         last_unloaded: None,
         last_trigger: Some(vramkeeper_crds::SwitchTrigger::Spec),
