@@ -107,6 +107,7 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         .unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache"));
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    crate::state_file::StateDirLock::acquire(&state_dir)?.hold_until_exit();
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
     let agent_id = args
