@@ -43,6 +43,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Limits acting requests.
     pub acting_limiter: Limiter,
+    /// Inference keys, their limits, the host names answered (`api::auth`).
+    pub access: api::auth::Access,
+    /// The state directory (`/readyz` checks that it is writable).
+    pub state_dir: PathBuf,
 }
 
 /// A rate limit that answers how long to wait.
@@ -93,6 +97,8 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 /// Builds the agent from its arguments: devices with their baselines, the catalog, the
 /// state of earlier runs.
 pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
+    let token = api::auth::configured_token(args)?;
+    let access = api::auth::Access::from_args(args)?;
     let catalog = match &args.catalog {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::builtin(),
@@ -115,16 +121,6 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         .clone()
         .unwrap_or_else(|| derive_agent_id(&state_dir));
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(Token::new(t.clone())),
-        (None, Some(path)) => Some(Token::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?
-                .trim()
-                .to_string(),
-        )),
-        (None, None) => None,
-    };
     let detected = probe::detect(&agent_id, args.device == DeviceChoice::Cpu);
     tracing::info!(reason = %detected.reason, "device");
     let names: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
@@ -192,6 +188,8 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         test_ops: args.enable_test_ops,
         metrics,
         acting_limiter: Limiter::new(args.rate_limit),
+        access,
+        state_dir,
     }))
 }
 
