@@ -8,4 +8,5 @@ mod fuzz;
 mod ghost;
 mod isolation;
 mod restart;
+mod security;
 mod switching;
