@@ -19,8 +19,9 @@ pub struct SwitchRequest {
     /// Device index (default 0).
     #[serde(default)]
     pub gpu: u32,
-    /// Who asks: `api` (the default) or `spec` (the operator, which holds the token). The
-    /// agent's own triggers (`auto`, `test-load`, `reset`, `idle`) are refused with 422.
+    /// Who asks: `api` (the default), `spec` (the operator, which holds the token) or
+    /// `test-load` (the status page's cycle). `auto` and `reset` are the agent's own (it acted
+    /// by itself) and are refused with 422, as is `idle` (an unload's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<SwitchTrigger>,
 }
@@ -113,8 +114,9 @@ pub struct UnloadRequest {
     /// Device index (default 0).
     #[serde(default)]
     pub gpu: u32,
-    /// Who asks: `api` (the default), or the operator (which holds the token): `spec` or
-    /// `idle`. The agent's own triggers (`auto`, `test-load`, `reset`) are refused with 422.
+    /// Who asks: `api` (the default), the operator (which holds the token): `spec` or `idle`,
+    /// or `test-load` (the status page's cycle). `auto` and `reset` are the agent's own (it
+    /// acted by itself) and are refused with 422.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<SwitchTrigger>,
 }

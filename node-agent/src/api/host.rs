@@ -59,7 +59,7 @@ impl HostPolicy {
             return true;
         }
         let name = normalise(name);
-        self.names.iter().any(|n| *n == name)
+        self.names.contains(&name)
     }
 }
 

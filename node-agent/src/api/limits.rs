@@ -67,7 +67,7 @@ pub fn test_load_list(models: &[String], catalog: &Catalog) -> Result<()> {
 /// The device's total memory, when it has been read.
 fn total_bytes(device: &Device) -> Option<u64> {
     let total_mb = device.status().memory.total_mb;
-    (total_mb > 0.0).then(|| (total_mb * (1u64 << 20) as f64) as u64)
+    (total_mb > 0.0).then_some((total_mb * (1u64 << 20) as f64) as u64)
 }
 
 /// 422 when the model's estimate alone exceeds the device's total memory: loading it could

@@ -24,11 +24,13 @@ pub fn router() -> Router<Arc<App>> {
         .route("/v1/models/test-load", post(test_load))
 }
 
-/// The trigger a client may name. `spec` and `idle` are the operator's (it reconciles a
-/// GpuModel's spec, or its `idleUnloadSeconds`); acting routes need the token whenever one is
-/// configured, so only its holders can name them. `auto`, `test-load` and `reset` are set by
-/// the agent itself when it acts on its own, and are refused here: a client naming them would
-/// forge the history and the metrics.
+/// The trigger a client may name: `api` (the default); the operator's `spec` (reconciling a
+/// GpuModel's spec) and, on unload, `idle` (its `idleUnloadSeconds`); `test-load`, which the
+/// status page names as it drives a test-load cycle one model at a time. Acting routes need
+/// the token whenever one is configured, so only its holders can name any of them. `auto` and
+/// `reset` say that the agent acted on its own (an inference naming another model, a reset
+/// reloading its model) and are refused: a client naming them would forge the history and the
+/// metrics.
 fn client_trigger(
     asked: Option<SwitchTrigger>,
     allowed: &[SwitchTrigger],
@@ -39,7 +41,8 @@ fn client_trigger(
     }
     let names: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
     Err(ApiError::Invalid(format!(
-        "trigger {} is set by the agent itself, not by a client; this route takes {}",
+        "trigger {} cannot be named by a client on this route, which takes {} (auto and \
+         reset are recorded only when the agent acts by itself)",
         trigger.as_str(),
         names.join(" or ")
     )))
@@ -52,7 +55,14 @@ async fn switch(
     if req.model.is_empty() {
         return Err(ApiError::Invalid("model must not be empty".into()));
     }
-    let trigger = client_trigger(req.trigger, &[SwitchTrigger::Api, SwitchTrigger::Spec])?;
+    let trigger = client_trigger(
+        req.trigger,
+        &[
+            SwitchTrigger::Api,
+            SwitchTrigger::Spec,
+            SwitchTrigger::TestLoad,
+        ],
+    )?;
     let device = app.device(req.gpu)?;
     limits::fits(device, &device.spec(&req.model)?)?;
     let response = device.switch(&req.model, trigger).await?;
@@ -65,7 +75,12 @@ async fn unload(
 ) -> Result<ApiJson<UnloadResponse>> {
     let trigger = client_trigger(
         req.trigger,
-        &[SwitchTrigger::Api, SwitchTrigger::Spec, SwitchTrigger::Idle],
+        &[
+            SwitchTrigger::Api,
+            SwitchTrigger::Spec,
+            SwitchTrigger::Idle,
+            SwitchTrigger::TestLoad,
+        ],
     )?;
     let device = app.device(req.gpu)?;
     let release = device.unload(trigger).await?;

@@ -450,8 +450,8 @@ async fn clients_cannot_claim_the_agents_own_triggers() {
         ),
         (
             "/v1/models/switch",
-            json!({"model": "tiny-a", "trigger": "test-load"}),
-            "test-load",
+            json!({"model": "tiny-a", "trigger": "idle"}),
+            "idle",
         ),
         ("/v1/models/unload", json!({"trigger": "auto"}), "auto"),
         ("/v1/models/unload", json!({"trigger": "reset"}), "reset"),
@@ -462,7 +462,7 @@ async fn clients_cannot_claim_the_agents_own_triggers() {
             &b,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_value",
-            &format!("trigger {trigger} is set by the agent"),
+            &format!("trigger {trigger} cannot be named by a client"),
         );
     }
     assert!(
@@ -494,6 +494,15 @@ async fn clients_cannot_claim_the_agents_own_triggers() {
         .await;
     assert_eq!(c, StatusCode::OK, "{b}");
     assert_eq!(b["trigger"], "api", "absent means api");
+    // The status page drives its test-load cycle one switch at a time.
+    let (c, b) = agent
+        .post(
+            "/v1/models/switch",
+            json!({"model": "tiny-a", "trigger": "test-load"}),
+        )
+        .await;
+    assert_eq!(c, StatusCode::OK, "{b}");
+    assert_eq!(b["trigger"], "test-load");
     let metrics = agent.get_text("/metrics").await.1;
     assert!(
         metrics.contains(r#"vramkeeper_switches_total{gpu="0",trigger="auto",outcome="ok"} 0"#),
