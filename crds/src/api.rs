@@ -19,7 +19,9 @@ pub struct SwitchRequest {
     /// Device index (default 0).
     #[serde(default)]
     pub gpu: u32,
-    /// Who asks; `api` when absent. The operator sends `spec`.
+    /// Who asks: `api` (the default), `spec` (the operator, which holds the token) or
+    /// `test-load` (the status page's cycle). `auto` and `reset` are the agent's own (it acted
+    /// by itself) and are refused with 422, as is `idle` (an unload's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<SwitchTrigger>,
 }
@@ -112,7 +114,9 @@ pub struct UnloadRequest {
     /// Device index (default 0).
     #[serde(default)]
     pub gpu: u32,
-    /// Who asks; `api` when absent. The operator sends `spec`.
+    /// Who asks: `api` (the default), the operator (which holds the token): `spec` or `idle`,
+    /// or `test-load` (the status page's cycle). `auto` and `reset` are the agent's own (it
+    /// acted by itself) and are refused with 422.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<SwitchTrigger>,
 }
@@ -131,7 +135,8 @@ pub struct TestLoadRequest {
     /// Device index (default 0).
     #[serde(default)]
     pub gpu: u32,
-    /// Only these models, in this order (default: the whole catalog).
+    /// Only these models, in this order, each once and at most as many as the catalog holds
+    /// (default: the whole catalog, less models too big for the device, which are reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
 }

@@ -44,6 +44,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Limits acting requests.
     pub acting_limiter: Limiter,
+    /// Inference keys, their limits, the host names answered (`api::auth`).
+    pub access: api::auth::Access,
+    /// The state directory (`/readyz` checks that it is writable).
+    pub state_dir: PathBuf,
 }
 
 /// A rate limit that answers how long to wait.
@@ -94,6 +98,8 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 /// Builds the agent from its arguments: devices with their baselines, the catalog, the
 /// state of earlier runs.
 pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
+    let token = api::auth::configured_token(args)?;
+    let access = api::auth::Access::from_args(args)?;
     let catalog = match &args.catalog {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::builtin(),
@@ -108,6 +114,7 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         .unwrap_or_else(|| default_dir("XDG_CACHE_HOME", ".cache"));
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    crate::state_file::StateDirLock::acquire(&state_dir)?.hold_until_exit();
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
     let agent_id = args
@@ -115,16 +122,6 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         .clone()
         .unwrap_or_else(|| derive_agent_id(&state_dir));
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(Token::new(t.clone())),
-        (None, Some(path)) => Some(Token::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?
-                .trim()
-                .to_string(),
-        )),
-        (None, None) => None,
-    };
     let detected = probe::detect(&agent_id, args.device == DeviceChoice::Cpu);
     tracing::info!(reason = %detected.reason, "device");
     let names: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
@@ -194,6 +191,8 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         test_ops: args.enable_test_ops,
         metrics,
         acting_limiter: Limiter::new(args.rate_limit),
+        access,
+        state_dir,
     }))
 }
 

@@ -68,13 +68,32 @@ pub struct ServeArgs {
     #[arg(long, env = "VRAMKEEPER_LOAD")]
     pub load: Option<String>,
 
-    /// Bearer token required by acting routes (switch, unload, test-load, free, reset).
+    /// Bearer token required by acting routes (switch, unload, test-load, free, reset), and
+    /// accepted by inference routes. Surrounding whitespace is ignored; an empty token is refused.
     #[arg(long, env = "VRAMKEEPER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// File holding the bearer token (a mounted Secret).
+    /// File holding the bearer token (a mounted Secret); surrounding whitespace and the
+    /// trailing newline are ignored, an empty file is refused.
     #[arg(long, env = "VRAMKEEPER_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+
+    /// An inference key: accepted (besides the token) by the inference routes, which can load
+    /// and unload models by naming them, as `Authorization: Bearer <key>` (what OpenAI clients
+    /// send). Repeatable; the variable takes a comma-separated list. With a token or a key
+    /// configured, inference needs one of them.
+    #[arg(
+        long = "api-key",
+        env = "VRAMKEEPER_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// UNSAFE: serve inference without the token or a key even when one is configured. Anyone
+    /// who reaches the agent can then unload the active model and load another by naming it.
+    #[arg(long, env = "VRAMKEEPER_INFERENCE_WITHOUT_AUTH")]
+    pub inference_without_auth: bool,
 
     /// Require the token on read routes too.
     #[arg(long, env = "VRAMKEEPER_AUTH_READS")]
@@ -83,6 +102,21 @@ pub struct ServeArgs {
     /// Acting requests allowed per second (a burst of that many, refilled evenly).
     #[arg(long, env = "VRAMKEEPER_RATE_LIMIT", default_value_t = 20)]
     pub rate_limit: u32,
+
+    /// Inference requests allowed per second for each credential (the token, each key), when
+    /// inference needs one (a burst of that many, refilled evenly).
+    #[arg(long, env = "VRAMKEEPER_INFERENCE_RATE_LIMIT", default_value_t = 100)]
+    pub inference_rate_limit: u32,
+
+    /// Host names requests may be addressed to (the `Host` header, port ignored), besides IP
+    /// addresses, `localhost` and the node name. Others get 421: a DNS-rebinding page addresses
+    /// its requests to its own name. Repeatable; the variable takes a comma-separated list.
+    #[arg(
+        long = "allowed-hosts",
+        env = "VRAMKEEPER_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
 
     /// Milliseconds between memory samples.
     #[arg(long, env = "VRAMKEEPER_SAMPLE_MS", default_value_t = 1000)]

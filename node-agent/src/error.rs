@@ -52,9 +52,51 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// A request over one of the agent's bounds on work (inputs, characters, list lengths).
+    #[error("{got} {what} exceed the limit of {limit} per request")]
+    OverLimit {
+        /// What is counted (`embedding inputs`, `characters of input`, ...).
+        what: &'static str,
+        /// The bound.
+        limit: usize,
+        /// What the request holds.
+        got: usize,
+    },
     /// Well-formed but unacceptable values.
     #[error("{0}")]
     Invalid(String),
+    /// A model whose estimated footprint exceeds the device's total memory: loading it could
+    /// only end with the kernel or the driver killing the worker.
+    #[error(
+        "{model} needs an estimated {estimate_mb:.0} MiB, more than device {gpu}'s total of \
+         {total_mb:.0} MiB; it is refused before loading"
+    )]
+    TooBigForDevice {
+        /// The model.
+        model: String,
+        /// Its estimated footprint.
+        estimate_mb: f64,
+        /// The device.
+        gpu: u32,
+        /// The device's total memory.
+        total_mb: f64,
+    },
+    /// No route has this path.
+    #[error("no route {method} {path}; GET /openapi.json lists the agent's routes")]
+    NoRoute {
+        /// The method asked for.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
+    /// The path exists, but not with this method.
+    #[error("{path} does not answer {method}; GET /openapi.json lists the agent's routes")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
     /// The device's operation queue turned the request away: full, or the wait passed its
     /// bound. Says what runs and what waits ahead.
     #[error(
@@ -76,9 +118,39 @@ pub enum ApiError {
     /// No or wrong bearer token.
     #[error("this route needs the agent's bearer token (Authorization: Bearer <token>)")]
     Unauthorized,
-    /// Too many acting requests.
-    #[error("too many requests to acting routes; retry in {retry_after_s} s")]
+    /// An inference route without the token or an inference key.
+    #[error(
+        "inference needs the agent's token or an inference key (--api-key) as \
+         Authorization: Bearer <key>"
+    )]
+    UnauthorizedInference,
+    /// The request is addressed to a host name this agent does not answer for (a DNS
+    /// rebinding page would address it so).
+    #[error(
+        "requests addressed to host {host:?} are refused: the agent answers requests addressed \
+         to an IP address, localhost or its node name; to accept this name, start it with \
+         --allowed-hosts {host}"
+    )]
+    MisdirectedHost {
+        /// The host name, port removed.
+        host: String,
+    },
+    /// A browser page of another origin tried to act (a cross-site request forgery).
+    #[error(
+        "a page of origin {origin:?} may not call {method} routes of this agent (a cross-origin \
+         request); use the agent's own status page, or a client that sends no Origin header"
+    )]
+    CrossOrigin {
+        /// The `Origin` header.
+        origin: String,
+        /// The method.
+        method: String,
+    },
+    /// Too many requests from one caller.
+    #[error("too many {what}; retry in {retry_after_s} s")]
     RateLimited {
+        /// Which requests (`requests to acting routes`, `inference requests with this key`).
+        what: &'static str,
         /// Seconds until a request is allowed again.
         retry_after_s: u64,
     },
@@ -114,9 +186,14 @@ impl ApiError {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::OverLimit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invalid(_) | Self::TooBigForDevice { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Busy { .. } => StatusCode::CONFLICT,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::UnauthorizedInference => StatusCode::UNAUTHORIZED,
+            Self::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::LoadFailed { .. } | Self::Worker { .. } => StatusCode::BAD_GATEWAY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -132,9 +209,15 @@ impl ApiError {
             Self::Malformed(_) => "malformed_body",
             Self::NotJson => "unsupported_media_type",
             Self::TooLarge { .. } => "body_too_large",
+            Self::OverLimit { .. } => "over_limit",
             Self::Invalid(_) => "invalid_value",
+            Self::TooBigForDevice { .. } => "too_big_for_device",
+            Self::NoRoute { .. } => "no_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Busy { .. } => "busy",
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized | Self::UnauthorizedInference => "unauthorized",
+            Self::MisdirectedHost { .. } => "misdirected_host",
+            Self::CrossOrigin { .. } => "cross_origin",
             Self::RateLimited { .. } => "rate_limited",
             Self::LoadFailed { .. } => "load_failed",
             Self::Worker { .. } => "worker_failed",
@@ -168,7 +251,7 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "internal error");
         }
         let mut response = (self.status(), Json(self.body())).into_response();
-        if let Self::RateLimited { retry_after_s } = &self
+        if let Self::RateLimited { retry_after_s, .. } = &self
             && let Ok(v) = retry_after_s.to_string().parse()
         {
             response.headers_mut().insert("retry-after", v);

@@ -106,6 +106,74 @@ impl StateStore {
     }
 }
 
+/// The lock of a state directory: one agent per directory. Two agents on one directory would
+/// share an agent id, take each other's workers for orphans of their own and kill them.
+///
+/// An advisory `flock` on `agent.lock`, held as long as the process lives: the kernel drops it
+/// when the process ends, however it ends, so a crash leaves no stale lock. Workers do not
+/// inherit it (Rust opens files close-on-exec). The file holds the holder's pid, for the
+/// message of the agent that is refused.
+#[derive(Debug)]
+pub struct StateDirLock {
+    file: std::fs::File,
+}
+
+impl StateDirLock {
+    /// The lock file's name in the state directory.
+    pub const FILE: &str = "agent.lock";
+
+    /// Takes the lock of `dir`, or says which agent holds it.
+    pub fn acquire(dir: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let path = dir.join(Self::FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                anyhow::bail!(
+                    "the state directory {} is in use by another agent ({}): two agents on one \
+                     state directory would end each other's workers; stop that agent, or give \
+                     this one its own --state-dir",
+                    dir.display(),
+                    if holder.is_empty() {
+                        "its pid is not recorded".to_string()
+                    } else {
+                        format!("pid {holder}")
+                    }
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(Self { file })
+    }
+
+    /// Keeps the lock until the process ends.
+    pub fn hold_until_exit(self) {
+        std::mem::forget(self.file);
+    }
+}
+
+/// `Ok` when a file can be created, written and removed in `dir`; else why not.
+pub fn check_writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(".writable-check");
+    let result = std::fs::write(&probe, b"ok");
+    let _ = std::fs::remove_file(&probe);
+    result.map_err(|e| format!("the state directory {} is not writable: {e}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +203,27 @@ mod tests {
         assert!(loaded.tracker.models.is_empty());
         assert!(loaded.warning.unwrap().contains("not valid"));
         assert!(dir.path().join("state.json.corrupt").exists());
+    }
+
+    #[test]
+    fn a_second_lock_on_a_directory_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDirLock::acquire(dir.path()).unwrap();
+        let e = StateDirLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("pid {}", std::process::id())),
+            "names the holder: {e}"
+        );
+        drop(first);
+        StateDirLock::acquire(dir.path()).expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn writable_check_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_writable(dir.path()).is_ok());
+        let gone = dir.path().join("missing");
+        let e = check_writable(&gone).unwrap_err();
+        assert!(e.contains("not writable") && e.contains("missing"), "{e}");
     }
 }

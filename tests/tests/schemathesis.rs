@@ -59,7 +59,9 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
         catalog: Some(SMALL_CATALOG.into()),
         token: Some(TOKEN.into()),
         // Generated requests come faster than the default acting rate; 429 is tested elsewhere.
-        args: vec!["--rate-limit".into(), "100000".into()],
+        args: ["--rate-limit", "100000", "--inference-rate-limit", "100000"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     })
     .await;

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use axum::{Router, extract::State, routing::post};
 use base64::Engine as _;
 use vramkeeper_crds::openai::{
-    Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector,
-    EncodingFormat, MAX_INPUTS,
+    Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, EncodingFormat,
 };
 
-use super::ApiJson;
+use super::{ApiJson, limits};
 use crate::{
     app::App,
     error::{ApiError, Result},
@@ -45,20 +44,8 @@ async fn embeddings(
         )));
     }
     let texts = req.input.texts();
-    if texts.is_empty() {
-        return Err(ApiError::Invalid(
-            "input must hold at least one text".into(),
-        ));
-    }
-    if texts.len() > MAX_INPUTS {
-        return Err(ApiError::Invalid(format!(
-            "{} inputs exceed the limit of {MAX_INPUTS} per request",
-            texts.len()
-        )));
-    }
-    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
-        return Err(ApiError::Invalid(format!("input[{i}] is an empty string")));
-    }
+    limits::embedding_inputs(&texts)?;
+    limits::fits(device, &spec)?;
     let (response, _switched) = device.serve(&req.model, Request::Embed { texts }).await?;
     let Response::Embedded {
         vectors,

@@ -1,10 +1,11 @@
-//! `/healthz` (the process answers) and `/readyz` (every device can be read).
+//! `/healthz` (the process answers) and `/readyz` (every device can be read, and the state
+//! directory written).
 
 use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 
-use crate::app::App;
+use crate::{app::App, state_file};
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
@@ -23,12 +24,24 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, String) {
                 .map(|e| format!("device {}: {e}", d.info.index))
         })
         .collect();
-    if failing.is_empty() {
+    let mut reasons = vec![];
+    if !failing.is_empty() {
+        reasons.push(format!("memory readings fail: {}", failing.join("; ")));
+    }
+    // Every load and unload writes the state file: with the directory read-only, each would
+    // fail after the model was loaded.
+    let dir = app.state_dir.clone();
+    match tokio::task::spawn_blocking(move || state_file::check_writable(&dir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => reasons.push(why),
+        Err(e) => reasons.push(format!("cannot check the state directory: {e}")),
+    }
+    if reasons.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: memory readings fail: {}\n", failing.join("; ")),
+            format!("not ready: {}\n", reasons.join("; ")),
         )
     }
 }

@@ -48,6 +48,7 @@ async fn infer(
             spec.name, synthetic.vocab
         )));
     }
+    super::limits::fits(device, &spec)?;
     let (response, switched) = device
         .serve(&req.model, Request::Infer { tokens: req.tokens })
         .await?;

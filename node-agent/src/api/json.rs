@@ -3,7 +3,8 @@
 //! Rejections are [`ApiError`]s, classified by what is wrong with the body rather than by
 //! where serde happened to stop: a body that is not JSON at all (bad syntax, invalid UTF-8)
 //! is 400, JSON of the wrong shape or values is 422 with the path of the offending field, a
-//! body over [`BODY_LIMIT`] is 413 and a missing JSON content type 415.
+//! body over [`BODY_LIMIT`] is 413 and a missing JSON content type 415. An empty body with no
+//! content type (or a JSON one) reads as `{}`.
 
 use axum::{
     body::Bytes,
@@ -29,16 +30,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::NotJson);
-        }
+        let content_type = content_type(req.headers());
+        let json = content_type.is_some_and(is_json);
+        let untyped = content_type.is_none();
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if !json {
+                ApiError::NotJson
+            } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge { limit: BODY_LIMIT }
             } else {
                 ApiError::Malformed(e.body_text())
             }
         })?;
+        // `curl -X POST .../v1/models/unload`: no body means no options.
+        if bytes.is_empty() && (json || untyped) {
+            return parse(b"{}").map(ApiJson);
+        }
+        if !json {
+            return Err(ApiError::NotJson);
+        }
         parse(&bytes).map(ApiJson)
     }
 }
@@ -72,11 +82,15 @@ fn well_formed(bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The `Content-Type` header (`Some("")` when it is there but not text).
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or_default())
+}
+
 /// `application/json` or any `application/*+json`, parameters allowed.
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
+fn is_json(value: &str) -> bool {
     let essence = value
         .split(';')
         .next()

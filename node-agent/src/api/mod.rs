@@ -1,20 +1,28 @@
 //! The agent's HTTP API (axum). Routes live in one file per group; this module merges them,
-//! and holds what they share: the JSON extractor, the token check and the device lookup.
+//! and holds what they share: the JSON extractor, the access checks (`auth`, `host`), the
+//! bounds on work (`limits`) and the device lookup.
 
 pub mod auth;
 mod debug;
 mod embeddings;
 mod gpu;
 mod health;
+pub mod host;
 mod infer;
 mod json;
+pub mod limits;
 mod models;
 mod openapi;
 mod status;
 
 use std::sync::Arc;
 
-use axum::{Router, extract::DefaultBodyLimit, middleware};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{Method, Uri},
+    middleware,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::{
@@ -40,20 +48,41 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     let reads = Router::new()
         .merge(status::router())
-        .merge(infer::router())
-        .merge(embeddings::router())
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_token_for_reads,
         ));
+    let inference = Router::new()
+        .merge(infer::router())
+        .merge(embeddings::router())
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_credential_for_inference,
+        ));
     Router::new()
         .merge(acting)
         .merge(reads)
+        .merge(inference)
         .merge(health::router())
         .merge(openapi::router())
         .merge(crate::ui::router())
-        .fallback(|| async { ApiError::Invalid("no such route".into()) })
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError::NoRoute {
+                method: method.to_string(),
+                path: uri.path().to_string(),
+            }
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                path: uri.path().to_string(),
+            }
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            host::check_host_and_origin,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
 }

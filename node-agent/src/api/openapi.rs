@@ -26,6 +26,9 @@ pub enum Access {
     Read,
     /// The bearer token whenever one is configured; rate limited.
     Act,
+    /// Inference, which can load and unload models: the token or an inference key whenever
+    /// either is configured (unless `--inference-without-auth`); rate limited per credential.
+    Serve,
 }
 
 /// A schema added to a generator, as a `$ref` (or inline for simple types).
@@ -227,7 +230,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/v1/infer",
         summary: "A forward pass of a synthetic model; switches to it first if needed.",
-        access: Access::Read,
+        access: Access::Serve,
         body: Some(schema::<api::InferRequest>),
         query: &[],
         success: Success::Json(schema::<api::InferResponse>),
@@ -237,7 +240,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/v1/embeddings",
         summary: "OpenAI-style sentence embeddings; switches to the model first if needed.",
-        access: Access::Read,
+        access: Access::Serve,
         body: Some(schema::<openai::EmbeddingRequest>),
         query: &[],
         success: Success::Json(schema::<openai::EmbeddingResponse>),
@@ -310,7 +313,11 @@ pub fn document() -> Value {
             "description": "Runs models in worker processes, measures what each really costs, \
                 finds the memory nothing accounts for and frees it. Errors are \
                 {\"error\": {\"code\", \"message\"}}. Acting routes need the bearer token \
-                whenever one is configured (reads too with --auth-reads).",
+                whenever one is configured (reads too with --auth-reads); inference routes need \
+                the token or an inference key (--api-key). Requests addressed to a host name \
+                that is not an IP address, localhost, the node name or an --allowed-hosts name \
+                get 421; POSTs from a browser page of another origin get 403. An empty body \
+                reads as {}.",
         },
         "paths": paths,
         "components": {
@@ -341,6 +348,8 @@ fn operation(
         .into(),
     );
     let mut errors: Vec<u16> = route.errors.to_vec();
+    // Any request addressed to a host name the agent does not answer for.
+    errors.push(421);
     match route.access {
         Access::Open => {
             op.insert("security".into(), json!([]));
@@ -349,7 +358,7 @@ fn operation(
             op.insert("security".into(), json!([{}, {"bearer": []}]));
             errors.push(401);
         }
-        Access::Act => {
+        Access::Act | Access::Serve => {
             op.insert("security".into(), json!([{"bearer": []}]));
             errors.extend([401, 429]);
         }
@@ -376,15 +385,16 @@ fn operation(
         op.insert("parameters".into(), params.into());
     }
     if let Some(body) = route.body {
+        // An empty body reads as `{}` (which the types with a required field then refuse).
         op.insert(
             "requestBody".into(),
             json!({
-                "required": true,
+                "required": false,
                 "content": {"application/json": {"schema": body(requests)}},
             }),
         );
-        // Malformed JSON, too large, not JSON, wrong shape or values.
-        errors.extend([400, 413, 415, 422]);
+        // Malformed JSON, too large, not JSON, wrong shape or values; a page of another origin.
+        errors.extend([400, 403, 413, 415, 422]);
     }
     let mut answers = Map::new();
     let ok = match route.success {
@@ -416,21 +426,32 @@ fn operation(
 
 fn error_response(route: &Route, status: u16) -> Value {
     // readyz says why it is not ready in plain text; every other error is an ErrorBody.
-    if route.path == "/readyz" {
+    if route.path == "/readyz" && status == 503 {
         return json!({
-            "description": "Memory readings fail.",
+            "description": "Memory readings fail, or the state directory is not writable.",
             "content": {"text/plain; charset=utf-8": {"schema": {"type": "string"}}},
         });
     }
     let description = match status {
         400 => "Malformed JSON.",
-        401 => "No or wrong bearer token.",
+        401 => "No or wrong bearer token (or inference key).",
+        403 => "A browser page of another origin (its Origin header) may not call this route.",
         404 => "Unknown model or device.",
         409 => "The device is busy with another switch, unload, free or reset.",
-        413 => "The body exceeds the 1 MiB limit.",
+        413 => {
+            "The body exceeds the 1 MiB limit, or the request a bound on work (inputs, \
+                characters, models)."
+        }
         415 => "No Content-Type: application/json.",
-        422 => "Well-formed, but not acceptable values.",
-        429 => "Too many acting requests; see Retry-After.",
+        421 => "Addressed to a host name the agent does not answer for (see --allowed-hosts).",
+        422 => {
+            "Well-formed, but not acceptable values (a model too big for the device \
+                included)."
+        }
+        429 => {
+            "Too many requests (acting routes, or inference with one credential); see \
+                Retry-After."
+        }
         502 => "A model failed to load or to answer.",
         503 => "The device is contended or not ready.",
         _ => "Error.",
@@ -442,7 +463,7 @@ fn error_response(route: &Route, status: u16) -> Value {
     if status == 429 {
         response["headers"] = json!({
             "Retry-After": {
-                "description": "Seconds until an acting request is allowed again.",
+                "description": "Seconds until a request is allowed again.",
                 "schema": {"type": "integer", "minimum": 1},
             },
         });
@@ -573,10 +594,11 @@ mod tests {
         for route in ROUTES {
             let op = &doc["paths"][route.path][route.method];
             let responses = op["responses"].as_object().unwrap();
-            if route.access == Access::Act {
+            if matches!(route.access, Access::Act | Access::Serve) {
                 assert_eq!(op["security"], json!([{"bearer": []}]), "{}", route.path);
                 assert!(responses.contains_key("401") && responses.contains_key("429"));
             }
+            assert!(responses.contains_key("421"), "{}", route.path);
             if route.body.is_some() {
                 for status in ["400", "413", "415", "422"] {
                     assert!(responses.contains_key(status), "{} {status}", route.path);
@@ -584,6 +606,12 @@ mod tests {
             }
         }
         // Request bodies refuse unknown fields where the types do, and bound integers.
+        for path in ["/v1/infer", "/v1/embeddings"] {
+            assert_eq!(
+                doc["paths"][path]["post"]["security"],
+                json!([{"bearer": []}])
+            );
+        }
         let switch = &doc["components"]["schemas"]["SwitchRequest"];
         assert_eq!(switch["additionalProperties"], false);
         assert_eq!(switch["properties"]["gpu"]["maximum"], u32::MAX);

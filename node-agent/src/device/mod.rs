@@ -8,7 +8,6 @@
 //! ones wait for the switch. Every worker is watched: its exit is known at once, and
 //! one that stops answering is marked hung and replaced at the next request (`health`).
 
-
 mod health;
 mod queue;
 mod remediate;

@@ -27,6 +27,18 @@ pub struct ModelSpec {
     pub kind: ModelKind,
 }
 
+impl ModelSpec {
+    /// The least memory the model can take on a device: the bytes of its weights (a CUDA
+    /// context, activations and allocator slack come on top). A model over a device's total
+    /// by this estimate alone can never load there.
+    pub fn estimated_bytes(&self) -> u64 {
+        match &self.kind {
+            ModelKind::Synthetic(s) => s.architecture().params() * s.dtype.size(),
+            ModelKind::Minilm(_) => minilm::PARAMS * DType::F32.size(),
+        }
+    }
+}
+
 /// The kinds of model vramkeeper runs.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]

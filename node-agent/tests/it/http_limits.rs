@@ -40,7 +40,7 @@ async fn idle_and_half_sent_connections_are_closed_and_healthz_answers_over_the_
     // Twenty connections, over the cap of eight: some idle, some with half a request.
     let mut conns: Vec<TcpStream> = (0..20).map(|_| connect(&agent)).collect();
     for c in conns.iter_mut().step_by(2) {
-        c.write_all(b"POST /v1/models/switch HTTP/1.1\r\nHost: x\r\n")
+        c.write_all(b"POST /v1/models/switch HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .unwrap();
     }
     let (code, _) = agent.get_text("/healthz").await;
@@ -63,7 +63,7 @@ async fn a_half_sent_request_does_not_hold_up_shutdown_and_no_worker_outlives_it
         .await;
     assert_eq!(agent.workers().len(), 1);
     let mut c = connect(&agent);
-    c.write_all(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    c.write_all(b"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
         .unwrap();
     let code = tokio::task::spawn_blocking(move || agent_exit(&mut agent))
         .await

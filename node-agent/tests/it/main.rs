@@ -10,5 +10,6 @@ mod http_limits;
 mod isolation;
 mod restart;
 mod rude_clients;
+mod security;
 mod sick_workers;
 mod switching;
