@@ -256,6 +256,9 @@ pub struct GhostSource {
     pub pid: Option<u32>,
     /// That process's name, or the model a worker served.
     pub name: Option<String>,
+    /// Why a free or reset left it alone (in `spared` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Ghost memory and what holds it.

@@ -122,7 +122,11 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         .clone()
         .unwrap_or_else(|| derive_agent_id(&state_dir));
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let detected = probe::detect(&agent_id, args.device == DeviceChoice::Cpu);
+    let detected = probe::detect(
+        &agent_id,
+        args.device == DeviceChoice::Cpu,
+        args.kill_foreign_matching.clone(),
+    );
     tracing::info!(reason = %detected.reason, "device");
     let names: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
     let indices: Vec<u32> = detected.probes.iter().map(|p| p.info().index).collect();
@@ -141,6 +145,7 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         queue_timeout: secs(args.queue_timeout_s, "--queue-timeout-s")?,
         queue_capacity: args.queue_capacity.max(1),
         hang_timeout: secs(args.hang_timeout_s, "--hang-timeout-s")?,
+        foreign_matching: args.kill_foreign_matching.clone(),
         policy: ZombiePolicy {
             threshold_bytes: args.zombie_threshold_mib << 20,
             persist: secs(args.zombie_persist_s, "--zombie-persist-s")?,

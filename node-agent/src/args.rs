@@ -142,6 +142,12 @@ pub struct ServeArgs {
     #[arg(long, env = "VRAMKEEPER_KILL_FOREIGN")]
     pub kill_foreign_processes: bool,
 
+    /// With --kill-foreign-processes: only foreign processes whose command line matches this
+    /// regular expression may be ended. On the CPU device, matching processes are also listed
+    /// as holders of device memory (their resident memory), so stale servers show as ghost.
+    #[arg(long, env = "VRAMKEEPER_KILL_FOREIGN_MATCHING", value_parser = parse_regex)]
+    pub kill_foreign_matching: Option<regex::Regex>,
+
     /// Unload a model that served nothing for this many seconds.
     #[arg(long, env = "VRAMKEEPER_IDLE_UNLOAD_S")]
     pub idle_unload_s: Option<f64>,
@@ -261,4 +267,8 @@ impl Fault {
             Self::IgnoreShutdown => "ignore-shutdown",
         }
     }
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("not a regular expression: {e}"))
 }

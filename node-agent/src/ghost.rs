@@ -24,7 +24,10 @@ pub enum Holder {
         model: String,
     },
     /// A worker of an earlier run of this agent.
-    Orphan,
+    Orphan {
+        /// The model it served, when the agent recorded it.
+        model: Option<String>,
+    },
     /// Anything else.
     Foreign,
 }
@@ -91,7 +94,11 @@ pub fn compute(
             Holder::Zombie { model } => {
                 push(GhostSourceKind::ZombieWorker, process.used_bytes, model)
             }
-            Holder::Orphan => push(GhostSourceKind::OrphanWorker, process.used_bytes, name(pid)),
+            Holder::Orphan { model } => push(
+                GhostSourceKind::OrphanWorker,
+                process.used_bytes,
+                model.unwrap_or_else(|| name(pid)),
+            ),
             Holder::Foreign => push(
                 GhostSourceKind::ForeignProcess,
                 process.used_bytes,
@@ -153,7 +160,7 @@ mod tests {
             2 => Holder::Zombie {
                 model: "old".into(),
             },
-            3 => Holder::Orphan,
+            3 => Holder::Orphan { model: None },
             _ => Holder::Foreign,
         }
     }

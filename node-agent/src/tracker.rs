@@ -53,6 +53,21 @@ impl ModelRecord {
     }
 }
 
+/// A worker this agent started, kept in the state file: its pid and start time name the
+/// process for good, so a restarted agent knows its orphans (and the models they served)
+/// without trusting anything the process says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRecord {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat`).
+    pub start_ticks: u64,
+    /// The agent run that started it.
+    pub instance: String,
+    /// The model it was started for.
+    pub model: String,
+}
+
 /// Everything tracked for one device.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tracker {
@@ -68,6 +83,9 @@ pub struct Tracker {
     pub history: History,
     /// The model that was active when the state was written.
     pub active_model: Option<String>,
+    /// Workers started and not yet reaped.
+    #[serde(default)]
+    pub spawned: Vec<SpawnRecord>,
 }
 
 impl Tracker {
@@ -112,6 +130,25 @@ impl Tracker {
         if self.active_model.as_deref() == Some(model) {
             self.active_model = None;
         }
+    }
+
+    /// Records a worker just started.
+    pub fn spawned(&mut self, record: SpawnRecord) {
+        self.spawned.retain(|r| r.pid != record.pid);
+        self.spawned.push(record);
+    }
+
+    /// Forgets a worker that was reaped.
+    pub fn reaped(&mut self, pid: u32) {
+        self.spawned.retain(|r| r.pid != pid);
+    }
+
+    /// The record of the process `pid` that started at `start_ticks`, if this agent started it.
+    pub fn spawn_of(&self, pid: u32, start_ticks: Option<u64>) -> Option<&SpawnRecord> {
+        let start = start_ticks?;
+        self.spawned
+            .iter()
+            .find(|r| r.pid == pid && r.start_ticks == start)
     }
 
     /// Appends a switch.

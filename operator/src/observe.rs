@@ -108,6 +108,7 @@ mod tests {
                     mb: 1999.5,
                     pid: Some(42),
                     name: Some("tiny-a".into()),
+                    reason: None,
                 }],
             },
             zombie: ZombieStatus {

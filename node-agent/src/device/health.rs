@@ -9,21 +9,23 @@ use jiff::Timestamp;
 use vramkeeper_crds::{SwitchTrigger, api::SwitchRecord};
 
 use super::{Active, Device};
-use crate::worker::client::WorkerError;
+use crate::worker::client::{WorkerError, WorkerHandle};
 
 impl Device {
-    /// Watches a freshly loaded worker for an exit nobody asked for.
-    pub(crate) fn watch_worker(self: &Arc<Self>, active: &Arc<Active>) {
+    /// Watches a freshly started worker until it exits: then its spawn record goes, and an
+    /// exit nobody asked for is recorded as a crash.
+    pub(crate) fn watch_worker(self: &Arc<Self>, worker: &WorkerHandle, model: &str) {
         let device = Arc::downgrade(self);
-        let mut exit = active.worker.exit_watch();
-        let pid = active.worker.pid();
-        let model = active.spec.name.clone();
+        let mut exit = worker.exit_watch();
+        let pid = worker.pid();
+        let model = model.to_string();
         tokio::spawn(async move {
             let status = match exit.wait_for(Option::is_some).await {
                 Ok(status) => status.clone().unwrap_or_default(),
                 Err(_) => return,
             };
             if let Some(device) = device.upgrade() {
+                device.with_state(|s| s.tracker.reaped(pid));
                 device.worker_exited(pid, &model, &status).await;
             }
         });
@@ -56,6 +58,7 @@ impl Device {
             true
         });
         if !crashed {
+            self.save_state();
             return;
         }
         tracing::warn!(

@@ -8,6 +8,7 @@
 //! ones wait for the switch. Every worker is watched: its exit is known at once, and
 //! one that stops answering is marked hung and replaced at the next request (`health`).
 
+mod foreign;
 mod health;
 mod queue;
 mod remediate;
@@ -66,6 +67,9 @@ pub struct DeviceConfig {
     pub queue_capacity: usize,
     /// How long an idle worker may take to answer a memory poll before it is marked hung.
     pub hang_timeout: Duration,
+    /// `--kill-foreign-matching`: only foreign processes whose command line matches may be
+    /// ended.
+    pub foreign_matching: Option<regex::Regex>,
     /// Zombie policy.
     pub policy: ZombiePolicy,
 }
@@ -125,6 +129,8 @@ pub(crate) struct DeviceState {
     pub releasing_pid: Option<u32>,
     /// Workers of this run that should be gone but are not.
     pub zombies: Vec<(u32, String)>,
+    /// What is known of each listed process's use of the device (foreign-kill rules).
+    pub activity: std::collections::HashMap<u32, foreign::Activity>,
 }
 
 /// What status readers need of the active worker.
@@ -139,6 +145,23 @@ pub(crate) struct ActiveView {
     pub last_used: jiff::Timestamp,
     /// It stopped answering a poll within the hang timeout.
     pub hung: bool,
+}
+
+/// Whose a process is (see [`Device::owner`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// A worker of this run of the agent, with the model it was started for when recorded.
+    ThisRun {
+        /// Its model.
+        model: Option<String>,
+    },
+    /// A worker of an earlier run of this agent (an orphan).
+    EarlierRun {
+        /// Its model.
+        model: Option<String>,
+    },
+    /// Nothing the agent can prove is its own.
+    NotOurs,
 }
 
 /// One device.
@@ -183,6 +206,11 @@ impl Device {
     ) -> std::result::Result<Self, ProbeError> {
         let reading = probe.read()?;
         tracker.restarted(Timestamp::now());
+        // Spawn records of processes that are gone (or whose pid now names another) prove
+        // nothing any more.
+        tracker
+            .spawned
+            .retain(|r| process::start_ticks(r.pid) == Some(r.start_ticks));
         let state = DeviceState {
             tracker,
             baseline: ghost::baseline_of(&reading),
@@ -358,18 +386,35 @@ impl Device {
                 model: model.clone(),
             };
         }
+        match self.owner(state, pid) {
+            // A worker of this run that is no longer in the slot: should be gone.
+            Owner::ThisRun { model } => Holder::Zombie {
+                model: model.unwrap_or_else(|| "(unloaded)".into()),
+            },
+            Owner::EarlierRun { model } => Holder::Orphan { model },
+            Owner::NotOurs => Holder::Foreign,
+        }
+    }
+
+    /// Whose a process is, as far as the agent can prove it: recorded at spawn (pid and start
+    /// time, in the state file), or carrying this agent's marker in its environment while it
+    /// runs as the agent's user. A command line decides nothing.
+    pub(crate) fn owner(&self, state: &DeviceState, pid: u32) -> Owner {
+        let launch = &self.ctx.launch;
+        if let Some(r) = state.tracker.spawn_of(pid, process::start_ticks(pid)) {
+            let model = Some(r.model.clone());
+            return if r.instance == launch.instance {
+                Owner::ThisRun { model }
+            } else {
+                Owner::EarlierRun { model }
+            };
+        }
         match process::worker_marker(pid) {
-            Some(m) if m.agent_id == self.ctx.launch.agent_id => {
-                if m.instance == self.ctx.launch.instance {
-                    // A worker of this run that is no longer in the slot: should be gone.
-                    Holder::Zombie {
-                        model: "(unloaded)".into(),
-                    }
-                } else {
-                    Holder::Orphan
-                }
+            Some(m) if m.agent_id == launch.agent_id && m.instance == launch.instance => {
+                Owner::ThisRun { model: None }
             }
-            _ => Holder::Foreign,
+            Some(m) if m.agent_id == launch.agent_id => Owner::EarlierRun { model: None },
+            _ => Owner::NotOurs,
         }
     }
 

@@ -11,7 +11,7 @@ use vramkeeper_crds::{
     api::{GhostSource, KilledProcess, RemediationAction, RemediationReport, RemediationTrigger},
 };
 
-use super::{Device, OpGuard, switch::mib};
+use super::{Device, OpGuard, Owner, foreign, switch::mib};
 use crate::{
     error::Result,
     ghost::Holder,
@@ -156,7 +156,8 @@ impl Device {
         }))
     }
 
-    /// Ends zombie workers and orphans (and foreign processes when policy allows). With
+    /// Ends zombie workers and orphans, and the fewest foreign processes (largest first) that
+    /// bring the ghost under the threshold when policy allows (`foreign`). With
     /// `all_orphans`, also orphans that hold nothing on this device now.
     async fn end_strays(
         &self,
@@ -164,29 +165,54 @@ impl Device {
         all_orphans: bool,
         asked: Option<bool>,
     ) -> (Vec<KilledProcess>, Vec<GhostSource>) {
-        let kill_foreign = foreign_allowed(self.ctx.config.policy.kill_foreign, asked);
+        let policy = self.foreign_policy(asked);
         let mut targets: Vec<(u32, GhostSourceKind, u64)> = vec![];
         let mut spared = vec![];
         if let Some(reading) = reading {
-            let state = self.state.lock().unwrap();
-            for p in &reading.processes {
-                let kind = match self.classify(&state, p.pid) {
-                    Holder::Zombie { .. } => GhostSourceKind::ZombieWorker,
-                    Holder::Orphan => GhostSourceKind::OrphanWorker,
-                    Holder::Foreign if kill_foreign => GhostSourceKind::ForeignProcess,
-                    Holder::Foreign => {
-                        spared.push(GhostSource {
-                            kind: GhostSourceKind::ForeignProcess,
-                            mb: mib(p.used_bytes),
-                            pid: Some(p.pid),
-                            name: Some(process::name(p.pid)),
-                        });
-                        continue;
+            let now = std::time::Instant::now();
+            let (own, candidates, ghost) = {
+                let state = self.state.lock().unwrap();
+                let mut own = vec![];
+                let mut candidates = vec![];
+                for p in &reading.processes {
+                    match self.classify(&state, p.pid) {
+                        Holder::Zombie { .. } => {
+                            own.push((p.pid, GhostSourceKind::ZombieWorker, p.used_bytes))
+                        }
+                        Holder::Orphan { .. } => {
+                            own.push((p.pid, GhostSourceKind::OrphanWorker, p.used_bytes))
+                        }
+                        Holder::Foreign => candidates.push(foreign::Candidate {
+                            pid: p.pid,
+                            bytes: p.used_bytes,
+                            cmdline: process::cmdline(p.pid),
+                            age: process::age(p.pid),
+                            idle_for: state
+                                .activity
+                                .get(&p.pid)
+                                .map(|a| now.saturating_duration_since(a.last_busy)),
+                        }),
+                        Holder::Active { .. } => {}
                     }
-                    Holder::Active { .. } => continue,
-                };
-                targets.push((p.pid, kind, p.used_bytes));
-            }
+                }
+                (own, candidates, state.ghost.bytes)
+            };
+            let own_bytes: u64 = own.iter().map(|t| t.2).sum();
+            let (end, spare) =
+                foreign::choose(&candidates, ghost.saturating_sub(own_bytes), &policy);
+            targets.extend(own);
+            let bytes_of = |pid: u32| reading.usage_of(pid);
+            targets.extend(
+                end.into_iter()
+                    .map(|pid| (pid, GhostSourceKind::ForeignProcess, bytes_of(pid))),
+            );
+            spared.extend(spare.into_iter().map(|(pid, why)| GhostSource {
+                kind: GhostSourceKind::ForeignProcess,
+                mb: mib(bytes_of(pid)),
+                pid: Some(pid),
+                name: Some(process::name(pid)),
+                reason: Some(why.describe().into()),
+            }));
         }
         if all_orphans {
             for (pid, marker) in process::workers_of(&self.ctx.launch.agent_id) {
@@ -199,26 +225,24 @@ impl Device {
         let mut killed = vec![];
         for (pid, kind, bytes) in targets {
             let name = process::name(pid);
-            let marker = process::worker_marker(pid);
-            if !may_end(
-                kind,
-                marker.as_ref(),
-                &self.ctx.launch.agent_id,
-                kill_foreign,
-            ) {
+            // Proven again right before the signal: the pid may have been reused meanwhile.
+            let owner = self.with_state(|s| self.owner(s, pid));
+            if !may_end(kind, &owner, policy.allowed) {
                 tracing::warn!(
                     gpu = self.info.index,
                     pid,
                     name,
                     kind = kind.as_str(),
-                    "not ended: the process is not attributable to this agent (its command line \
-                     carries no marker of ours; a reused pid, or a host pid seen without hostPID)"
+                    "not ended: the process is not attributable to this agent (no spawn record \
+                     and no marker of ours in its environment under our user; a reused pid, or a \
+                     host pid seen without hostPID)"
                 );
                 spared.push(GhostSource {
                     kind: GhostSourceKind::Unattributed,
                     mb: mib(bytes),
                     pid: Some(pid),
                     name: Some(name),
+                    reason: Some("not attributable to this agent".into()),
                 });
                 continue;
             }
@@ -248,6 +272,18 @@ impl Device {
         let gone: Vec<u32> = killed.iter().map(|k| k.pid).collect();
         self.with_state(|s| s.zombies.retain(|(pid, _)| !gone.contains(pid)));
         (killed, spared)
+    }
+
+    /// The foreign-process rules for one free or reset: the request may narrow the agent's
+    /// policy, never widen it.
+    fn foreign_policy(&self, asked: Option<bool>) -> foreign::ForeignPolicy {
+        let config = &self.ctx.config;
+        foreign::ForeignPolicy {
+            allowed: foreign_allowed(config.policy.kill_foreign, asked),
+            threshold_bytes: config.policy.threshold_bytes,
+            persist: config.policy.persist,
+            matching: config.foreign_matching.clone(),
+        }
     }
 
     /// Waits (up to the verify timeout) until the memory the killed processes held is gone
@@ -306,21 +342,16 @@ fn foreign_allowed(policy: bool, asked: Option<bool>) -> bool {
     policy && asked.unwrap_or(true)
 }
 
-/// Whether the agent may end `pid`, classified as `kind`, whose command line now carries
-/// `marker`: its own workers (zombies, orphans) only while the marker names this agent, so that
+/// Whether the agent may end `pid`, classified as `kind`: its own workers (zombies, orphans)
+/// only while it can prove they are its own (a spawn record, or its marker under its user), so
 /// a pid reused by another process, or a host pid that means another process in this pid
-/// namespace, is never killed; any other process only when policy allows ending foreign ones.
-fn may_end(
-    kind: GhostSourceKind,
-    marker: Option<&process::WorkerMarker>,
-    agent_id: &str,
-    kill_foreign: bool,
-) -> bool {
+/// namespace, is never killed; a foreign process only when the rules chose it.
+fn may_end(kind: GhostSourceKind, owner: &Owner, kill_foreign: bool) -> bool {
     match kind {
         GhostSourceKind::ZombieWorker | GhostSourceKind::OrphanWorker => {
-            marker.is_some_and(|m| m.agent_id == agent_id)
+            !matches!(owner, Owner::NotOurs)
         }
-        GhostSourceKind::ForeignProcess => kill_foreign,
+        GhostSourceKind::ForeignProcess => kill_foreign && matches!(owner, Owner::NotOurs),
         _ => false,
     }
 }
@@ -328,13 +359,6 @@ fn may_end(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn marker(agent_id: &str) -> process::WorkerMarker {
-        process::WorkerMarker {
-            agent_id: agent_id.into(),
-            instance: "i1".into(),
-        }
-    }
 
     #[test]
     fn a_request_narrows_the_foreign_policy_and_never_widens_it() {
@@ -348,23 +372,32 @@ mod tests {
     #[test]
     fn only_attributable_processes_are_ended() {
         use GhostSourceKind::*;
-        let ours = marker("a1");
-        let theirs = marker("other-agent");
+        let this_run = Owner::ThisRun { model: None };
+        let earlier = Owner::EarlierRun {
+            model: Some("tiny-a".into()),
+        };
         for kind in [ZombieWorker, OrphanWorker] {
-            assert!(may_end(kind, Some(&ours), "a1", false));
+            assert!(may_end(kind, &this_run, false));
+            assert!(may_end(kind, &earlier, false));
             assert!(
-                !may_end(kind, Some(&theirs), "a1", true),
-                "another agent's worker"
+                !may_end(kind, &Owner::NotOurs, true),
+                "a reused pid, another agent's or another user's process"
             );
-            assert!(!may_end(kind, None, "a1", true), "a reused or unknown pid");
         }
         assert!(
-            !may_end(ForeignProcess, None, "a1", false),
+            !may_end(ForeignProcess, &Owner::NotOurs, false),
             "policy forbids"
         );
-        assert!(may_end(ForeignProcess, None, "a1", true), "policy allows");
+        assert!(
+            may_end(ForeignProcess, &Owner::NotOurs, true),
+            "policy allows"
+        );
+        assert!(
+            !may_end(ForeignProcess, &this_run, true),
+            "ours is never foreign"
+        );
         for kind in [AllocatorCache, WorkerGrowth, Unattributed] {
-            assert!(!may_end(kind, Some(&ours), "a1", true));
+            assert!(!may_end(kind, &this_run, true));
         }
     }
 }

@@ -84,6 +84,7 @@ impl Device {
             self.changed();
             return;
         };
+        self.track_activity(&reading).await;
         let now = Timestamp::now();
         let policy = &self.ctx.config.policy;
         let idle = self.busy_with().is_none();
@@ -138,6 +139,23 @@ impl Device {
             self.save_state();
         }
         self.changed();
+    }
+
+    /// Notes which listed processes used the device since the last tick (the foreign-kill
+    /// rules spare any that did within the persistence window).
+    async fn track_activity(&self, reading: &DeviceReading) {
+        let probe = self.probe.clone();
+        let busy = tokio::task::spawn_blocking(move || probe.busy_pids())
+            .await
+            .ok()
+            .flatten();
+        let pids: Vec<u32> = reading.processes.iter().map(|p| p.pid).collect();
+        let now = std::time::Instant::now();
+        self.with_state(|s| {
+            super::foreign::track(&mut s.activity, &pids, busy.as_ref(), now, |pid| {
+                (process::start_ticks(pid), process::cpu_ticks(pid))
+            })
+        });
     }
 
     fn unload_if_idle(self: &Arc<Self>) {

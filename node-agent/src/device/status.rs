@@ -40,6 +40,7 @@ impl Device {
                         mb: mib(g.bytes),
                         pid: g.pid,
                         name: g.name.clone(),
+                        reason: None,
                     })
                     .collect(),
             },

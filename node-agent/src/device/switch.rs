@@ -21,6 +21,7 @@ use crate::{
     error::{ApiError, Result},
     models::{ModelKind, ModelSpec, minilm_fetch},
     probe::{BackendKind, process},
+    tracker::SpawnRecord,
     worker::{
         client::{WorkerError, WorkerHandle},
         protocol::{Request, Response},
@@ -122,7 +123,6 @@ impl Device {
                     phases: Some(phases),
                     device_delta_mb: device_delta as f64 / MIB,
                 };
-                self.watch_worker(&active);
                 self.with_state(|s| {
                     s.active = Some(ActiveView {
                         model: model.to_string(),
@@ -340,7 +340,21 @@ impl Device {
         .await
         .map_err(|e| fail(e.to_string()))?;
         phases.spawn_ms = ms(spawn.elapsed());
-        self.with_state(|s| s.loading_pid = Some(worker.pid()));
+        let pid = worker.pid();
+        self.with_state(|s| {
+            s.loading_pid = Some(pid);
+            // The record that proves the process is ours, even to a restarted agent.
+            if let Some(start_ticks) = process::start_ticks(pid) {
+                s.tracker.spawned(SpawnRecord {
+                    pid,
+                    start_ticks,
+                    instance: self.ctx.launch.instance.clone(),
+                    model: spec.name.clone(),
+                });
+            }
+        });
+        self.save_state();
+        self.watch_worker(&worker, &spec.name);
         match self.load_in(&worker, spec, &mut phases).await {
             Ok((expected_bytes, used_after)) => {
                 let load_ms = ms(started.elapsed());

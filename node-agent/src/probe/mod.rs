@@ -87,6 +87,12 @@ pub trait DeviceProbe: Send + Sync {
     fn info(&self) -> &DeviceInfo;
     /// Reads memory now. Cheap enough to call every few milliseconds while verifying a release.
     fn read(&self) -> Result<DeviceReading, ProbeError>;
+    /// The processes that used the device since the previous call (NVML's per-process
+    /// utilisation on a GPU). `None` when the device cannot tell: the agent then judges by
+    /// the processes' CPU time.
+    fn busy_pids(&self) -> Option<std::collections::HashSet<u32>> {
+        None
+    }
 }
 
 /// The devices of this machine and why they were chosen.
@@ -98,9 +104,13 @@ pub struct Detected {
 }
 
 /// Picks the devices: every NVML GPU when NVIDIA's driver answers, else the CPU.
-pub fn detect(agent_id: &str, force_cpu: bool) -> Detected {
+/// `foreign`: on the CPU device, processes whose command line matches it are listed as holders
+/// of device memory (their resident memory), like other tenants' processes on a GPU.
+pub fn detect(agent_id: &str, force_cpu: bool, foreign: Option<regex::Regex>) -> Detected {
     let cpu = |reason: String| Detected {
-        probes: vec![Arc::new(procfs::ProcfsProbe::new(agent_id)) as Arc<dyn DeviceProbe>],
+        probes: vec![
+            Arc::new(procfs::ProcfsProbe::new(agent_id, foreign.clone())) as Arc<dyn DeviceProbe>,
+        ],
         reason,
     };
     if force_cpu {

@@ -1,6 +1,9 @@
 //! NVIDIA GPUs through NVML: device memory and the processes holding it.
 
-use std::sync::Arc;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use nvml_wrapper::{Nvml, enums::device::UsedGpuMemory, error::NvmlError};
 
@@ -10,6 +13,8 @@ use super::{BackendKind, DeviceInfo, DeviceProbe, DeviceReading, ProbeError, Pro
 pub struct NvmlProbe {
     nvml: Arc<Nvml>,
     info: DeviceInfo,
+    /// NVML's timestamp of the newest utilisation sample seen (µs).
+    last_sample: Mutex<Option<u64>>,
 }
 
 impl NvmlProbe {
@@ -21,6 +26,7 @@ impl NvmlProbe {
             .map(|index| {
                 let name = nvml.device_by_index(index)?.name()?;
                 Ok(NvmlProbe {
+                    last_sample: Mutex::new(None),
                     nvml: nvml.clone(),
                     info: DeviceInfo {
                         index,
@@ -64,5 +70,27 @@ impl DeviceProbe for NvmlProbe {
             reserved_bytes: memory.reserved,
             processes,
         })
+    }
+
+    fn busy_pids(&self) -> Option<HashSet<u32>> {
+        let device = self.nvml.device_by_index(self.info.index).ok()?;
+        let mut last = self.last_sample.lock().unwrap();
+        match device.process_utilization_stats(*last) {
+            Ok(samples) => {
+                if let Some(newest) = samples.iter().map(|s| s.timestamp).max() {
+                    *last = Some(newest);
+                }
+                Some(
+                    samples
+                        .into_iter()
+                        .filter(|s| s.sm_util > 0 || s.mem_util > 0)
+                        .map(|s| s.pid)
+                        .collect(),
+                )
+            }
+            // No process used the device since `last`.
+            Err(NvmlError::NotFound) => Some(HashSet::new()),
+            Err(_) => None,
+        }
     }
 }

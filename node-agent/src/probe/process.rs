@@ -91,6 +91,39 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU time the process has used, in clock ticks (user + system).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // utime and stime are fields 14 and 15: the 12th and 13th after the name.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// How long the process has existed.
+pub fn age(pid: u32) -> Option<std::time::Duration> {
+    let started = start_ticks(pid)? as f64 / procfs::ticks_per_second() as f64;
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    std::time::Duration::try_from_secs_f64(uptime - started).ok()
+}
+
+/// Live processes whose command line matches `pattern`.
+pub fn matching(pattern: &regex::Regex) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| is_alive(*pid) && pattern.is_match(&cmdline(*pid)))
+        .collect()
+}
+
 /// The process's command line, arguments joined by spaces (empty when gone or hidden).
 pub fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
@@ -158,6 +191,8 @@ mod tests {
         assert!(!cmdline(me).is_empty());
         assert_eq!(owner_uid(me), Some(nix::unistd::geteuid().as_raw()));
         assert_eq!(start_ticks(u32::MAX - 1), None);
+        assert!(cpu_ticks(me).is_some());
+        assert!(age(me).is_some_and(|a| a < std::time::Duration::from_secs(24 * 3600 * 365)));
     }
 
     #[test]

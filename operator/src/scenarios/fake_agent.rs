@@ -101,6 +101,7 @@ pub fn haunt(d: &mut DeviceStatus, mb: f64, since: &str) {
             mb,
             pid: Some(4242),
             name: d.active_model.clone(),
+            reason: None,
         }],
     };
     d.zombie.flagged = true;

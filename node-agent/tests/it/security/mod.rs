@@ -5,6 +5,7 @@
 mod access;
 mod bounds;
 mod browsers;
+mod ownership;
 
 use std::{
     path::Path,
