@@ -168,10 +168,18 @@ async function remediate(action) {
     let text = action === 'reset' ? 'GPU reset done' : 'Free VRAM done';
     text += `: used ${fmtMiB(r.used_before_mb)} → ${fmtMiB(r.used_after_mb)}, ghost ${fmtMiB(r.ghost_before_mb)} → ${fmtMiB(r.ghost_after_mb)}`;
     if (r.killed.length) text += `; ended ${r.killed.map((k) => `${k.name} (PID ${k.pid}, ${fmtMiB(k.mb)})`).join(', ')}`;
-    if (r.spared.length) text += `; left alone (policy): ${r.spared.map((s) => `${s.name ?? s.kind} (PID ${s.pid})`).join(', ')}`;
+    if (r.spared.length) text += `; left alone: ${r.spared.map((s) => `${s.name ?? s.kind} (PID ${s.pid}${s.reason ? `: ${s.reason}` : ''})`).join(', ')}`;
     if (r.reloaded) text += `; reloaded ${r.reloaded}`;
     if (r.at_baseline === false) text += '; memory did NOT return to the baseline';
-    say(r.at_baseline === false ? 'error' : 'ok', `${text}.`, 'remediate');
+    const freedNothing = action === 'free' && !r.killed.length && r.cleaned_mb < 1
+      && r.ghost_after_mb > r.ghost_before_mb - 1 && r.ghost_before_mb >= 1;
+    if (freedNothing) {
+      say('error', `Free VRAM freed nothing: ghost ${fmtMiB(r.ghost_before_mb)} → ${fmtMiB(r.ghost_after_mb)}.`
+        + `${r.spared.length ? ` Left alone: ${r.spared.map((s) => `${s.name ?? s.kind} (PID ${s.pid}${s.reason ? `: ${s.reason}` : ''})`).join(', ')}.` : ''}`
+        + ' Reset GPU stops every worker and waits for the memory to come back.', 'remediate');
+    } else {
+      say(r.at_baseline === false ? 'error' : 'ok', `${text}.`, 'remediate');
+    }
   } else {
     onError(res, action === 'reset' ? 'Reset GPU' : 'Free VRAM', 'remediate');
   }

@@ -81,7 +81,10 @@ function stacked(s, models) {
 
 /** Splits samples where they are much further apart than their neighbours (the agent was
  *  down): 1 s samples break after a 10 s hole, minute samples after a few minutes. */
-function segments(samples, minGapMs) {
+/** Markers nearer than this many pixels are drawn as one. */
+const MARKER_PX = 6;
+
+function segments(samples, minGapMs, breakAt) {
   const out = [];
   let cur = [];
   let spacing = samples.length > 1 ? samples[1].t_ms - samples[0].t_ms : 0;
@@ -89,7 +92,8 @@ function segments(samples, minGapMs) {
     const prev = cur[cur.length - 1];
     if (prev) {
       const delta = s.t_ms - prev.t_ms;
-      if (delta > Math.max(minGapMs, 2.5 * spacing)) {
+      const restarted = prev.t_ms < breakAt && s.t_ms >= breakAt;
+      if (restarted || delta > Math.max(minGapMs, 2.5 * spacing)) {
         out.push(cur);
         cur = [];
       }
@@ -110,10 +114,10 @@ function thin(samples, width) {
 
 /**
  * Draws the chart into `figure`.
- * data: { samples, switches, remediations, windowMs, nowMs, catalog }
+ * data: { samples, switches, remediations, windowMs, nowMs, catalog, startedMs }
  */
 export function renderChart(figure, data) {
-  const { samples, switches, remediations, windowMs, nowMs, catalog } = data;
+  const { samples, switches, remediations, windowMs, nowMs, catalog, startedMs } = data;
   figure.querySelector('svg')?.remove();
   const empty = figure.querySelector('.chart-empty');
   const tip = figure.querySelector('.tooltip');
@@ -192,7 +196,7 @@ export function renderChart(figure, data) {
   // Stacked areas, one path per series and segment.
   const plot = el('g', { 'clip-path': 'url(#plot-clip)' }, svg);
   const gap = windowMs > 3_600_000 ? 5 * 60_000 : 10_000;
-  for (const seg of segments(thin(samples, w), gap)) {
+  for (const seg of segments(thin(samples, w), gap, startedMs)) {
     const base = seg.map(() => 0);
     for (const sr of series) {
       const topLine = seg.map((s, i) => base[i] + sr.value(s));
@@ -215,23 +219,38 @@ export function renderChart(figure, data) {
     el('path', { d: `M${used.join('L')}`, fill: 'none', stroke: '#1d2330', 'stroke-width': 1.5, 'stroke-dasharray': '4 3' }, plot);
   }
 
-  // Switch and remediation markers.
+  // Switch and remediation markers. Markers closer than a few pixels merge into one, with a
+  // count, so that many switches never hide the chart behind a "barcode".
   const marks = el('g', {}, svg);
-  const marker = (at, color, text) => {
+  const groups = new Map();
+  const mark = (at, color, text, weight) => {
     const t = Date.parse(at);
     if (!(t >= from && t <= to)) return;
-    const g = el('g', {}, marks);
-    el('line', { class: 'marker', x1: x(t), x2: x(t), y1: m.t, y2: m.t + h, stroke: color }, g);
-    el('circle', { cx: x(t), cy: m.t, r: 4, fill: color }, g);
-    el('title', {}, g).textContent = text;
+    const key = Math.round(x(t) / MARKER_PX);
+    const g = groups.get(key) ?? { t, color, weight: -1, texts: [] };
+    g.texts.push(text);
+    if (weight > g.weight) Object.assign(g, { color, weight });
+    groups.set(key, g);
   };
   for (const s of switches) {
     const what = s.to ? `${s.from ?? 'nothing'} → ${s.to}` : `unloaded ${s.from}`;
-    marker(s.at, s.error ? '#c62828' : '#5f6877', `${hhmm(Date.parse(s.at), true)} ${what} (${s.trigger})`);
+    mark(s.at, s.error ? '#c62828' : '#5f6877', `${hhmm(Date.parse(s.at), true)} ${what} (${s.trigger})`, s.error ? 2 : 0);
   }
   for (const r of remediations) {
-    marker(r.at, r.action === 'reset' ? '#c62828' : '#e08a00',
-      `${hhmm(Date.parse(r.at), true)} ${r.action} (${r.trigger}): ghost ${fmtMiB(r.ghost_before_mb)} → ${fmtMiB(r.ghost_after_mb)}`);
+    mark(r.at, r.action === 'reset' ? '#c62828' : '#e08a00',
+      `${hhmm(Date.parse(r.at), true)} ${r.action} (${r.trigger}): ghost ${fmtMiB(r.ghost_before_mb)} → ${fmtMiB(r.ghost_after_mb)}`, 1);
+  }
+  for (const g of groups.values()) {
+    const node = el('g', { 'data-marks': g.texts.length }, marks);
+    el('line', { class: 'marker', x1: x(g.t), x2: x(g.t), y1: m.t, y2: m.t + h, stroke: g.color }, node);
+    el('circle', { cx: x(g.t), cy: m.t, r: g.texts.length > 1 ? 5 : 4, fill: g.color }, node);
+    if (g.texts.length > 1) {
+      const n = el('text', { x: x(g.t), y: m.t + 3, 'text-anchor': 'middle', class: 'marker-count' }, node);
+      n.textContent = g.texts.length > 9 ? '+' : String(g.texts.length);
+    }
+    const shown = g.texts.slice(0, 12);
+    if (g.texts.length > shown.length) shown.push(`… and ${g.texts.length - shown.length} more`);
+    el('title', {}, node).textContent = shown.join('\n');
   }
 
   // Hover: a cursor line and the figures of the nearest sample.

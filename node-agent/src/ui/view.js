@@ -315,6 +315,8 @@ export function renderHistory() {
     windowMs: state.windowS * 1000,
     nowMs: last ? last.t_ms : Date.now(),
     catalog: catalog(),
+    // The agent's start: the line breaks there (nothing was measured while it was down).
+    startedMs: Date.parse(state.status?.agent.started_at ?? ''),
   });
   const since = shown && shown.to - shown.from < state.windowS * 1000 - 5000;
   setText('chart-range', since ? `since ${clock(new Date(shown.from).toISOString())}` : `last ${windowLabel()}`);
