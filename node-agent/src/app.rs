@@ -241,6 +241,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let device = app.devices[0].clone();
         let model = model.clone();
         tokio::spawn(async move {
+            // The same refusal an API switch gets for a model that can never fit.
+            let fits = device
+                .spec(&model)
+                .and_then(|spec| api::limits::fits(&device, &spec));
+            if let Err(e) = fits {
+                tracing::error!(model, error = %e, "cannot load at start");
+                return;
+            }
             match device.switch(&model, SwitchTrigger::Api).await {
                 Ok(r) => tracing::info!(model, vram_mb = r.vram_mb, "loaded at start"),
                 Err(e) => tracing::error!(model, error = %e, "cannot load at start"),
