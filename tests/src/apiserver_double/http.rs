@@ -17,6 +17,7 @@ use super::{
     Shared,
     patch::{PatchKind, apply_patch},
     store::{Change, Key, Resource, fields_match, labels_match},
+    strict,
 };
 
 /// One request as the double saw it.
@@ -202,6 +203,20 @@ pub async fn handle(
         }
         ("delete", Some(name)) => {
             let key = Key::new(target.resource, target.namespace.as_deref(), &name);
+            let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let stored = shared
+                .store
+                .lock()
+                .unwrap()
+                .objects
+                .get(&key)
+                .map(|s| s.object.clone());
+            if let Some(stored) = &stored {
+                let what = format!("{} {name:?}", target.resource.plural);
+                if let Err((code, m)) = strict::precondition(stored, &options, &what) {
+                    return error(code, m);
+                }
+            }
             match shared.delete(&key) {
                 Some(object) => ok(StatusCode::OK, &object),
                 None => error(
@@ -257,18 +272,11 @@ fn replace(shared: &Shared, target: &Target, name: &str, object: Value) -> Respo
             format!("{} {name:?} not found", target.resource.plural),
         );
     };
-    let current_rv = stored.object["metadata"]["resourceVersion"].clone();
-    if let Some(rv) = object["metadata"].get("resourceVersion")
-        && *rv != current_rv
-    {
-        return error(
-            409,
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
-                target.resource.plural
-            ),
-        );
+    let what = format!("{} {name:?}", target.resource.plural);
+    if let Err((code, m)) = strict::precondition(&stored.object, &object, &what) {
+        return error(code, m);
     }
+    let old = stored.object.clone();
     let mut next = object;
     if target.resource.status_subresource {
         match stored.object.get("status") {
@@ -279,6 +287,9 @@ fn replace(shared: &Shared, target: &Target, name: &str, object: Value) -> Respo
                 }
             }
         }
+    }
+    if let Err((code, m)) = strict::admit(target.resource, Some(&old), &mut next) {
+        return error(code, m);
     }
     let change = store.write(&key, next, None);
     let out = match &change {
@@ -300,7 +311,13 @@ fn patch(shared: &Shared, target: &Target, name: &str, kind: &PatchKind, body: &
             format!("{} {name:?} not found", target.resource.plural),
         );
     };
-    let (next, owners) = match apply_patch(
+    let what = format!("{} {name:?}", target.resource.plural);
+    if !matches!(kind, PatchKind::Json)
+        && let Err((code, m)) = strict::precondition(&stored.object, body, &what)
+    {
+        return error(code, m);
+    }
+    let (mut next, owners) = match apply_patch(
         kind,
         stored,
         body,
@@ -310,6 +327,9 @@ fn patch(shared: &Shared, target: &Target, name: &str, kind: &PatchKind, body: &
         Ok(r) => r,
         Err((code, m)) => return error(code, m),
     };
+    if let Err((code, m)) = strict::admit(target.resource, Some(&stored.object), &mut next) {
+        return error(code, m);
+    }
     let change = store.write(&key, next, owners.clone());
     let out = match &change {
         Some(c) => c.object.clone(),
@@ -344,6 +364,21 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
             .and_then(|v| v.parse().ok())
             .unwrap_or(290),
     );
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true" || b == "1");
+    let compacted = shared.store.lock().unwrap().compacted;
+    if since != 0 && since < compacted {
+        let gone = strict::gone(since, compacted);
+        let mut v = serde_json::to_vec(&gone).unwrap();
+        v.push(b'\n');
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v))
+            .unwrap();
+    }
+    let bookmark_every = shared.bookmark_every;
     let labels = query.get("labelSelector").cloned();
     let fields = query.get("fieldSelector").cloned();
     let matches = move |target: &Target, c: &Change| {
@@ -383,16 +418,31 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
         (backlog, store.rv)
     };
     let live = async_stream(move |tx| async move {
+        // The version this stream is up to: every change up to it was sent or did not match.
+        let mut upto = snapshot;
+        let mut tick = tokio::time::interval(bookmark_every);
+        tick.tick().await;
         loop {
-            match rx.recv().await {
-                Ok(c) if c.rv > snapshot && matches(&target, &c) => {
-                    if tx.send(line(c.type_, &c.object)).await.is_err() {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Ok(c) if c.rv > snapshot => {
+                        upto = upto.max(c.rv);
+                        if matches(&target, &c) && tx.send(line(c.type_, &c.object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // A slow watcher: end the stream, the client watches again from its last
+                    // version.
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick(), if bookmarks => {
+                    let mut v = serde_json::to_vec(&strict::bookmark(target.resource, upto)).unwrap();
+                    v.push(b'\n');
+                    if tx.send(Bytes::from(v)).await.is_err() {
                         return;
                     }
                 }
-                Ok(_) => {}
-                // A slow watcher: end the stream, the client watches again from its last version.
-                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
             }
         }
     });

@@ -140,8 +140,10 @@ pub struct Store {
     pub rv: u64,
     /// Objects.
     pub objects: BTreeMap<Key, Stored>,
-    /// Every change, oldest first.
+    /// Every change since the last compaction, oldest first.
     pub log: Vec<Change>,
+    /// The version of the last compaction: a watch from an older one gets `410 Gone`.
+    pub compacted: u64,
     uid: u64,
 }
 
@@ -153,6 +155,13 @@ fn now() -> String {
 }
 
 impl Store {
+    /// Compacts the change log, as etcd does: watches from any version up to now must list
+    /// again.
+    pub fn compact(&mut self) {
+        self.log.clear();
+        self.compacted = self.rv;
+    }
+
     fn record(&mut self, key: Key, type_: &'static str, object: Value) -> Change {
         let change = Change {
             rv: self.rv,
