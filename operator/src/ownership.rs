@@ -1,16 +1,25 @@
 //! One owner per (node, GPU): when several GpuModels name the same GPU, the oldest owns it
-//! (earliest `creationTimestamp`, then the smallest name, so that every replica and every
-//! reconcile picks the same one). The others get `Ready=False`, reason `Conflict`, naming the
+//! (earliest `creationTimestamp`; within one second, the one already acting on the GPU; then
+//! the smallest name, so that every replica and every reconcile picks the same one). The others get `Ready=False`, reason `Conflict`, naming the
 //! owner; they act on nothing, and deleting them never touches the GPU.
 
 use kube::ResourceExt;
-use vramkeeper_crds::GpuModel;
+use vramkeeper_crds::{GpuModel, conditions::READY};
 
-/// The sort key that decides ownership: older first, then by name.
+use crate::conditions::reason::CONFLICT;
+
+/// The sort key that decides ownership: older first; within the same second (creation times
+/// have whole seconds), the one that already acts on the GPU (its status shows no conflict);
+/// then by name.
 fn seniority(gm: &GpuModel) -> (Option<jiff::Timestamp>, String) {
+    let incumbent = gm.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.reason != CONFLICT)
+    });
     (
         gm.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        gm.name_any(),
+        format!("{}{}", if incumbent { 0 } else { 1 }, gm.name_any()),
     )
 }
 
@@ -44,7 +53,7 @@ pub fn owner_other_than<'a>(
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => a.1.cmp(&b.1),
         })
-        .map(|(_, name)| name)
+        .map(|(_, key)| key[1..].to_string())
 }
 
 /// The `Ready=False` message of a GpuModel that does not own its GPU.
@@ -95,5 +104,24 @@ mod tests {
         let fresh = gm("0", "n", 0, None);
         assert_eq!(owner_other_than(&fresh, all), Some("b".into()));
         assert_eq!(owner_other_than(&b, [&fresh, &a]), None);
+    }
+
+    #[test]
+    fn within_one_second_the_incumbent_owns() {
+        let mut old = gm("zz-old", "n", 0, Some(1));
+        old.status = Some(vramkeeper_crds::GpuModelStatus {
+            conditions: vec![vramkeeper_crds::Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "ModelActive".into(),
+                message: String::new(),
+                last_transition_time: "2027-01-01T00:00:00Z".into(),
+                observed_generation: Some(1),
+            }],
+            ..Default::default()
+        });
+        let new = gm("aa-new", "n", 0, Some(1));
+        assert_eq!(owner_other_than(&new, [&old, &new]), Some("zz-old".into()));
+        assert_eq!(owner_other_than(&old, [&old, &new]), None);
     }
 }
