@@ -6,6 +6,8 @@
 
 mod cluster;
 mod common;
+mod conflict;
+mod escalation;
 mod idle;
 mod leader;
 mod lifecycle;
