@@ -159,7 +159,7 @@ async fn a_deletion_the_agent_cannot_finish_says_why() {
     })
     .await;
     assert_eq!(
-        ready(&double, "gm-t").map(|(s, r)| (s, r)),
+        ready(&double, "gm-t"),
         Some(("False".into(), "Terminating".into())),
         "Ready is no longer the stale ModelActive"
     );
