@@ -184,6 +184,9 @@ pub enum Phase {
     Switching,
     /// The desired model is active and no zombie memory persists.
     Ready,
+    /// Zombie memory persists and the ladder works on it: a free or a reset runs, or its
+    /// cooldown is under way.
+    Remediating,
     /// Zombie memory persists after free and reset; no more automatic action.
     Degraded,
     /// The desired model cannot be loaded, or another (older) GpuModel owns this GPU

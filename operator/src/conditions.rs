@@ -459,6 +459,8 @@ pub fn derive(
         Phase::Ready
     } else if switching {
         Phase::Switching
+    } else if persisting {
+        Phase::Remediating
     } else {
         Phase::Pending
     };

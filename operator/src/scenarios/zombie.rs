@@ -23,7 +23,7 @@ fn zombie(reason: &str, what: &str, at: &str) -> Value {
 
 fn remediating(zombie_cond: Value) -> Value {
     owned(
-        "Pending",
+        "Remediating",
         1,
         vec![
             cond(
@@ -85,7 +85,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
                 },
                 Call::Progress {
                     gm: gm.clone(),
-                    phase: "Pending",
+                    phase: "Remediating",
                     condition: ("ZombieMemory", "True", "Freeing"),
                 },
                 Call::Event {
@@ -142,7 +142,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
         vec![
             Call::Progress {
                 gm: gm.clone(),
-                phase: "Pending",
+                phase: "Remediating",
                 condition: ("ZombieMemory", "True", "Resetting"),
             },
             Call::Event {
@@ -361,7 +361,7 @@ async fn a_free_that_clears_ends_the_ladder() {
             },
             Call::Progress {
                 gm: gm.clone(),
-                phase: "Pending",
+                phase: "Remediating",
                 condition: ("ZombieMemory", "True", "Freeing"),
             },
             Call::Event {
@@ -486,7 +486,7 @@ async fn a_ghost_back_after_a_free_cleared_it_once_escalates_to_a_reset() {
             vec![
                 Call::Progress {
                     gm: gm.clone(),
-                    phase: "Pending",
+                    phase: "Remediating",
                     condition: ("ZombieMemory", "True", "Resetting"),
                 },
                 Call::Event {
@@ -499,7 +499,7 @@ async fn a_ghost_back_after_a_free_cleared_it_once_escalates_to_a_reset() {
                 },
                 Call::Progress {
                     gm: gm.clone(),
-                    phase: "Pending",
+                    phase: "Remediating",
                     condition: ("ZombieMemory", "True", "Resetting"),
                 },
             ],
