@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{
     Shared,
     patch::{PatchKind, apply_patch},
-    store::{Change, Key, Resource, fields_match, labels_match},
+    store::{Change, Key, Resource, check_field_selector, fields_match, labels_match},
     strict,
 };
 
@@ -152,6 +152,12 @@ pub async fn handle(
     let parsed_body = || -> Result<Value, (u16, String)> {
         serde_json::from_slice(&body).map_err(|e| (400, format!("the body is not JSON: {e}")))
     };
+    if let Err((code, m)) = check_field_selector(
+        target.resource,
+        query.get("fieldSelector").map(String::as_str),
+    ) {
+        return error(code, m);
+    }
     match (verb, target.name.clone()) {
         ("watch", _) => watch_stream(shared, target, &query),
         ("list", None) => list(&shared, &target, &query),

@@ -129,3 +129,29 @@ async fn a_stale_merge_patch_and_an_invalid_gpumodel_are_refused() {
     assert_eq!(stored["spec"]["model"], "m");
     assert_eq!(stored["spec"]["gpu"], 0, "defaulted");
 }
+
+/// Field selectors: only supported field labels, as the API server does.
+/// <https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/>
+#[tokio::test]
+async fn unknown_field_selectors_are_refused_and_known_ones_filter() {
+    let double = ApiServerDouble::start().await;
+    double.create(secret("a"));
+    double.create(secret("b"));
+    let list = |selector: &str| {
+        reqwest::get(format!(
+            "{}/api/v1/namespaces/ns/secrets?fieldSelector={selector}",
+            double.url
+        ))
+    };
+    let unknown = list("spec.nodeName=x").await.unwrap();
+    assert_eq!(unknown.status().as_u16(), 400);
+    let named: Value = list("metadata.name=a").await.unwrap().json().await.unwrap();
+    assert_eq!(named["items"].as_array().unwrap().len(), 1);
+    let others: Value = list("metadata.name!=a")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(others["items"][0]["metadata"]["name"], "b");
+}
