@@ -13,3 +13,4 @@ mod leader;
 mod lifecycle;
 mod outage;
 mod report;
+mod retry;
