@@ -82,6 +82,45 @@ pub fn record(l: &mut LadderStatus, r: &Remediation) {
     }
 }
 
+/// Folds the operator's own frees and resets of `history` (its journal, the agent's records)
+/// into `l`, so that a status read from a cache that lags the operator's last write never
+/// makes the ladder forget a step.
+pub fn absorb(l: &mut LadderStatus, history: &[Remediation], now: Timestamp) {
+    let later = |stored: &Option<String>, at: Timestamp| {
+        stored
+            .as_deref()
+            .and_then(parse_time)
+            .is_none_or(|s| s < at)
+    };
+    let start = episode_since(l);
+    let mut in_episode = 0;
+    for r in history.iter().filter(|r| r.by_operator) {
+        match r.kind {
+            RemedyKind::Free if later(&l.last_free, r.at) => l.last_free = Some(r.at.to_string()),
+            RemedyKind::Reset => {
+                if later(&l.last_reset, r.at) {
+                    l.last_reset = Some(r.at.to_string());
+                }
+                let known = l
+                    .resets
+                    .iter()
+                    .filter_map(|x| parse_time(x))
+                    .any(|x| x == r.at);
+                if !known && elapsed(r.at, now) < RESET_WINDOW {
+                    l.resets.push(r.at.to_string());
+                }
+            }
+            RemedyKind::Free => {}
+        }
+        if start.is_some_and(|s| r.at >= s) {
+            in_episode += 1;
+        }
+    }
+    l.resets
+        .sort_by_key(|x| parse_time(x).unwrap_or(Timestamp::UNIX_EPOCH));
+    l.attempts = l.attempts.max(in_episode);
+}
+
 /// The operator's frees and resets the ladder remembers, as the planner counts them.
 pub fn remembered(l: &LadderStatus) -> Vec<Remediation> {
     let op = |kind, at: &str| {
@@ -150,6 +189,40 @@ mod tests {
         let l = track(Some(&l), &Zombie::Clear, &p, t(30));
         assert_eq!(episode_since(&l), None);
         assert_eq!(within_episode(OVER, &l), OVER);
+    }
+
+    #[test]
+    fn steps_missing_from_a_stale_status_are_taken_from_the_history() {
+        let mut l = LadderStatus {
+            episode_since: Some(t(0).to_string()),
+            ..Default::default()
+        };
+        let h = [
+            Remediation {
+                kind: RemedyKind::Free,
+                at: t(10),
+                by_operator: true,
+            },
+            Remediation {
+                kind: RemedyKind::Reset,
+                at: t(70),
+                by_operator: true,
+            },
+            Remediation {
+                kind: RemedyKind::Free,
+                at: t(80),
+                by_operator: false,
+            },
+        ];
+        absorb(&mut l, &h, t(100));
+        assert_eq!(l.last_free, Some(t(10).to_string()));
+        assert_eq!(l.last_reset, Some(t(70).to_string()));
+        assert_eq!(l.resets, [t(70).to_string()]);
+        assert_eq!(l.attempts, 2);
+        // Idempotent.
+        let again = l.clone();
+        absorb(&mut l, &h, t(100));
+        assert_eq!(l, again);
     }
 
     #[test]

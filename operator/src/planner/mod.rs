@@ -281,6 +281,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
         &input.spec.zombie,
         input.now,
     );
+    let mut ladder = ladder;
+    ladder::absorb(&mut ladder, input.history, input.now);
     let zombie = ladder::within_episode(raw, &ladder);
     let in_episode = ladder.episode_since.is_some();
     let mut p = plan_with(input, zombie, in_episode);

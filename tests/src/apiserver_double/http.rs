@@ -244,6 +244,9 @@ fn in_scope(target: &Target, key: &Key) -> bool {
         && (target.namespace.is_none() || key.namespace == target.namespace)
 }
 
+/// Lists, in pages when `limit` is given: `metadata.continue` names where the next page
+/// starts, and every page carries the first page's `resourceVersion`.
+/// <https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks>
 fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Response {
     let store = shared.store.lock().unwrap();
     let labels = query.get("labelSelector").map(String::as_str);
@@ -258,13 +261,39 @@ fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Re
         })
         .map(|(_, s)| s.object.clone())
         .collect();
+    let (rv, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match token
+            .split_once(':')
+            .and_then(|(rv, at)| Some((rv.parse::<u64>().ok()?, at.parse::<usize>().ok()?)))
+        {
+            Some((rv, _)) if rv < store.compacted => {
+                return error(410, "the continue token has expired; list again");
+            }
+            Some(t) => t,
+            None => return error(400, format!("malformed continue token {token:?}")),
+        },
+        None => (store.rv, 0),
+    };
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let total = items.len();
+    let page: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+    let next = offset.saturating_add(page.len());
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if next < total {
+        metadata["continue"] = json!(format!("{rv}:{next}"));
+        metadata["remainingItemCount"] = json!(total - next);
+    }
     ok(
         StatusCode::OK,
         &json!({
             "apiVersion": target.resource.api_version(),
             "kind": format!("{}List", target.resource.kind),
-            "metadata": {"resourceVersion": store.rv.to_string()},
-            "items": items,
+            "metadata": metadata,
+            "items": page,
         }),
     )
 }

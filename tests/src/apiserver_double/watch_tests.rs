@@ -155,3 +155,32 @@ async fn unknown_field_selectors_are_refused_and_known_ones_filter() {
         .unwrap();
     assert_eq!(others["items"][0]["metadata"]["name"], "b");
 }
+
+/// Lists in chunks: `limit` and `continue`.
+/// <https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks>
+#[tokio::test]
+async fn lists_come_in_pages_with_a_continue_token() {
+    let double = ApiServerDouble::start().await;
+    for name in ["a", "b", "c"] {
+        double.create(secret(name));
+    }
+    let url = format!("{}/api/v1/namespaces/ns/secrets", double.url);
+    let get = |query: String| reqwest::get(format!("{url}?{query}"));
+    let first: Value = get("limit=2".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    assert_eq!(first["metadata"]["remainingItemCount"], 1);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    let second: Value = get(format!("limit=2&continue={token}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_eq!(second["items"][0]["metadata"]["name"], "c");
+    assert!(second["metadata"]["continue"].is_null());
+    assert_eq!(
+        second["metadata"]["resourceVersion"],
+        first["metadata"]["resourceVersion"]
+    );
+}
