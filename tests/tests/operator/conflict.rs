@@ -105,7 +105,7 @@ async fn two_gpumodels_for_one_gpu_one_owner_and_a_conflict() {
     assert!(code.is_success(), "{body}");
     wait_until("the drift reverted", DEADLINE, || async {
         active(&agent).await.as_deref() == Some("tiny-a")
-            && reasons(&double, "gm-old").contains(&"Drift".to_string())
+            && seen_before(&double, "gm-old", "Drift", "Loaded")
     })
     .await;
     let drift = events(&double, "gm-old")
@@ -114,8 +114,9 @@ async fn two_gpumodels_for_one_gpu_one_owner_and_a_conflict() {
         .unwrap();
     assert_eq!(drift.0, "Warning");
     assert!(drift.2.contains("tiny-b"), "{drift:?}");
+    // The revert is the operator's unload and load after the Warning.
     assert!(
-        seen_before(&double, "gm-old", "Drift", "Loaded"),
+        seen_before(&double, "gm-old", "Drift", "Unloaded"),
         "{:?}",
         timeline(&double, "gm-old")
     );
