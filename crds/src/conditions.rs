@@ -11,12 +11,15 @@ pub const SWITCHING: &str = "Switching";
 pub const ZOMBIE_MEMORY: &str = "ZombieMemory";
 /// Condition type: automatic remediation gave up.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: the object is being deleted and the deletion cannot finish yet (the
+/// model could not be unloaded); the reason and message say why.
+pub const TERMINATING: &str = "Terminating";
 
 /// One aspect of the object's state, in the shape of `metav1.Condition`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// Type of the condition: Ready, Switching, ZombieMemory or Degraded.
+    /// Type of the condition: Ready, Switching, ZombieMemory, Degraded or Terminating.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

@@ -70,8 +70,12 @@ pub struct GpuModelSpec {
     #[x_kube(validation = Rule::new("size(self) > 0").message("nodeName must not be empty"))]
     pub node_name: String,
 
-    /// Index of the GPU on that node, as NVML numbers them (0 for the CPU device).
+    /// Index of the GPU on that node, as NVML numbers them (0 for the CPU device). Immutable
+    /// like `nodeName`: a GpuModel that moved GPUs would leave the old one's model loaded and
+    /// unclaimed. Only one GpuModel owns a (node, GPU): the oldest; later ones show
+    /// `Ready=False`, reason `Conflict`, and act on nothing.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("gpu is immutable"))]
     pub gpu: u32,
 
     /// Catalog name of the model the GPU should serve; absent means the GPU should hold none.
@@ -180,9 +184,13 @@ pub enum Phase {
     Switching,
     /// The desired model is active and no zombie memory persists.
     Ready,
+    /// Zombie memory persists and the ladder works on it: a free or a reset runs, or its
+    /// cooldown is under way.
+    Remediating,
     /// Zombie memory persists after free and reset; no more automatic action.
     Degraded,
-    /// The desired model cannot be loaded.
+    /// The desired model cannot be loaded, or another (older) GpuModel owns this GPU
+    /// (`Ready` reason `Conflict`).
     Failed,
 }
 
@@ -235,10 +243,46 @@ pub struct GpuModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<String>,
 
-    /// Standard conditions: Ready, Switching, ZombieMemory, Degraded.
+    /// The zombie ladder's memory (set by the operator): the episode under way, the steps taken
+    /// in it, and the resets that count against `maxResetsPerHour`. Kept here so that a restart
+    /// of the operator or of the agent never resets a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ladder: Option<LadderStatus>,
+
+    /// Standard conditions: Ready, Switching, ZombieMemory, Degraded (and Terminating while a
+    /// deletion cannot finish).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The zombie ladder's memory, owned by the operator.
+///
+/// An episode opens when the ghost has been over the threshold for `persistSeconds`, and ends
+/// only once the ghost has stayed at or under the threshold for `persistSeconds` again
+/// (hysteresis): a free that clears the ghost for one sample does not start a fresh ladder.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LadderStatus {
+    /// When the episode under way began (RFC 3339); absent when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode_since: Option<String>,
+    /// Since when the ghost has been at or under the threshold within the episode (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_since: Option<String>,
+    /// Frees and resets the operator ran in this episode.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// When the operator's last free finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_free: Option<String>,
+    /// When the operator's last reset finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<String>,
+    /// When each of the operator's resets of the last hour finished (RFC 3339): the budget
+    /// `maxResetsPerHour` counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resets: Vec<String>,
 }
 
 /// Device memory of one GPU (or of the CPU device), in MiB.
@@ -359,6 +403,10 @@ pub struct RemediationStatus {
     /// Processes the step killed.
     #[serde(default)]
     pub killed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Whole MiB for a status field: rounded; 0 for anything negative or not finite.

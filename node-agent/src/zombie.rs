@@ -1,5 +1,10 @@
-//! Zombie detection: ghost memory over the threshold, continuously, for the persist time; and
-//! the cooldown that spaces automatic frees.
+//! Zombie detection: ghost memory over the threshold for the persist time; and the cooldown
+//! that spaces automatic frees.
+//!
+//! Hysteresis: once the ghost is over the threshold, the episode (and its `over_since`) ends
+//! only after the ghost has stayed at or under the threshold for the persist time too. A free
+//! that clears the ghost for one sample before it comes back therefore continues the same
+//! episode, and the operator's ladder escalates instead of starting over with another free.
 
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ pub enum Change {
     None,
     /// The ghost has now been over the threshold for the persist time.
     Flagged,
-    /// The ghost went back under the threshold.
+    /// The ghost has stayed at or under the threshold for the persist time: the episode ended.
     Cleared,
 }
 
@@ -35,6 +40,8 @@ pub enum Change {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ZombieDetector {
     over_since: Option<Timestamp>,
+    below_since: Option<Timestamp>,
+    over_now: bool,
     flagged: bool,
     last_auto_free: Option<Timestamp>,
 }
@@ -43,12 +50,24 @@ impl ZombieDetector {
     /// Feeds one ghost figure.
     pub fn observe(&mut self, ghost_bytes: u64, policy: &ZombiePolicy, now: Timestamp) -> Change {
         if ghost_bytes <= policy.threshold_bytes {
+            self.over_now = false;
+            if self.over_since.is_none() {
+                return Change::None;
+            }
+            let below = *self.below_since.get_or_insert(now);
+            if elapsed(below, now) < policy.persist {
+                // Still within the episode: a dip is not an end.
+                return Change::None;
+            }
             self.over_since = None;
+            self.below_since = None;
             if std::mem::take(&mut self.flagged) {
                 return Change::Cleared;
             }
             return Change::None;
         }
+        self.over_now = true;
+        self.below_since = None;
         let since = *self.over_since.get_or_insert(now);
         if !self.flagged && elapsed(since, now) >= policy.persist {
             self.flagged = true;
@@ -67,10 +86,12 @@ impl ZombieDetector {
         self.over_since
     }
 
-    /// Whether an automatic free should run now: flagged, allowed, and out of the cooldown.
+    /// Whether an automatic free should run now: flagged, over the threshold at the last
+    /// sample, allowed, and out of the cooldown.
     pub fn auto_free_due(&self, policy: &ZombiePolicy, now: Timestamp) -> bool {
         policy.auto_free
             && self.flagged
+            && self.over_now
             && self
                 .last_auto_free
                 .is_none_or(|last| elapsed(last, now) >= policy.cooldown)
@@ -117,20 +138,44 @@ mod tests {
     }
 
     #[test]
-    fn flags_only_after_the_persist_time_continuously_over() {
+    fn flags_after_the_persist_time_and_a_dip_does_not_restart_the_clock() {
         let p = policy();
         let mut d = ZombieDetector::default();
         assert_eq!(d.observe(2 * GIB, &p, at(0)), Change::None);
         assert_eq!(d.observe(2 * GIB, &p, at(9)), Change::None);
-        // A dip under the threshold restarts the clock.
+        // A dip shorter than the persist time is part of the episode.
         assert_eq!(d.observe(GIB, &p, at(10)), Change::None);
-        assert_eq!(d.observe(2 * GIB, &p, at(11)), Change::None);
-        assert_eq!(d.observe(2 * GIB, &p, at(20)), Change::None);
-        assert_eq!(d.observe(2 * GIB, &p, at(21)), Change::Flagged);
+        assert_eq!(d.over_since(), Some(at(0)));
+        assert_eq!(d.observe(2 * GIB, &p, at(11)), Change::Flagged);
         assert!(d.flagged());
-        assert_eq!(d.over_since(), Some(at(11)));
-        assert_eq!(d.observe(GIB, &p, at(22)), Change::Cleared);
+        assert_eq!(d.over_since(), Some(at(0)));
+    }
+
+    #[test]
+    fn an_episode_ends_only_after_the_persist_time_under_the_threshold() {
+        let p = policy();
+        let mut d = ZombieDetector::default();
+        d.observe(2 * GIB, &p, at(0));
+        assert_eq!(d.observe(2 * GIB, &p, at(10)), Change::Flagged);
+        // A free clears the ghost for a few samples: still flagged, still the same episode,
+        // but no automatic free while the ghost is under the threshold.
+        assert_eq!(d.observe(GIB, &p, at(11)), Change::None);
+        assert!(d.flagged());
+        assert!(!d.auto_free_due(&p, at(11)));
+        assert_eq!(d.observe(GIB, &p, at(20)), Change::None);
+        // It comes back: the same episode, flagged at once.
+        assert_eq!(d.observe(2 * GIB, &p, at(21)), Change::None);
+        assert_eq!(d.over_since(), Some(at(0)));
+        assert!(d.auto_free_due(&p, at(21)));
+        // Under for the whole persist time: the episode ends.
+        assert_eq!(d.observe(GIB, &p, at(22)), Change::None);
+        assert_eq!(d.observe(GIB, &p, at(31)), Change::None);
+        assert_eq!(d.observe(GIB, &p, at(32)), Change::Cleared);
         assert!(!d.flagged());
+        assert_eq!(d.over_since(), None);
+        // A new episode starts its own clock.
+        assert_eq!(d.observe(2 * GIB, &p, at(40)), Change::None);
+        assert_eq!(d.over_since(), Some(at(40)));
     }
 
     #[test]

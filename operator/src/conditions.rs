@@ -5,9 +5,9 @@
 //! Degraded hold must survive an agent restart.
 
 use jiff::Timestamp;
-use vramkeeper_crds::{Condition, GpuModelSpec, GpuModelStatus, Phase};
+use vramkeeper_crds::{Condition, GpuModelSpec, GpuModelStatus, LadderStatus, Phase};
 
-pub use vramkeeper_crds::conditions::{DEGRADED, READY, SWITCHING, ZOMBIE_MEMORY};
+pub use vramkeeper_crds::conditions::{DEGRADED, READY, SWITCHING, TERMINATING, ZOMBIE_MEMORY};
 
 use crate::planner::{DegradedWhy, Next, Plan, Step, Wait, Zombie};
 
@@ -67,6 +67,12 @@ pub mod reason {
     pub const NO_RESET_ALLOWED: &str = "NoResetAllowed";
     /// Not degraded.
     pub const AS_EXPECTED: &str = "AsExpected";
+    /// Another, older GpuModel owns this (node, GPU).
+    pub const CONFLICT: &str = "Conflict";
+    /// Ready while being deleted: the model is being unloaded.
+    pub const TERMINATING: &str = "Terminating";
+    /// Terminating: the agent could not be reached or refused the unload.
+    pub const UNLOAD_BLOCKED: &str = "UnloadBlocked";
 }
 
 /// What came of the step the executor ran.
@@ -110,8 +116,10 @@ pub struct OperatorStatus {
     pub phase: Phase,
     /// The generation acted on.
     pub observed_generation: Option<i64>,
-    /// Ready, Switching, ZombieMemory, Degraded.
+    /// Ready, Switching, ZombieMemory, Degraded (and Terminating while deletion is blocked).
     pub conditions: Vec<Condition>,
+    /// The zombie ladder's memory; absent when there is nothing to remember.
+    pub ladder: Option<LadderStatus>,
 }
 
 impl OperatorStatus {
@@ -121,6 +129,7 @@ impl OperatorStatus {
             s.phase == Some(self.phase)
                 && s.observed_generation == self.observed_generation
                 && s.conditions == self.conditions
+                && s.ladder == self.ladder
         })
     }
 }
@@ -148,6 +157,15 @@ impl Builder<'_> {
             last_transition_time,
             observed_generation: Some(self.generation),
         });
+    }
+
+    /// Sets a condition whose `lastTransitionTime` is now even when its status stays: a
+    /// failure that happened again (the planner times its retries from it).
+    fn set_fresh(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+        self.set(type_, status, reason, message);
+        if let Some(c) = self.out.last_mut() {
+            c.last_transition_time = self.now.clone();
+        }
     }
 
     fn carry(&mut self, type_: &str) {
@@ -200,9 +218,14 @@ pub fn derive(
             b.carry(ZOMBIE_MEMORY);
             b.carry(DEGRADED);
             return OperatorStatus {
-                phase: Phase::Pending,
+                phase: if r == reason::CONFLICT {
+                    Phase::Failed
+                } else {
+                    Phase::Pending
+                },
                 observed_generation: observed.observed_generation,
                 conditions: b.out,
+                ladder: observed.ladder.clone(),
             };
         }
     };
@@ -293,11 +316,16 @@ pub fn derive(
             c.observed_generation = Some(generation);
             b.out.push(c);
         }
+        _ if matches!(outcome, Outcome::UnknownModel(_)) => b.set_fresh(READY, ready, r, m),
         _ => b.set(READY, ready, r, m),
     }
 
-    // Switching.
-    let switching = busy || (!in_sync && !degraded && !unknown);
+    // Switching. An idle unload about to run is one too, though the model is still wanted.
+    let idle_unloading = matches!(
+        (&plan.step, outcome),
+        (Step::IdleUnload { .. }, Outcome::NoCall)
+    );
+    let switching = busy || idle_unloading || (!in_sync && !degraded && !unknown);
     let (r, m) = if busy {
         (
             reason::AGENT_BUSY,
@@ -326,6 +354,10 @@ pub fn derive(
                 format!("{s}; next: {want}, once memory is back (was {model})"),
             ),
             (Step::Unload { model }, _) => (reason::UNLOADING, format!("unloading {model}")),
+            (Step::IdleUnload { model, idle_s }, _) => (
+                reason::UNLOADING,
+                format!("unloading {model}: it served nothing for {idle_s} s"),
+            ),
             (Step::Load { model }, _) => (reason::LOADING, format!("loading {model}")),
             (Step::Wait(Wait::MemoryNotBack), _) => (
                 reason::WAITING_FOR_MEMORY,
@@ -427,6 +459,8 @@ pub fn derive(
         Phase::Ready
     } else if switching {
         Phase::Switching
+    } else if persisting {
+        Phase::Remediating
     } else {
         Phase::Pending
     };
@@ -434,6 +468,7 @@ pub fn derive(
         phase,
         observed_generation: Some(generation),
         conditions: b.out,
+        ladder: Some(plan.ladder.clone()).filter(|l| *l != LadderStatus::default()),
     }
 }
 

@@ -4,7 +4,8 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use jiff::Timestamp;
-use kube::Client;
+use kube::{Client, runtime::reflector::Store};
+use vramkeeper_crds::GpuModel;
 
 use crate::{
     agent_client::AgentClient,
@@ -62,6 +63,9 @@ pub struct Context {
     /// The longest a reconcile waits before looking again (the agent is polled at least this
     /// often).
     pub max_recheck: Duration,
+    /// The GpuModels the controller watches, to find each GPU's owner (absent: every object
+    /// owns its GPU).
+    pub models: Option<Store<GpuModel>>,
     clock: Clock,
     journal: Mutex<HashMap<String, Vec<Remediation>>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -85,6 +89,7 @@ impl Context {
             metrics,
             backoff,
             max_recheck: Duration::from_secs(30),
+            models: None,
             clock: std::sync::Arc::new(Timestamp::now),
             journal: Mutex::default(),
             failures: Mutex::default(),
@@ -95,6 +100,18 @@ impl Context {
     pub fn with_max_recheck(mut self, d: Duration) -> Self {
         self.max_recheck = d;
         self
+    }
+
+    /// The same context with the watched GpuModels, for ownership.
+    pub fn with_models(mut self, models: Store<GpuModel>) -> Self {
+        self.models = Some(models);
+        self
+    }
+
+    /// The GpuModel that owns `gm`'s (node, GPU) when it is another one.
+    pub fn owner_other_than(&self, gm: &GpuModel) -> Option<String> {
+        let models = self.models.as_ref()?.state();
+        crate::ownership::owner_other_than(gm, models.iter().map(|m| m.as_ref()))
     }
 
     /// The same context with another clock.

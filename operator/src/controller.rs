@@ -86,6 +86,7 @@ pub async fn run(
         .default_backoff()
         .applied_objects()
         .predicate_filter(worth_a_look, PredicateConfig::default());
+    let owners = model_store.clone();
     let controller = Controller::for_stream(model_events, model_store.clone())
         .with_config(Config::default().concurrency(args.concurrency));
     let controller = controller.watches_stream(pod_events, move |pod: Pod| {
@@ -115,7 +116,8 @@ pub async fn run(
             metrics,
             args.backoff(),
         )
-        .with_max_recheck(Duration::from_secs(args.max_recheck_s.max(1))),
+        .with_max_recheck(Duration::from_secs(args.max_recheck_s.max(1)))
+        .with_models(owners),
     );
     tracing::info!(agent_namespace = %a.agent_namespace, selector = %a.agent_selector, "controller started");
     controller

@@ -44,6 +44,13 @@ pub mod event_reason {
     pub const DEGRADED: &str = "Degraded";
     /// Degraded was lifted.
     pub const RECOVERED: &str = "Recovered";
+    /// Another GpuModel owns this one's (node, GPU).
+    pub const CONFLICT: &str = "Conflict";
+    /// The GPU serves a model the spec does not want, switched to outside the operator (through
+    /// the agent's API or an inference request): it is reverted next.
+    pub const DRIFT: &str = "Drift";
+    /// A deletion cannot finish: the model could not be unloaded.
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 }
 
 /// What came of a step: the outcome the conditions show, and the error to back off on.
@@ -53,6 +60,8 @@ pub struct Executed {
     pub outcome: Outcome,
     /// For the error policy (busy and unknown-model answers are not errors).
     pub error: Option<Error>,
+    /// The free or reset the step ran, for the ladder's memory.
+    pub remediation: Option<Remediation>,
 }
 
 impl Executed {
@@ -60,6 +69,7 @@ impl Executed {
         Self {
             outcome: Outcome::NoCall,
             error: None,
+            remediation: None,
         }
     }
 
@@ -67,6 +77,7 @@ impl Executed {
         Self {
             outcome: Outcome::Done(summary),
             error: None,
+            remediation: None,
         }
     }
 }
@@ -148,6 +159,7 @@ pub async fn execute(ctx: &Context, gm: &GpuModel, target: &AgentTarget, plan: &
                     Executed {
                         outcome: Outcome::UnknownModel(message),
                         error: None,
+                        remediation: None,
                     }
                 }
                 Err(e) => failed(ctx, gm, "Load", event_reason::SWITCH_FAILED, e).await,
@@ -169,15 +181,13 @@ pub async fn execute(ctx: &Context, gm: &GpuModel, target: &AgentTarget, plan: &
                 .agent_call(kind.as_str(), result.is_ok(), started.elapsed());
             match result {
                 Ok(r) => {
-                    if let Some(at) = parse_time(&r.at) {
-                        ctx.record(
-                            gm.uid().as_deref().unwrap_or(&name),
-                            Remediation {
-                                kind,
-                                at,
-                                by_operator: true,
-                            },
-                        );
+                    let ran = parse_time(&r.at).map(|at| Remediation {
+                        kind,
+                        at,
+                        by_operator: true,
+                    });
+                    if let Some(ran) = &ran {
+                        ctx.record(gm.uid().as_deref().unwrap_or(&name), ran.clone());
                     }
                     let summary = remediation_words(&r);
                     tracing::info!(gpumodel = %name, action = kind.as_str(), ghost_before_mb = r.ghost_before_mb, ghost_after_mb = r.ghost_after_mb, killed = r.killed.len(), "remediated");
@@ -186,7 +196,10 @@ pub async fn execute(ctx: &Context, gm: &GpuModel, target: &AgentTarget, plan: &
                         RemediationAction::Reset => event_reason::RESET,
                     };
                     publish(ctx, gm, EventType::Normal, reason, action, summary.clone()).await;
-                    Executed::done(summary)
+                    Executed {
+                        remediation: ran,
+                        ..Executed::done(summary)
+                    }
                 }
                 Err(e) => failed(ctx, gm, action, event_reason::REMEDIATION_FAILED, e).await,
             }
@@ -225,6 +238,7 @@ async fn failed(ctx: &Context, gm: &GpuModel, action: &str, reason: &str, e: Err
         return Executed {
             outcome: Outcome::Busy(e.to_string()),
             error: None,
+            remediation: None,
         };
     }
     if let Error::AgentRejected { status: 401, .. } = e {
@@ -235,6 +249,7 @@ async fn failed(ctx: &Context, gm: &GpuModel, action: &str, reason: &str, e: Err
     Executed {
         outcome: Outcome::Failed(e.to_string()),
         error: Some(e),
+        remediation: None,
     }
 }
 

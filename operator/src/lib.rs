@@ -16,6 +16,7 @@
 //! - [`planner`]: pure and synchronous; unload before load, load only once memory is back;
 //!   zombie ladder free -> reset -> Degraded.
 //! - [`executor`], [`reconcile`]: the thin I/O layer around it.
+//! - [`ownership`]: one GpuModel per (node, GPU), the oldest; the others show `Conflict`.
 //! - [`leader`]: a Lease, so that two replicas never act at once.
 //! - [`rbac::RBAC_RULES`]: the exact permissions used, for the chart.
 #![deny(rust_2018_idioms)]
@@ -24,6 +25,7 @@
 pub mod agent_client;
 pub mod agents;
 pub mod args;
+pub mod cleanup;
 pub mod conditions;
 pub mod context;
 pub mod controller;
@@ -33,6 +35,7 @@ pub mod executor;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod ownership;
 pub mod planner;
 pub mod rbac;
 pub mod reconcile;

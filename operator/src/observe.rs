@@ -27,6 +27,7 @@ pub fn status_from_agent(
         observed_generation: stored.observed_generation,
         phase: stored.phase,
         conditions: stored.conditions,
+        ladder: stored.ladder,
         remediations: merge_remediation_statuses(
             &stored.remediations,
             device.zombie.last_remediation.as_ref(),
@@ -63,14 +64,21 @@ pub fn remediation(r: &RemediationStatus) -> Option<Remediation> {
     })
 }
 
-/// The history the ladder counts: what the status records, plus what this operator did
-/// itself (its journal survives the gap until the agent reports it), without duplicates.
+/// The history the ladder counts: what the agent recorded, what the operator's own
+/// `status.ladder` remembers (durable across restarts of either side), plus what this operator
+/// did itself (its journal covers the gap until the status write), without duplicates.
 pub fn history(status: &GpuModelStatus, journal: &[Remediation]) -> Vec<Remediation> {
     let mut seen = BTreeMap::new();
+    let remembered = status
+        .ladder
+        .as_ref()
+        .map(crate::planner::ladder::remembered)
+        .unwrap_or_default();
     for r in status
         .remediations
         .iter()
         .filter_map(remediation)
+        .chain(remembered)
         .chain(journal.iter().cloned())
     {
         seen.entry((r.at, r.kind)).or_insert(r);

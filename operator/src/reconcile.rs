@@ -1,5 +1,5 @@
-//! The reconcile: observe the agent, plan, execute, write the operator's status; and the
-//! finalizer's cleanup, which unloads the model before the GpuModel goes away.
+//! The reconcile: check ownership of the GPU, observe the agent, plan, write what is about to
+//! happen, execute, write the operator's status. The finalizer's cleanup is in `cleanup.rs`.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use kube::{
     },
 };
 use serde::Serialize;
-use vramkeeper_crds::{Condition, GpuModel, Phase, SwitchTrigger};
+use vramkeeper_crds::{Condition, GpuModel, GpuModelStatus, LadderStatus, Phase, SwitchTrigger};
 
 use crate::{
     conditions::{self, DEGRADED, OperatorStatus, Situation, ZOMBIE_MEMORY, reason},
@@ -37,7 +37,7 @@ pub async fn reconcile(gm: Arc<GpuModel>, ctx: Arc<Context>) -> Result<Action> {
     let result = finalizer(&api, FINALIZER, gm, |event| async {
         match event {
             FinalizerEvent::Apply(gm) => apply(&gm, &ctx, &api).await,
-            FinalizerEvent::Cleanup(gm) => cleanup(&gm, &ctx).await,
+            FinalizerEvent::Cleanup(gm) => crate::cleanup::cleanup(&gm, &ctx, &api).await,
         }
     })
     .await
@@ -67,6 +67,9 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
     let generation = gm.metadata.generation.unwrap_or(0);
     let stored = gm.status.as_ref();
     let spec = &gm.spec;
+    if let Some(owner) = ctx.owner_other_than(gm) {
+        return conflict(gm, ctx, api, &owner).await;
+    }
     let unheard = |reason: &'static str, message: String| async move {
         let observed = stored.cloned().unwrap_or_default();
         let op = conditions::derive(
@@ -124,8 +127,36 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
         history: &history,
     });
     tracing::debug!(gpumodel = %name, step = ?plan.step, zombie = ?plan.zombie, "planned");
+    let mut written = gm.status.clone();
+    if plan.step.acts() {
+        // Say what is about to happen before the agent works on it (a load may take minutes).
+        let before = conditions::derive(
+            spec,
+            generation,
+            &observed,
+            Situation::Planned {
+                plan: &plan,
+                outcome: &conditions::Outcome::NoCall,
+            },
+            ctx.now(),
+        );
+        transition_events(ctx, gm, &observed.conditions, &before.conditions).await;
+        write_status(api, ctx, gm, &before).await?;
+        written = Some(with_operator_fields(&observed, &before));
+    }
+    // The conditions just written are the ones the outcome transitions from.
+    let observed = match &written {
+        Some(w) if plan.step.acts() => GpuModelStatus {
+            conditions: w.conditions.clone(),
+            ..observed
+        },
+        _ => observed,
+    };
+    if let planner::Step::Unload { model } = &plan.step {
+        drift_event(ctx, gm, &observed, model).await;
+    }
     let executed = executor::execute(ctx, gm, &target, &plan).await;
-    let op = conditions::derive(
+    let mut op = conditions::derive(
         spec,
         generation,
         &observed,
@@ -135,8 +166,16 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
         },
         ctx.now(),
     );
-    transition_events(ctx, gm, &observed.conditions, &op.conditions).await;
-    write_status(api, ctx, gm, &op).await?;
+    if let Some(r) = &executed.remediation {
+        let mut ladder = op.ladder.take().unwrap_or_default();
+        planner::ladder::record(&mut ladder, r);
+        op.ladder = Some(ladder);
+    }
+    let before = written
+        .as_ref()
+        .map_or(&[][..], |s| s.conditions.as_slice());
+    transition_events(ctx, gm, before, &op.conditions).await;
+    write_status_over(api, ctx, gm, written.as_ref(), &op).await?;
     if let Some(e) = executed.error {
         return Err(e);
     }
@@ -147,61 +186,6 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
         }
         .min(ctx.max_recheck),
     ))
-}
-
-/// Unloads whatever the GPU holds before the GpuModel goes away. No agent Pod on the node
-/// (the node is gone): nothing to unload.
-async fn cleanup(gm: &GpuModel, ctx: &Context) -> Result<Action> {
-    let name = gm.name_any();
-    let spec = &gm.spec;
-    let target = match ctx.agents.target(&spec.node_name).await {
-        Ok(t) => t,
-        Err(Error::AgentNotFound { node }) => {
-            tracing::info!(gpumodel = %name, node = %node, "deleted; no agent on the node, nothing to unload");
-            ctx.forget(gm.uid().as_deref().unwrap_or(&name), &name);
-            return Ok(Action::await_change());
-        }
-        Err(e) => return Err(e),
-    };
-    let status = ctx.agent.status(&target).await?;
-    let active = status
-        .devices
-        .iter()
-        .find(|d| d.gpu == spec.gpu)
-        .and_then(|d| d.active_model.clone());
-    if let Some(model) = active {
-        let started = std::time::Instant::now();
-        let result = ctx
-            .agent
-            .unload(&target, spec.gpu, SwitchTrigger::Spec)
-            .await;
-        ctx.metrics
-            .agent_call("unload", result.is_ok(), started.elapsed());
-        let release = result?.release;
-        let note = match &release {
-            Some(r) if r.verified => format!(
-                "deleted: unloaded {model}; memory came back to {:.0} MiB",
-                r.after_mb
-            ),
-            Some(r) => format!(
-                "deleted: unloaded {model}, but memory stayed at {:.0} MiB (target {:.0} MiB)",
-                r.after_mb, r.target_mb
-            ),
-            None => format!("deleted: {model} was already unloaded"),
-        };
-        tracing::info!(gpumodel = %name, model = %model, "unloaded before deletion");
-        executor::publish(
-            ctx,
-            gm,
-            EventType::Normal,
-            event_reason::UNLOADED,
-            "Finalize",
-            note,
-        )
-        .await;
-    }
-    ctx.forget(gm.uid().as_deref().unwrap_or(&name), &name);
-    Ok(Action::await_change())
 }
 
 /// Events for changes no single step announces: zombie memory found, Degraded lifted.
@@ -237,6 +221,93 @@ async fn transition_events(
     }
 }
 
+/// A GpuModel that does not own its (node, GPU): `Ready=False` reason `Conflict` naming the
+/// owner, a Warning event when that starts, and nothing else: no agent call.
+async fn conflict(
+    gm: &GpuModel,
+    ctx: &Context,
+    api: &Api<GpuModel>,
+    owner: &str,
+) -> Result<Action> {
+    let message = crate::ownership::conflict_message(gm, owner);
+    let stored = gm.status.clone().unwrap_or_default();
+    let was = stored
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::READY && c.reason == reason::CONFLICT);
+    let op = conditions::derive(
+        &gm.spec,
+        gm.metadata.generation.unwrap_or(0),
+        &stored,
+        Situation::Unheard {
+            reason: reason::CONFLICT,
+            message: &message,
+        },
+        ctx.now(),
+    );
+    if !was {
+        tracing::warn!(gpumodel = %gm.name_any(), owner, "conflict: another GpuModel owns the GPU");
+        executor::publish(
+            ctx,
+            gm,
+            EventType::Warning,
+            event_reason::CONFLICT,
+            "Claim",
+            message,
+        )
+        .await;
+    }
+    write_status(api, ctx, gm, &op).await?;
+    Ok(Action::requeue(RECHECK_CONFLICT.min(ctx.max_recheck)))
+}
+
+/// How often a GpuModel in conflict looks again (the owner may be gone).
+pub const RECHECK_CONFLICT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A Warning `Drift` when the GPU serves a model switched to outside the operator (the
+/// agent's API, or an inference request naming it), before the operator reverts it.
+async fn drift_event(ctx: &Context, gm: &GpuModel, observed: &GpuModelStatus, model: &str) {
+    let Some(last) = observed.last_switch.as_ref() else {
+        return;
+    };
+    let outside = matches!(last.trigger, SwitchTrigger::Api | SwitchTrigger::Auto);
+    if !outside || last.to.as_deref() != Some(model) {
+        return;
+    }
+    let how = match last.trigger {
+        SwitchTrigger::Auto => "an inference request naming it",
+        _ => "the agent's API",
+    };
+    let want = gm
+        .spec
+        .model
+        .as_deref()
+        .map_or("no model".to_string(), |m| format!("model {m}"));
+    executor::publish(
+        ctx,
+        gm,
+        EventType::Warning,
+        event_reason::DRIFT,
+        "Revert",
+        format!(
+            "GPU {} of node {} serves {model}, switched to at {} by {how}, outside this GpuModel; reverting to {want}",
+            gm.spec.gpu, gm.spec.node_name, last.at
+        ),
+    )
+    .await;
+}
+
+/// `status` with the operator's fields of `op`.
+fn with_operator_fields(status: &GpuModelStatus, op: &OperatorStatus) -> GpuModelStatus {
+    GpuModelStatus {
+        phase: Some(op.phase),
+        observed_generation: op.observed_generation,
+        conditions: op.conditions.clone(),
+        ladder: op.ladder.clone(),
+        ..status.clone()
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct OwnedStatus<'a> {
@@ -244,6 +315,8 @@ struct OwnedStatus<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     observed_generation: Option<i64>,
     conditions: &'a [Condition],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ladder: Option<&'a LadderStatus>,
 }
 
 /// The server-side apply body of the operator's status fields.
@@ -255,18 +328,30 @@ pub fn status_patch(op: &OperatorStatus) -> serde_json::Value {
             phase: op.phase,
             observed_generation: op.observed_generation,
             conditions: &op.conditions,
+            ladder: op.ladder.as_ref(),
         },
     })
 }
 
 /// Writes the operator's fields by server-side apply, unless they are already so.
-async fn write_status(
+pub(crate) async fn write_status(
     api: &Api<GpuModel>,
     ctx: &Context,
     gm: &GpuModel,
     op: &OperatorStatus,
 ) -> Result<()> {
-    if op.is_in(gm.status.as_ref()) {
+    write_status_over(api, ctx, gm, gm.status.as_ref(), op).await
+}
+
+/// Writes the operator's fields unless `current` (the status as last written) holds them.
+async fn write_status_over(
+    api: &Api<GpuModel>,
+    ctx: &Context,
+    gm: &GpuModel,
+    current: Option<&GpuModelStatus>,
+    op: &OperatorStatus,
+) -> Result<()> {
+    if op.is_in(current) {
         return Ok(());
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();

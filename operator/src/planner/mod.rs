@@ -8,15 +8,19 @@
 //! 3. The agent is busy (a switch, unload, free or reset runs): wait.
 //! 4. Another model is active: unload it (unload before load).
 //! 5. Zombie memory (ghost over `thresholdMiB` for `persistSeconds`): the ladder, free ->
-//!    (cooldown) -> reset (at most `maxResetsPerHour`) -> (cooldown) -> Degraded.
+//!    (cooldown) -> reset (at most `maxResetsPerHour`) -> (cooldown) -> Degraded. An episode
+//!    ends only after the ghost stayed under the threshold for `persistSeconds` (hysteresis,
+//!    `ladder.rs`); within one, a ghost back over the threshold is zombie memory at once.
 //! 6. Nothing is active and a model is wanted: load it, but only once the status shows the
 //!    memory came back (ghost under the threshold), and not again after the agent said the
-//!    model does not exist (until the spec changes). A model the agent last unloaded for
+//!    model does not exist (until the spec changes, the agent's catalog lists the model, or
+//!    [`RETRY_UNKNOWN_MAX`] passed: retries back off). A model the agent last unloaded for
 //!    idleness is parked instead: the next inference request that names it loads it.
 //! 7. The wanted model is active but served nothing for `idleUnloadSeconds`: unload it (trigger
 //!    `idle`).
 //! 8. Otherwise the GPU serves what it should: in sync.
 
+pub mod ladder;
 mod zombie;
 
 #[cfg(test)]
@@ -30,7 +34,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
-    Condition, GpuModelSpec, GpuModelStatus, SwitchTrigger,
+    Condition, GpuModelSpec, GpuModelStatus, LadderStatus, SwitchTrigger,
     conditions::{DEGRADED, READY},
 };
 
@@ -54,6 +58,12 @@ pub const RECHECK_IN_SYNC: Duration = Duration::from_secs(30);
 pub const RECHECK_DEGRADED: Duration = Duration::from_secs(60);
 /// Recheck after the agent said the model does not exist.
 pub const RECHECK_FAILED: Duration = Duration::from_secs(300);
+/// A model the agent did not know, and whose catalog lists it now, is retried after this
+/// long since the last failure at the earliest (the catalog may lag the agent's answer).
+pub const RETRY_UNKNOWN_MIN: Duration = Duration::from_secs(5);
+/// A model the agent did not know is retried after this long since the last failure even
+/// when the catalog does not list it (the agent Pod may have rolled with a new catalog).
+pub const RETRY_UNKNOWN_MAX: Duration = Duration::from_secs(300);
 /// The window `maxResetsPerHour` counts over.
 pub const RESET_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -146,7 +156,8 @@ pub enum Wait {
     /// Degraded at this generation: no automatic action until the ghost clears or the spec
     /// changes.
     Degraded,
-    /// The agent said the model does not exist; not retried until the spec changes.
+    /// The agent said the model does not exist; retried when the spec changes, when the
+    /// agent's catalog lists the model, or after [`RETRY_UNKNOWN_MAX`].
     Failed,
 }
 
@@ -237,6 +248,9 @@ pub struct Plan {
     pub zombie: Zombie,
     /// When to look again if nothing else triggers a reconcile.
     pub recheck: Duration,
+    /// The ladder's memory after this observation (before the step's own free or reset is
+    /// recorded into it).
+    pub ladder: LadderStatus,
 }
 
 impl Plan {
@@ -245,6 +259,7 @@ impl Plan {
             step,
             zombie,
             recheck,
+            ladder: LadderStatus::default(),
         }
     }
 
@@ -259,6 +274,23 @@ impl Plan {
 
 /// The next step for one GpuModel.
 pub fn plan(input: &Input<'_>) -> Plan {
+    let raw = zombie::assess(&input.spec.zombie, input.status, input.now);
+    let ladder = ladder::track(
+        input.status.ladder.as_ref(),
+        &raw,
+        &input.spec.zombie,
+        input.now,
+    );
+    let mut ladder = ladder;
+    ladder::absorb(&mut ladder, input.history, input.now);
+    let zombie = ladder::within_episode(raw, &ladder);
+    let in_episode = ladder.episode_since.is_some();
+    let mut p = plan_with(input, zombie, in_episode);
+    p.ladder = ladder;
+    p
+}
+
+fn plan_with(input: &Input<'_>, zombie: Zombie, in_episode: bool) -> Plan {
     let Input {
         spec,
         generation,
@@ -266,14 +298,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
         now,
         ..
     } = *input;
-    let zombie = zombie::assess(&spec.zombie, status, now);
     let wait = |w: Wait, recheck: Duration| Plan::new(Step::Wait(w), zombie.clone(), recheck);
 
     let reported_at = status.reported_at.as_deref().and_then(parse_time);
     if reported_at.is_none_or(|at| elapsed(at, now) > STALE_AFTER) {
         return wait(Wait::AgentSilent { reported_at }, RECHECK_SILENT);
     }
-    if zombie != Zombie::Clear && degraded_at(status, generation) {
+    if (zombie != Zombie::Clear || in_episode) && degraded_at(status, generation) {
         return wait(Wait::Degraded, RECHECK_DEGRADED);
     }
     if status.switching {
@@ -314,8 +345,17 @@ pub fn plan(input: &Input<'_>) -> Plan {
                     ),
                 };
             }
-            if failed_at(status, generation) {
-                return wait(Wait::Failed, RECHECK_FAILED);
+            if let Some(failed) = failed_at(status, generation) {
+                let since = elapsed(failed, now);
+                let listed = status.models.iter().any(|m| m.name == model);
+                let due = if listed {
+                    RETRY_UNKNOWN_MIN
+                } else {
+                    RETRY_UNKNOWN_MAX
+                };
+                if since < due {
+                    return wait(Wait::Failed, (due - since).max(Duration::from_secs(1)));
+                }
             }
             if let Zombie::Suspected { until, .. } = zombie {
                 return wait(Wait::MemoryNotBack, memory_recheck(until));
@@ -406,11 +446,13 @@ fn degraded_at(status: &GpuModelStatus, generation: i64) -> bool {
         .is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation))
 }
 
-/// The agent said, at this generation, that the desired model does not exist.
-fn failed_at(status: &GpuModelStatus, generation: i64) -> bool {
-    condition(status, READY).is_some_and(|c| {
-        c.status == "False"
-            && c.reason == reason::UNKNOWN_MODEL
-            && c.observed_generation == Some(generation)
-    })
+/// When the agent last said, at this generation, that the desired model does not exist.
+fn failed_at(status: &GpuModelStatus, generation: i64) -> Option<Timestamp> {
+    condition(status, READY)
+        .filter(|c| {
+            c.status == "False"
+                && c.reason == reason::UNKNOWN_MODEL
+                && c.observed_generation == Some(generation)
+        })
+        .map(|c| parse_time(&c.last_transition_time).unwrap_or(Timestamp::UNIX_EPOCH))
 }

@@ -108,6 +108,8 @@ struct Sim {
     remediations: Vec<RemediationStatus>,
     by_planner: Vec<(i64, RemedyKind)>,
     conditions: Vec<vramkeeper_crds::Condition>,
+    /// The ladder's memory the operator wrote (fed back, as from the stored status).
+    ladder: Option<vramkeeper_crds::LadderStatus>,
     /// When the active model last answered a request or was loaded.
     last_used: i64,
     /// The agent's last switch: from, to, trigger.
@@ -135,6 +137,7 @@ impl Sim {
             remediations: vec![],
             by_planner: vec![],
             conditions: vec![],
+            ladder: None,
             last_used: 0,
             last_switch: None,
         }
@@ -220,7 +223,16 @@ impl Sim {
         s.reported_at = Some(t(if silent { self.now - 1000 } else { self.now }).to_string());
         s.remediations = self.remediations.clone();
         s.conditions = self.conditions.clone();
+        s.ladder = self.ladder.clone();
         s
+    }
+
+    /// Whether the ladder's episode is still open (the ghost has not yet stayed under the
+    /// threshold for the persist time).
+    fn episode_open(&self) -> bool {
+        self.ladder
+            .as_ref()
+            .is_some_and(|l| l.episode_since.is_some())
     }
 
     fn holds(&self, type_: &str, reason_: Option<&str>) -> bool {
@@ -318,7 +330,9 @@ impl Sim {
         }
         // Progress toward the desired model when nothing blocks it.
         let failed = self.holds(READY, Some(reason::UNKNOWN_MODEL));
-        if !busy && !silent && self.ghost() <= threshold && !failed {
+        // Degraded holds through a dip, until the episode ends (hysteresis).
+        let held = self.holds(DEGRADED, None) && self.episode_open();
+        if !busy && !silent && self.ghost() <= threshold && !failed && !held {
             let expected = match (&self.active, &desired) {
                 (Some(a), d) if Some(a) != d.as_ref() => Step::Unload { model: a.clone() },
                 (None, Some(d)) if self.parked() => Step::Parked { model: d.clone() },
@@ -369,6 +383,23 @@ impl Sim {
             now,
         );
         self.conditions = op.conditions;
+        let mut ladder = op.ladder.unwrap_or_default();
+        if let Step::Free | Step::Reset = plan.step {
+            let kind = if plan.step == Step::Free {
+                RemedyKind::Free
+            } else {
+                RemedyKind::Reset
+            };
+            ladder::record(
+                &mut ladder,
+                &Remediation {
+                    kind,
+                    at: now,
+                    by_operator: true,
+                },
+            );
+        }
+        self.ladder = Some(ladder).filter(|l| *l != Default::default());
         self.sample();
         Ok(plan)
     }
@@ -407,8 +438,10 @@ proptest! {
             sim.spec.model = Some("b".into());
             sim.generation += 1;
         }
+        // Past the hysteresis: the episode ends once the ghost stayed under for persistSeconds.
+        let persist = i64::from(sim.spec.zombie.persist_seconds);
         for _ in 0..3 {
-            sim.now += 1;
+            sim.now += 1 + persist;
             sim.reconcile(false, false)?;
         }
         prop_assert!(sim.active == sim.spec.model || sim.parked(), "{:?} {:?}", sim.active, sim.last_switch);
@@ -419,8 +452,8 @@ proptest! {
     }
 }
 
-/// The whole ladder, with conditions fed back: free, reset, Degraded, held, restarted by a
-/// spec change, lifted when the ghost clears.
+/// The whole ladder, with conditions and the ladder's memory fed back: free, reset, Degraded,
+/// held, restarted by a spec change, lifted when the ghost has cleared for persistSeconds.
 #[test]
 fn ladder_walk_with_conditions_fed_back() {
     let p = ZombiePolicyParams {
@@ -457,7 +490,8 @@ fn ladder_walk_with_conditions_fed_back() {
     sim.generation += 1;
     run(&mut sim, 200, &mut steps);
     sim.leaks.clear();
-    run(&mut sim, 10, &mut steps);
+    // Degraded holds until the ghost stayed under the threshold for persistSeconds (10 s).
+    run(&mut sim, 20, &mut steps);
     assert_eq!(
         steps,
         [
@@ -479,11 +513,46 @@ fn ladder_walk_with_conditions_fed_back() {
             "wait:Cooldown",
             "mark_degraded",
             "wait:Degraded",
-            // The ghost cleared.
+            // The ghost cleared, and stayed so for persistSeconds.
             "load",
             "in_sync",
         ]
     );
     assert!(!sim.holds(DEGRADED, None));
     assert_eq!(sim.active.as_deref(), Some("b"));
+}
+
+/// A ghost that a free clears for a moment and that comes back within persistSeconds is the
+/// same episode: the ladder goes on to a reset, then Degraded, instead of freeing forever.
+#[test]
+fn a_flickering_ghost_escalates() {
+    let p = ZombiePolicyParams {
+        persist: 30,
+        cooldown: 60,
+        reset_after_free: true,
+        max_resets: 2,
+        idle: None,
+    };
+    let mut sim = Sim::new(&p);
+    sim.reconcile(false, false).unwrap();
+    let mut frees = 0;
+    let mut resets = 0;
+    for _ in 0..120 {
+        sim.now += 5;
+        // The ghost comes back whenever a free took it away: it clears for one sample only.
+        if sim.leaks.is_empty() {
+            sim.leaks.push((500, Leak::Pooled));
+        }
+        let plan = sim.reconcile(false, false).unwrap();
+        match plan.step {
+            Step::Free => frees += 1,
+            Step::Reset => resets += 1,
+            _ => {}
+        }
+        if sim.holds(DEGRADED, None) {
+            break;
+        }
+    }
+    assert_eq!((frees, resets), (1, 1), "one free, then one reset");
+    assert!(sim.holds(DEGRADED, None), "then Degraded");
 }

@@ -173,6 +173,11 @@ async fn the_token_comes_from_the_secret_and_is_cached() {
                 name: "agent-token",
                 token: "s3cret",
             },
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Switching",
+                condition: ("Switching", "True", "Loading"),
+            },
             Call::Event {
                 at: T0,
                 name: "gm-a",
@@ -236,6 +241,11 @@ async fn agent_errors_back_off_exponentially_and_are_counted() {
         .reconcile(
             &gm,
             vec![
+                Call::Progress {
+                    gm: gm.clone(),
+                    phase: "Switching",
+                    condition: ("Switching", "True", "Loading"),
+                },
                 Call::Event {
                     at: T0,
                     name: "gm-a",
@@ -267,4 +277,69 @@ async fn agent_errors_back_off_exponentially_and_are_counted() {
         metrics
             .contains("vramkeeper_operator_agent_calls_total{action=\"load\",result=\"error\"} 1")
     );
+}
+
+#[tokio::test]
+async fn a_deletion_the_agent_cannot_finish_says_why_once() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    let w0 = world(d, Setup::default()).await;
+    w0.agent.edit(|s| s.fail_with = Some(500));
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a").deleting();
+    let message = format!(
+        "deletion waits: the model on GPU 0 of node node-a could not be unloaded (agent {} answered 500 (internal): the worker crashed); it finishes once the agent unloads it, or once no agent Pod runs on the node",
+        w.agent.url
+    );
+    let blocked = json!({
+        "apiVersion": "vramkeeper.dev/v1alpha1",
+        "kind": "GpuModel",
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                cond("Ready", false, "Terminating", &message, T0, 1),
+                cond("Terminating", true, "UnloadBlocked", &message, T0, 1),
+            ],
+        },
+    });
+    let e = w
+        .reconcile(
+            &gm,
+            vec![
+                Call::Event {
+                    at: T0,
+                    name: "gm-a",
+                    type_: "Warning",
+                    reason: "DeletionBlocked",
+                    action: "Finalize",
+                    note: message.clone(),
+                },
+                Call::Status(gm.clone(), blocked.clone()),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(!e.is_busy());
+    // Still blocked a minute later: the same words, no second Warning, nothing rewritten.
+    let gm = gm.status_of(&blocked);
+    w.at("2027-01-15T08:01:00Z");
+    w.reconcile(&gm, vec![]).await.unwrap_err();
+    // The agent recovers: the unload runs and the finalizer goes.
+    w.agent.edit(|s| s.fail_with = None);
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Event {
+                at: "2027-01-15T08:01:00Z",
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Unloaded",
+                action: "Finalize",
+                note: "deleted: unloaded tiny-a; memory came back to 100 MiB".into(),
+            },
+            Call::RemoveFinalizer(gm.clone()),
+        ],
+    )
+    .await
+    .unwrap();
 }

@@ -11,6 +11,8 @@ const LOADED_A: &str =
     "loaded tiny-a in 250 ms; it uses 40 MiB of device memory and 42 MiB of host memory";
 const LOADED_B: &str =
     "loaded tiny-b in 250 ms; it uses 40 MiB of device memory and 42 MiB of host memory";
+const LOADED_NOPE: &str =
+    "loaded nope in 250 ms; it uses 40 MiB of device memory and 42 MiB of host memory";
 const UNLOADED_A: &str = "unloaded tiny-a in 12 ms; memory came back to 100 MiB (target 100 MiB)";
 
 #[tokio::test]
@@ -22,6 +24,11 @@ async fn loads_the_desired_model() {
         .reconcile(
             &gm,
             vec![
+                Call::Progress {
+                    gm: gm.clone(),
+                    phase: "Switching",
+                    condition: ("Switching", "True", "Loading"),
+                },
                 Call::Event {
                     at: T0,
                     name: "gm-a",
@@ -115,6 +122,11 @@ async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
     w.reconcile(
         &gm,
         vec![
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Switching",
+                condition: ("Switching", "True", "Unloading"),
+            },
             Call::Event {
                 at: "2027-01-15T08:01:00Z",
                 name: "gm-a",
@@ -174,6 +186,11 @@ async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
     w.reconcile(
         &gm,
         vec![
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Switching",
+                condition: ("Switching", "True", "Loading"),
+            },
             Call::Event {
                 at: "2027-01-15T08:01:01Z",
                 name: "gm-a",
@@ -293,14 +310,24 @@ async fn a_busy_agent_is_retried_soon_without_an_error() {
         ],
     );
     let action = w
-        .reconcile(&gm, vec![Call::Status(gm.clone(), status)])
+        .reconcile(
+            &gm,
+            vec![
+                Call::Progress {
+                    gm: gm.clone(),
+                    phase: "Switching",
+                    condition: ("Switching", "True", "Loading"),
+                },
+                Call::Status(gm.clone(), status),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
 }
 
 #[tokio::test]
-async fn an_unknown_model_fails_once_and_waits_for_a_spec_change() {
+async fn an_unknown_model_fails_once_and_is_retried_when_the_catalog_lists_it() {
     let w0 = world(device(), Setup::default()).await;
     w0.agent.edit(|s| s.unknown = vec!["nope".into()]);
     let mut w = w0;
@@ -333,6 +360,11 @@ async fn an_unknown_model_fails_once_and_waits_for_a_spec_change() {
     w.reconcile(
         &gm,
         vec![
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Switching",
+                condition: ("Switching", "True", "Loading"),
+            },
             Call::Event {
                 at: T0,
                 name: "gm-a",
@@ -352,6 +384,88 @@ async fn an_unknown_model_fails_once_and_waits_for_a_spec_change() {
     // Rechecked every 300 s, capped by the longest recheck (30 s by default).
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(w.agent.acts().len(), 1);
+
+    // The agent's catalog gains the model (its Pod rolled with a new catalog): retried once
+    // the short retry delay has passed since the failure, without a spec change.
+    w.agent.edit(|s| {
+        s.unknown.clear();
+        s.device.models.push(vramkeeper_crds::api::ModelRecord {
+            name: "nope".into(),
+            kind: "synthetic".into(),
+            state: vramkeeper_crds::ModelState::NeverLoaded,
+            vram_mb: None,
+            ram_mb: None,
+            expected_mb: None,
+            load_ms: None,
+            loads: 0,
+            last_loaded: None,
+            last_unloaded: None,
+            last_trigger: None,
+            pid: None,
+            requests: 0,
+            last_used: None,
+        });
+    });
+    w.at("2027-01-15T08:00:02Z");
+    let action = w.reconcile(&gm, vec![]).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(3)));
+    let t5 = "2027-01-15T08:00:05Z";
+    w.at(t5);
+    w.reconcile(
+        &gm,
+        vec![
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Switching",
+                condition: ("Switching", "True", "Loading"),
+            },
+            Call::Event {
+                at: "2027-01-15T08:00:05Z",
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Loaded",
+                action: "Load",
+                note: LOADED_NOPE.into(),
+            },
+            Call::Status(
+                gm.clone(),
+                owned(
+                    "Ready",
+                    1,
+                    vec![
+                        cond(
+                            "Ready",
+                            true,
+                            "ModelActive",
+                            "nope is active on GPU 0 of node node-a",
+                            t5,
+                            1,
+                        ),
+                        cond("Switching", false, "Done", LOADED_NOPE, t5, 1),
+                        cond(
+                            "ZombieMemory",
+                            false,
+                            "BelowThreshold",
+                            "ghost memory 0 MiB, threshold 1536 MiB",
+                            T0,
+                            1,
+                        ),
+                        cond(
+                            "Degraded",
+                            false,
+                            "AsExpected",
+                            "automatic remediation has not given up",
+                            T0,
+                            1,
+                        ),
+                    ],
+                ),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.agent.acts().len(), 2);
 }
 
 #[tokio::test]
@@ -408,10 +522,17 @@ async fn an_idle_model_is_unloaded_and_stays_unloaded_until_a_request_names_it()
         T0,
         1,
     );
+    // Switching was True (Unloading) while the agent worked: it changed at t1.
+    conditions[1] = cond("Switching", false, "Done", &note, t1, 1);
     let parked = owned("Ready", 1, conditions);
     w.reconcile(
         &gm,
         vec![
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Ready",
+                condition: ("Switching", "True", "Unloading"),
+            },
             Call::Event {
                 at: t1,
                 name: "gm-a",

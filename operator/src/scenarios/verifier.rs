@@ -35,6 +35,17 @@ pub enum Call {
     /// The operator's status by server-side apply; the exact body. The answer is the object
     /// with that status.
     Status(GpuModel, Value),
+    /// The operator's status before an agent call (what is about to happen): the phase, and
+    /// one condition's `(type, status, reason)`; the rest of the body is not compared. The
+    /// answer is the object with that status.
+    Progress {
+        /// The object.
+        gm: GpuModel,
+        /// Its phase.
+        phase: &'static str,
+        /// One condition: type, status, reason.
+        condition: (&'static str, &'static str, &'static str),
+    },
     /// The token Secret is read.
     GetSecret {
         /// Its name.
@@ -229,6 +240,29 @@ impl ApiServerVerifier {
                 assert_eq!(body, expected, "status of {name}");
                 let mut out = serde_json::to_value(gm).unwrap();
                 out["status"] = expected["status"].clone();
+                respond(send, StatusCode::OK, &out);
+            }
+            Call::Progress {
+                gm,
+                phase,
+                condition: (type_, status, reason),
+            } => {
+                let name = gm.metadata.name.clone().unwrap();
+                assert_eq!(
+                    got,
+                    format!(
+                        "PATCH /apis/vramkeeper.dev/v1alpha1/gpumodels/{name}/status?&force=true&fieldManager=vramkeeper-operator"
+                    )
+                );
+                assert_eq!(body["status"]["phase"], phase, "phase of {name}: {body}");
+                let found = body["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == type_ && c["status"] == status && c["reason"] == reason);
+                assert!(found, "{type_}={status} ({reason}) in {body}");
+                let mut out = serde_json::to_value(gm).unwrap();
+                out["status"] = body["status"].clone();
                 respond(send, StatusCode::OK, &out);
             }
             Call::GetSecret { name, token } => {

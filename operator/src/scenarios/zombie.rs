@@ -23,7 +23,7 @@ fn zombie(reason: &str, what: &str, at: &str) -> Value {
 
 fn remediating(zombie_cond: Value) -> Value {
     owned(
-        "Pending",
+        "Remediating",
         1,
         vec![
             cond(
@@ -48,6 +48,12 @@ fn remediating(zombie_cond: Value) -> Value {
     )
 }
 
+/// `body` with the ladder's memory `ladder`.
+fn with_ladder(mut body: Value, ladder: Value) -> Value {
+    body["status"]["ladder"] = ladder;
+    body
+}
+
 #[tokio::test]
 async fn free_then_reset_then_degraded_then_hands_off() {
     let mut d = device();
@@ -58,7 +64,11 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     let freed = "freed: ghost memory 2000 -> 2000 MiB, 0 processes ended";
 
     // 08:00:00 - zombie memory since 07:00: free.
-    let s1 = remediating(zombie("Freeing", freed, T0));
+    let after_free = json!({"episodeSince": SINCE, "attempts": 1, "lastFree": T0});
+    let s1 = with_ladder(
+        remediating(zombie("Freeing", freed, T0)),
+        after_free.clone(),
+    );
     let action = w
         .reconcile(
             &gm,
@@ -66,20 +76,25 @@ async fn free_then_reset_then_degraded_then_hands_off() {
                 Call::Event {
                     at: T0,
                     name: "gm-a",
-                    type_: "Normal",
-                    reason: "Freed",
-                    action: "Free",
-                    note: freed.into(),
-                },
-                Call::Event {
-                    at: T0,
-                    name: "gm-a",
                     type_: "Warning",
                     reason: "ZombieMemory",
                     action: "Detect",
                     note: format!(
-                        "ghost memory 2000 MiB over the 1536 MiB threshold since {SINCE}: {freed}"
+                        "ghost memory 2000 MiB over the 1536 MiB threshold since {SINCE}: freeing"
                     ),
+                },
+                Call::Progress {
+                    gm: gm.clone(),
+                    phase: "Remediating",
+                    condition: ("ZombieMemory", "True", "Freeing"),
+                },
+                Call::Event {
+                    at: T0,
+                    name: "gm-a",
+                    type_: "Normal",
+                    reason: "Freed",
+                    action: "Free",
+                    note: freed.into(),
                 },
                 Call::Status(gm.clone(), s1.clone()),
             ],
@@ -91,11 +106,14 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     // 08:00:30 - inside the 60 s cooldown: no action; the condition says what comes next.
     let gm = gm.status_of(&s1);
     w.at("2027-01-15T08:00:30Z");
-    let s2 = remediating(zombie(
-        "CoolingDown",
-        "reset after the cooldown, at 2027-01-15T08:01:00Z",
-        T0,
-    ));
+    let s2 = with_ladder(
+        remediating(zombie(
+            "CoolingDown",
+            "reset after the cooldown, at 2027-01-15T08:01:00Z",
+            T0,
+        )),
+        after_free,
+    );
     let action = w
         .reconcile(&gm, vec![Call::Status(gm.clone(), s2.clone())])
         .await
@@ -108,10 +126,25 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     w.agent
         .edit(|s| s.remediation_at = "2027-01-15T08:01:00Z".into());
     let reset = "reset: ghost memory 2000 -> 2000 MiB, 0 processes ended, tiny-a reloaded, not back at baseline";
-    let s3 = remediating(zombie("Resetting", reset, T0));
+    let after_reset = json!({
+        "episodeSince": SINCE,
+        "attempts": 2,
+        "lastFree": T0,
+        "lastReset": "2027-01-15T08:01:00Z",
+        "resets": ["2027-01-15T08:01:00Z"],
+    });
+    let s3 = with_ladder(
+        remediating(zombie("Resetting", reset, T0)),
+        after_reset.clone(),
+    );
     w.reconcile(
         &gm,
         vec![
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Remediating",
+                condition: ("ZombieMemory", "True", "Resetting"),
+            },
             Call::Event {
                 at: "2027-01-15T08:01:00Z",
                 name: "gm-a",
@@ -130,29 +163,33 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     let gm = gm.status_of(&s3);
     let t4 = "2027-01-15T08:02:00Z";
     w.at(t4);
-    let s4 = owned(
+    let degraded = cond(
         "Degraded",
+        true,
+        "ResetDidNotClear",
+        "zombie memory persists after a free and a reset; no more automatic action until the ghost clears or the spec changes",
+        t4,
         1,
-        vec![
-            cond(
-                "Ready",
-                false,
-                "ZombieMemory",
-                "GPU 0 of node node-a is Degraded: zombie memory persists",
-                T0,
-                1,
-            ),
-            cond("Switching", false, "Idle", "no switch under way", T0, 1),
-            zombie("ZombieMemory", "no more automatic action", T0),
-            cond(
-                "Degraded",
-                true,
-                "ResetDidNotClear",
-                "zombie memory persists after a free and a reset; no more automatic action until the ghost clears or the spec changes",
-                t4,
-                1,
-            ),
-        ],
+    );
+    let s4 = with_ladder(
+        owned(
+            "Degraded",
+            1,
+            vec![
+                cond(
+                    "Ready",
+                    false,
+                    "ZombieMemory",
+                    "GPU 0 of node node-a is Degraded: zombie memory persists",
+                    T0,
+                    1,
+                ),
+                cond("Switching", false, "Idle", "no switch under way", T0, 1),
+                zombie("ZombieMemory", "no more automatic action", T0),
+                degraded.clone(),
+            ],
+        ),
+        after_reset.clone(),
     );
     w.reconcile(
         &gm,
@@ -191,12 +228,51 @@ async fn free_then_reset_then_degraded_then_hands_off() {
         ]
     );
 
-    // 08:31:00 - the ghost cleared (someone ended the process): Ready again, Recovered.
+    // 08:31:00 - the ghost cleared (someone ended the process). Hysteresis: Degraded holds
+    // until the ghost has stayed under the threshold for persistSeconds (30 s).
     w.agent.edit(|s| {
         s.device.ghost = Default::default();
         s.device.zombie.over_threshold_since = None;
     });
-    let t6 = "2027-01-15T08:31:00Z";
+    let t5 = "2027-01-15T08:31:00Z";
+    w.at(t5);
+    let mut below = after_reset.clone();
+    below["belowSince"] = json!(t5);
+    let s5 = with_ladder(
+        owned(
+            "Degraded",
+            1,
+            vec![
+                cond(
+                    "Ready",
+                    false,
+                    "ZombieMemory",
+                    "GPU 0 of node node-a is Degraded: zombie memory persists",
+                    T0,
+                    1,
+                ),
+                cond("Switching", false, "Idle", "no switch under way", T0, 1),
+                cond(
+                    "ZombieMemory",
+                    false,
+                    "BelowThreshold",
+                    "ghost memory 0 MiB, threshold 1536 MiB",
+                    t5,
+                    1,
+                ),
+                degraded,
+            ],
+        ),
+        below,
+    );
+    w.reconcile(&gm, vec![Call::Status(gm.clone(), s5.clone())])
+        .await
+        .unwrap();
+
+    // 08:31:30 - under for persistSeconds: the episode is over. Ready again, Recovered; the
+    // reset budget stays for the hour.
+    let gm = gm.status_of(&s5);
+    let t6 = "2027-01-15T08:31:30Z";
     w.at(t6);
     let s6 = owned(
         "Ready",
@@ -216,7 +292,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
                 false,
                 "BelowThreshold",
                 "ghost memory 0 MiB, threshold 1536 MiB",
-                t6,
+                t5,
                 1,
             ),
             cond(
@@ -229,11 +305,19 @@ async fn free_then_reset_then_degraded_then_hands_off() {
             ),
         ],
     );
+    let s6 = with_ladder(
+        s6,
+        json!({
+            "lastFree": T0,
+            "lastReset": "2027-01-15T08:01:00Z",
+            "resets": ["2027-01-15T08:01:00Z"],
+        }),
+    );
     w.reconcile(
         &gm,
         vec![
             Call::Event {
-                at: "2027-01-15T08:31:00Z",
+                at: "2027-01-15T08:31:30Z",
                 name: "gm-a",
                 type_: "Normal",
                 reason: "Recovered",
@@ -260,18 +344,11 @@ async fn a_free_that_clears_ends_the_ladder() {
     let mut gm = gpumodel("gm-a").model("tiny-a");
     gm.spec.zombie.kill_foreign_processes = true;
     let freed = "freed: ghost memory 2000 -> 0 MiB, 0 processes ended";
-    let s1 = remediating(zombie("Freeing", freed, T0));
+    let ladder = json!({"episodeSince": SINCE, "attempts": 1, "lastFree": T0});
+    let s1 = with_ladder(remediating(zombie("Freeing", freed, T0)), ladder.clone());
     w.reconcile(
         &gm,
         vec![
-            Call::Event {
-                at: T0,
-                name: "gm-a",
-                type_: "Normal",
-                reason: "Freed",
-                action: "Free",
-                note: freed.into(),
-            },
             Call::Event {
                 at: T0,
                 name: "gm-a",
@@ -279,8 +356,21 @@ async fn a_free_that_clears_ends_the_ladder() {
                 reason: "ZombieMemory",
                 action: "Detect",
                 note: format!(
-                    "ghost memory 2000 MiB over the 1536 MiB threshold since {SINCE}: {freed}"
+                    "ghost memory 2000 MiB over the 1536 MiB threshold since {SINCE}: freeing"
                 ),
+            },
+            Call::Progress {
+                gm: gm.clone(),
+                phase: "Remediating",
+                condition: ("ZombieMemory", "True", "Freeing"),
+            },
+            Call::Event {
+                at: T0,
+                name: "gm-a",
+                type_: "Normal",
+                reason: "Freed",
+                action: "Free",
+                note: freed.into(),
             },
             Call::Status(gm.clone(), s1.clone()),
         ],
@@ -321,7 +411,11 @@ async fn a_free_that_clears_ends_the_ladder() {
             ),
         ],
     );
-    w.reconcile(&gm, vec![Call::Status(gm.clone(), s2)])
+    // The episode stays open until the ghost has been under the threshold for 30 s.
+    let mut below = ladder.clone();
+    below["belowSince"] = json!(t2);
+    let s2 = with_ladder(s2, below);
+    w.reconcile(&gm, vec![Call::Status(gm.clone(), s2.clone())])
         .await
         .unwrap();
     assert_eq!(
@@ -329,6 +423,94 @@ async fn a_free_that_clears_ends_the_ladder() {
         [act(
             "/v1/gpu/free",
             json!({"gpu": 0, "trigger": "operator", "kill_foreign": true})
+        )]
+    );
+
+    // 08:00:31 - under for 30 s: the episode ends (only the last free is remembered).
+    let gm = gm.status_of(&s2);
+    w.at("2027-01-15T08:00:31Z");
+    let mut s3 = s2.clone();
+    s3["status"]["ladder"] = json!({"lastFree": T0});
+    w.reconcile(&gm, vec![Call::Status(gm.clone(), s3)])
+        .await
+        .unwrap();
+    assert_eq!(w.agent.acts().len(), 1);
+}
+
+#[tokio::test]
+async fn a_ghost_back_after_a_free_cleared_it_once_escalates_to_a_reset() {
+    let mut d = device();
+    d.active_model = Some("tiny-a".into());
+    haunt(&mut d, 2000.0, SINCE);
+    let w0 = world(d, Setup::default()).await;
+    w0.agent.edit(|s| s.free_clears = true);
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let freed = "freed: ghost memory 2000 -> 0 MiB, 0 processes ended";
+    let ladder = json!({"episodeSince": SINCE, "attempts": 1, "lastFree": T0});
+    let s1 = with_ladder(remediating(zombie("Freeing", freed, T0)), ladder.clone());
+    let gm = gm.status_of(&s1);
+    // 08:00:10 - the ghost was under the threshold for one sample, and is back, and the agent
+    // (without hysteresis) reports a fresh zombieSince: the same episode all the same.
+    w.agent
+        .edit(|s| haunt(&mut s.device, 2000.0, "2027-01-15T08:00:09Z"));
+    w.at("2027-01-15T08:00:10Z");
+    let mut l2 = ladder.clone();
+    l2["belowSince"] = json!("2027-01-15T08:00:05Z");
+    let gm = gm.status_of(&with_ladder(s1.clone(), l2));
+    let action = w
+        .reconcile(
+            &gm,
+            vec![Call::Status(
+                gm.clone(),
+                with_ladder(
+                    remediating(zombie(
+                        "CoolingDown",
+                        "reset after the cooldown, at 2027-01-15T08:01:00Z",
+                        T0,
+                    )),
+                    ladder.clone(),
+                ),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    // 08:01:00 - after the cooldown: a reset, not a second free.
+    w.at("2027-01-15T08:01:00Z");
+    w.agent
+        .edit(|s| s.remediation_at = "2027-01-15T08:01:00Z".into());
+    let r = w
+        .reconcile(
+            &gm,
+            vec![
+                Call::Progress {
+                    gm: gm.clone(),
+                    phase: "Remediating",
+                    condition: ("ZombieMemory", "True", "Resetting"),
+                },
+                Call::Event {
+                    at: "2027-01-15T08:01:00Z",
+                    name: "gm-a",
+                    type_: "Normal",
+                    reason: "Reset",
+                    action: "Reset",
+                    note: "reset: ghost memory 2000 -> 2000 MiB, 0 processes ended, tiny-a reloaded, not back at baseline".into(),
+                },
+                Call::Progress {
+                    gm: gm.clone(),
+                    phase: "Remediating",
+                    condition: ("ZombieMemory", "True", "Resetting"),
+                },
+            ],
+        )
+        .await;
+    assert!(r.is_ok());
+    assert_eq!(
+        w.agent.acts(),
+        [act(
+            "/v1/gpu/reset",
+            json!({"gpu": 0, "trigger": "operator", "kill_foreign": false})
         )]
     );
 }

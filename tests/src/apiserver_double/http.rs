@@ -16,7 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{
     Shared,
     patch::{PatchKind, apply_patch},
-    store::{Change, Key, Resource, fields_match, labels_match},
+    store::{Change, Key, Resource, check_field_selector, fields_match, labels_match},
+    strict,
 };
 
 /// One request as the double saw it.
@@ -151,6 +152,12 @@ pub async fn handle(
     let parsed_body = || -> Result<Value, (u16, String)> {
         serde_json::from_slice(&body).map_err(|e| (400, format!("the body is not JSON: {e}")))
     };
+    if let Err((code, m)) = check_field_selector(
+        target.resource,
+        query.get("fieldSelector").map(String::as_str),
+    ) {
+        return error(code, m);
+    }
     match (verb, target.name.clone()) {
         ("watch", _) => watch_stream(shared, target, &query),
         ("list", None) => list(&shared, &target, &query),
@@ -202,6 +209,20 @@ pub async fn handle(
         }
         ("delete", Some(name)) => {
             let key = Key::new(target.resource, target.namespace.as_deref(), &name);
+            let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let stored = shared
+                .store
+                .lock()
+                .unwrap()
+                .objects
+                .get(&key)
+                .map(|s| s.object.clone());
+            if let Some(stored) = &stored {
+                let what = format!("{} {name:?}", target.resource.plural);
+                if let Err((code, m)) = strict::precondition(stored, &options, &what) {
+                    return error(code, m);
+                }
+            }
             match shared.delete(&key) {
                 Some(object) => ok(StatusCode::OK, &object),
                 None => error(
@@ -223,6 +244,9 @@ fn in_scope(target: &Target, key: &Key) -> bool {
         && (target.namespace.is_none() || key.namespace == target.namespace)
 }
 
+/// Lists, in pages when `limit` is given: `metadata.continue` names where the next page
+/// starts, and every page carries the first page's `resourceVersion`.
+/// <https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks>
 fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Response {
     let store = shared.store.lock().unwrap();
     let labels = query.get("labelSelector").map(String::as_str);
@@ -237,13 +261,39 @@ fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Re
         })
         .map(|(_, s)| s.object.clone())
         .collect();
+    let (rv, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match token
+            .split_once(':')
+            .and_then(|(rv, at)| Some((rv.parse::<u64>().ok()?, at.parse::<usize>().ok()?)))
+        {
+            Some((rv, _)) if rv < store.compacted => {
+                return error(410, "the continue token has expired; list again");
+            }
+            Some(t) => t,
+            None => return error(400, format!("malformed continue token {token:?}")),
+        },
+        None => (store.rv, 0),
+    };
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let total = items.len();
+    let page: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+    let next = offset.saturating_add(page.len());
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if next < total {
+        metadata["continue"] = json!(format!("{rv}:{next}"));
+        metadata["remainingItemCount"] = json!(total - next);
+    }
     ok(
         StatusCode::OK,
         &json!({
             "apiVersion": target.resource.api_version(),
             "kind": format!("{}List", target.resource.kind),
-            "metadata": {"resourceVersion": store.rv.to_string()},
-            "items": items,
+            "metadata": metadata,
+            "items": page,
         }),
     )
 }
@@ -257,18 +307,11 @@ fn replace(shared: &Shared, target: &Target, name: &str, object: Value) -> Respo
             format!("{} {name:?} not found", target.resource.plural),
         );
     };
-    let current_rv = stored.object["metadata"]["resourceVersion"].clone();
-    if let Some(rv) = object["metadata"].get("resourceVersion")
-        && *rv != current_rv
-    {
-        return error(
-            409,
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
-                target.resource.plural
-            ),
-        );
+    let what = format!("{} {name:?}", target.resource.plural);
+    if let Err((code, m)) = strict::precondition(&stored.object, &object, &what) {
+        return error(code, m);
     }
+    let old = stored.object.clone();
     let mut next = object;
     if target.resource.status_subresource {
         match stored.object.get("status") {
@@ -279,6 +322,9 @@ fn replace(shared: &Shared, target: &Target, name: &str, object: Value) -> Respo
                 }
             }
         }
+    }
+    if let Err((code, m)) = strict::admit(target.resource, Some(&old), &mut next) {
+        return error(code, m);
     }
     let change = store.write(&key, next, None);
     let out = match &change {
@@ -300,7 +346,13 @@ fn patch(shared: &Shared, target: &Target, name: &str, kind: &PatchKind, body: &
             format!("{} {name:?} not found", target.resource.plural),
         );
     };
-    let (next, owners) = match apply_patch(
+    let what = format!("{} {name:?}", target.resource.plural);
+    if !matches!(kind, PatchKind::Json)
+        && let Err((code, m)) = strict::precondition(&stored.object, body, &what)
+    {
+        return error(code, m);
+    }
+    let (mut next, owners) = match apply_patch(
         kind,
         stored,
         body,
@@ -310,6 +362,9 @@ fn patch(shared: &Shared, target: &Target, name: &str, kind: &PatchKind, body: &
         Ok(r) => r,
         Err((code, m)) => return error(code, m),
     };
+    if let Err((code, m)) = strict::admit(target.resource, Some(&stored.object), &mut next) {
+        return error(code, m);
+    }
     let change = store.write(&key, next, owners.clone());
     let out = match &change {
         Some(c) => c.object.clone(),
@@ -344,6 +399,21 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
             .and_then(|v| v.parse().ok())
             .unwrap_or(290),
     );
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true" || b == "1");
+    let compacted = shared.store.lock().unwrap().compacted;
+    if since != 0 && since < compacted {
+        let gone = strict::gone(since, compacted);
+        let mut v = serde_json::to_vec(&gone).unwrap();
+        v.push(b'\n');
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v))
+            .unwrap();
+    }
+    let bookmark_every = shared.bookmark_every;
     let labels = query.get("labelSelector").cloned();
     let fields = query.get("fieldSelector").cloned();
     let matches = move |target: &Target, c: &Change| {
@@ -383,16 +453,31 @@ fn watch_stream(shared: Arc<Shared>, target: Target, query: &HashMap<String, Str
         (backlog, store.rv)
     };
     let live = async_stream(move |tx| async move {
+        // The version this stream is up to: every change up to it was sent or did not match.
+        let mut upto = snapshot;
+        let mut tick = tokio::time::interval(bookmark_every);
+        tick.tick().await;
         loop {
-            match rx.recv().await {
-                Ok(c) if c.rv > snapshot && matches(&target, &c) => {
-                    if tx.send(line(c.type_, &c.object)).await.is_err() {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Ok(c) if c.rv > snapshot => {
+                        upto = upto.max(c.rv);
+                        if matches(&target, &c) && tx.send(line(c.type_, &c.object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // A slow watcher: end the stream, the client watches again from its last
+                    // version.
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick(), if bookmarks => {
+                    let mut v = serde_json::to_vec(&strict::bookmark(target.resource, upto)).unwrap();
+                    v.push(b'\n');
+                    if tx.send(Bytes::from(v)).await.is_err() {
                         return;
                     }
                 }
-                Ok(_) => {}
-                // A slow watcher: end the stream, the client watches again from its last version.
-                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
             }
         }
     });

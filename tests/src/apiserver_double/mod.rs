@@ -3,7 +3,10 @@
 //! verbs vramkeeper uses (GpuModels with their status subresource, Pods, Secrets, Events,
 //! Leases; list, watch, get, create, update, JSON/merge patch, a simplified server-side apply,
 //! delete with finalizers), so that the real controller and real agents can run against it in
-//! tests and benchmarks. What it simplifies is said where it does (see [`patch`]).
+//! tests and benchmarks. What it simplifies is said where it does (see [`patch`]); where it is
+//! as strict as the real one (schema, defaulting and CEL of GpuModel writes, `resourceVersion`
+//! preconditions, `410 Gone` after a compaction, bookmarks), [`strict`] says so, with links to
+//! the Kubernetes documentation.
 //!
 //! Tests set up and change objects through its methods (not logged); every HTTP request is
 //! logged with the RBAC verb it needs, so tests can check the operator's permissions.
@@ -11,6 +14,9 @@
 mod http;
 pub mod patch;
 pub mod store;
+pub mod strict;
+#[cfg(test)]
+mod watch_tests;
 
 use std::{
     path::Path,
@@ -32,6 +38,8 @@ pub struct Shared {
     outage: tokio::sync::watch::Sender<bool>,
     /// Requests refused during outages.
     refused: std::sync::atomic::AtomicU64,
+    /// How often watches that allow bookmarks get one.
+    bookmark_every: std::time::Duration,
 }
 
 impl Shared {
@@ -39,8 +47,9 @@ impl Shared {
         &self,
         r: &Resource,
         namespace: Option<&str>,
-        object: Value,
+        mut object: Value,
     ) -> Result<Change, (u16, String)> {
+        strict::admit(r, None, &mut object)?;
         let mut store = self.store.lock().unwrap();
         let change = store.create(r, namespace, object)?;
         let _ = self.changes.send(change.clone());
@@ -90,6 +99,7 @@ impl ApiServerDouble {
             requests: Mutex::new(vec![]),
             outage: tokio::sync::watch::Sender::new(false),
             refused: Default::default(),
+            bookmark_every: std::time::Duration::from_secs(1),
         });
         let app = axum::Router::new()
             .fallback(http::handle)
@@ -207,7 +217,7 @@ impl ApiServerDouble {
         let r = Resource::find(group, plural).unwrap();
         let mut store = self.shared.store.lock().unwrap();
         let stored = store.objects.get(&key).expect("the object exists");
-        let (next, _) = patch::apply_patch(
+        let (mut next, _) = patch::apply_patch(
             &patch::PatchKind::Merge,
             stored,
             patch,
@@ -215,6 +225,9 @@ impl ApiServerDouble {
             r.status_subresource,
         )
         .expect("the merge patch applies");
+        if let Err((code, m)) = strict::admit(r, Some(&stored.object), &mut next) {
+            panic!("the merge patch is invalid ({code}): {m}");
+        }
         match store.write(&key, next, None) {
             Some(c) => {
                 let _ = self.shared.changes.send(c.clone());
@@ -228,6 +241,12 @@ impl ApiServerDouble {
     pub fn delete(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) {
         let key = Self::key(group, plural, namespace, name);
         self.shared.delete(&key).expect("the object exists");
+    }
+
+    /// Compacts the change log (as etcd does): watches from an older version get `410 Gone`
+    /// and must list again.
+    pub fn compact(&self) {
+        self.shared.store.lock().unwrap().compact();
     }
 
     /// Every HTTP request so far.

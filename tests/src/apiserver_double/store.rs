@@ -140,8 +140,10 @@ pub struct Store {
     pub rv: u64,
     /// Objects.
     pub objects: BTreeMap<Key, Stored>,
-    /// Every change, oldest first.
+    /// Every change since the last compaction, oldest first.
     pub log: Vec<Change>,
+    /// The version of the last compaction: a watch from an older one gets `410 Gone`.
+    pub compacted: u64,
     uid: u64,
 }
 
@@ -153,6 +155,13 @@ fn now() -> String {
 }
 
 impl Store {
+    /// Compacts the change log, as etcd does: watches from any version up to now must list
+    /// again.
+    pub fn compact(&mut self) {
+        self.log.clear();
+        self.compacted = self.rv;
+    }
+
     fn record(&mut self, key: Key, type_: &'static str, object: Value) -> Change {
         let change = Change {
             rv: self.rv,
@@ -316,9 +325,46 @@ pub fn fields_match(object: &Value, selector: Option<&str>) -> bool {
     let Some(selector) = selector.filter(|s| !s.is_empty()) else {
         return true;
     };
-    selector.split(',').all(|term| match term.split_once('=') {
-        Some(("metadata.name", v)) => object["metadata"]["name"].as_str() == Some(v),
-        Some(("metadata.namespace", v)) => object["metadata"]["namespace"].as_str() == Some(v),
-        _ => true,
+    selector.split(',').all(|term| {
+        let Some((field, negate, want)) = field_term(term) else {
+            return false;
+        };
+        let got = field
+            .split('.')
+            .fold(object, |v, k| &v[k])
+            .as_str()
+            .unwrap_or_default();
+        (got == want) != negate
     })
+}
+
+/// `field=value`, `field==value` or `field!=value`: the field, whether negated, the value.
+fn field_term(term: &str) -> Option<(&str, bool, &str)> {
+    if let Some((f, v)) = term.split_once("!=") {
+        return Some((f, true, v));
+    }
+    let (f, v) = term.split_once('=')?;
+    Some((f, false, v.strip_prefix('=').unwrap_or(v)))
+}
+
+/// The field labels the API server supports in field selectors for `r`: `metadata.name` and
+/// `metadata.namespace` everywhere, and a few more for Pods; any other is refused with `400`.
+/// <https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/>
+pub fn check_field_selector(r: &Resource, selector: Option<&str>) -> Result<(), (u16, String)> {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    for term in selector.split(',') {
+        let (field, _, _) =
+            field_term(term).ok_or((400, format!("invalid field selector term {term:?}")))?;
+        let supported = matches!(field, "metadata.name" | "metadata.namespace")
+            || (r.plural == "pods" && matches!(field, "spec.nodeName" | "status.phase"));
+        if !supported {
+            return Err((
+                400,
+                format!("field label not supported: {field} (on {})", r.plural),
+            ));
+        }
+    }
+    Ok(())
 }

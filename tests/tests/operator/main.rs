@@ -6,8 +6,11 @@
 
 mod cluster;
 mod common;
+mod conflict;
+mod escalation;
 mod idle;
 mod leader;
 mod lifecycle;
 mod outage;
 mod report;
+mod retry;
