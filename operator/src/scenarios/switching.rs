@@ -398,6 +398,8 @@ async fn an_unknown_model_fails_once_and_is_retried_when_the_catalog_lists_it() 
             expected_mb: None,
             load_ms: None,
             loads: 0,
+            crashes: 0,
+            hung: false,
             last_loaded: None,
             last_unloaded: None,
             last_trigger: None,
