@@ -185,7 +185,11 @@ def storm(agent, seconds=20, clients=4):
 
 
 def foreign(agent_bin, work):
-    agent = Agent(agent_bin, work, ["--kill-foreign-processes", "--zombie-threshold-mib", "1536",
+    # The threshold (4 GiB) is set so that ending the stale process alone (3.6 GiB with its
+    # context) brings the ghost (~7 GiB: the bystander and the busy one hold ~1.7 GiB each with
+    # their contexts) under it: the bystander must then be spared as not needed, and the busy
+    # one because NVML sees it compute.
+    agent = Agent(agent_bin, work, ["--kill-foreign-processes", "--zombie-threshold-mib", "4096",
                                     "--zombie-persist-s", "2"])
     procs = {}
     try:
@@ -195,6 +199,7 @@ def foreign(agent_bin, work):
             assert p.stdout.readline().strip() == "ready"
             procs[name] = p
         pids = {n: p.pid for n, p in procs.items()}
+        held = apps()
         t = time.time()
         tries = 0
         while True:
@@ -204,8 +209,10 @@ def foreign(agent_bin, work):
                 break
             time.sleep(0.25)
         named = {v: k for k, v in pids.items()}
-        return {"pids": pids, "nvml_mib": {n: apps().get(p) for n, p in pids.items()},
-                "tries": tries, "seconds": time.time() - t,
+        return {"pids": pids, "nvml_mib": {n: held.get(p) for n, p in pids.items()},
+                "threshold_mib": 4096, "tries": tries, "seconds": time.time() - t,
+                "free_duration_ms": r.get("duration_ms"), "used_before_mb": r.get("used_before_mb"),
+                "used_after_mb": r.get("used_after_mb"),
                 "killed": [named.get(k["pid"], k["pid"]) for k in r.get("killed", [])],
                 "spared": {named.get(s["pid"], s["pid"]): s.get("reason") for s in r.get("spared", [])},
                 "ghost_before_mb": r.get("ghost_before_mb"), "ghost_after_mb": r.get("ghost_after_mb")}
@@ -219,26 +226,30 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--agent", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--only", choices=["foreign"], help="run one section")
     args = ap.parse_args()
     report = {"gpu": subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                                     capture_output=True, text=True).stdout.strip()}
     with tempfile.TemporaryDirectory() as work:
-        agent = Agent(args.agent, work, ["--hang-timeout-s", "1"])
+        agent = Agent(args.agent, work, ["--hang-timeout-s", "1"]) if not args.only else None
         try:
-            for name, fn in [("crash", crash), ("hang", hang), ("storm", storm)]:
+            for name, fn in [] if args.only else [("crash", crash), ("hang", hang), ("storm", storm)]:
                 try:
                     report[name] = fn(agent)
                 except Exception as e:  # keep going: every section is worth its numbers
                     report[name] = {"error": repr(e)}
                 print(name, json.dumps(report[name]), flush=True)
         finally:
-            agent.stop()
+            if agent:
+                agent.stop()
         with tempfile.TemporaryDirectory() as work2:
             try:
                 report["foreign"] = foreign(args.agent, work2)
             except Exception as e:
                 report["foreign"] = {"error": repr(e)}
             print("foreign", json.dumps(report["foreign"]), flush=True)
+            with open(os.path.join(work2, "agent.log")) as f:
+                report["foreign_agent_log_tail"] = f.read().splitlines()[-25:]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu-sick-workers.json"), "w") as f:
         json.dump(report, f, indent=2)
