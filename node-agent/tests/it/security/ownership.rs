@@ -37,12 +37,15 @@ async fn a_process_of_another_user_imitating_a_worker_is_never_killed() {
         .args(["0777", dir.path().to_str().unwrap()])
         .status()
         .unwrap();
+    // A copy `nobody` can run wherever the build lives (a checkout under /root, say).
+    let exe = dir.path().join("vramkeeper-agent");
+    std::fs::copy(agent_bin(), &exe).unwrap();
     // The agent's own binary run as a worker, as user nobody, with this agent's id on its
     // command line and its marker in its environment: everything but the agent's user.
     let forged = Guard(
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(agent_bin())
+            .arg(&exe)
             .args(["worker", "--agent-id", &agent.agent_id])
             .args(["--instance", "forged", "--backend", "flex"])
             .arg("--socket")
