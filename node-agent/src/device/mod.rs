@@ -28,7 +28,6 @@ use std::{
 
 use jiff::Timestamp;
 use tokio::sync::{RwLock, watch};
-use vramkeeper_crds::SwitchTrigger;
 
 use crate::{
     error::{ApiError, Result},
@@ -443,11 +442,6 @@ impl Device {
             a.requests = active.requests.load(Ordering::Relaxed);
             a.last_used = jiff::Timestamp::now();
         }
-    }
-
-    /// Default trigger of a request.
-    pub fn trigger_or_api(t: Option<SwitchTrigger>) -> SwitchTrigger {
-        t.unwrap_or(SwitchTrigger::Api)
     }
 
     /// The worker in the slot now, without waiting for in-flight requests or a switch.

@@ -64,12 +64,6 @@ impl Device {
         }
     }
 
-    /// Every catalog model's record.
-    pub fn records(&self) -> Vec<ModelRecord> {
-        let s = self.state.lock().unwrap();
-        self.records_locked(&s)
-    }
-
     fn records_locked(&self, s: &super::DeviceState) -> Vec<ModelRecord> {
         self.ctx
             .catalog
