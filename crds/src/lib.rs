@@ -13,6 +13,7 @@ pub mod common;
 pub mod conditions;
 mod gpumodel;
 pub mod openai;
+pub mod ownership;
 
 pub use common::{GhostSourceKind, ModelState, SwitchTrigger};
 pub use conditions::Condition;

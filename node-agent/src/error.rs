@@ -18,6 +18,14 @@ fn ahead_text(ahead: &[String]) -> String {
     }
 }
 
+fn managed_wants(desired: &Option<String>, deleting: bool) -> String {
+    match (desired, deleting) {
+        (_, true) => "which is being deleted (its GPU is about to be unloaded)".into(),
+        (Some(m), false) => format!("which wants {m}"),
+        (None, false) => "which wants no model on it".into(),
+    }
+}
+
 /// `Result` with [`ApiError`].
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -115,6 +123,26 @@ pub enum ApiError {
         /// Why the request was turned away.
         why: String,
     },
+    /// An inference request would switch a device away from the model its GpuModel wants
+    /// (the operator would switch it back).
+    #[error(
+        "device {gpu} is managed by GpuModel {gpumodel}, {}; an inference request for {model} \
+         would switch it away (and the operator would switch it back): name the model the GPU \
+         serves, or change the GpuModel's spec.model",
+        managed_wants(desired, *deleting)
+    )]
+    NotDesired {
+        /// The device.
+        gpu: u32,
+        /// The model asked for.
+        model: String,
+        /// The owning GpuModel.
+        gpumodel: String,
+        /// What it wants.
+        desired: Option<String>,
+        /// It is being deleted.
+        deleting: bool,
+    },
     /// No or wrong bearer token.
     #[error("this route needs the agent's bearer token (Authorization: Bearer <token>)")]
     Unauthorized,
@@ -190,7 +218,7 @@ impl ApiError {
             Self::Invalid(_) | Self::TooBigForDevice { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Busy { .. } => StatusCode::CONFLICT,
+            Self::Busy { .. } | Self::NotDesired { .. } => StatusCode::CONFLICT,
             Self::Unauthorized | Self::UnauthorizedInference => StatusCode::UNAUTHORIZED,
             Self::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
@@ -215,6 +243,7 @@ impl ApiError {
             Self::NoRoute { .. } => "no_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Busy { .. } => "busy",
+            Self::NotDesired { .. } => "not_desired",
             Self::Unauthorized | Self::UnauthorizedInference => "unauthorized",
             Self::MisdirectedHost { .. } => "misdirected_host",
             Self::CrossOrigin { .. } => "cross_origin",

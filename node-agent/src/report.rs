@@ -8,6 +8,9 @@
 //! changed figures at most every `min_interval`; an unchanged status every `heartbeat`, so
 //! that `reportedAt` says the agent is alive.
 //!
+//! The same watch tells each device which GpuModel owns it (`device::ManagedBy`): an inference
+//! request that would switch a GPU away from its GpuModel's model is refused.
+//!
 //! ```text
 //!   Device::subscribe() --tick--> report loop --SSA status (vramkeeper-agent)--> GpuModel
 //!   GpuModels (list/watch) ------^  (those with spec.nodeName == this node, by spec.gpu)
@@ -32,8 +35,11 @@ use tokio_util::sync::CancellationToken;
 use vramkeeper_crds::{
     GpuModel, GpuModelStatus, ModelState, RemediationStatus,
     api::{DeviceStatus, RemediationReport},
+    ownership::owner_of,
     whole_mib,
 };
+
+use crate::device::ManagedBy;
 
 /// The field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "vramkeeper-agent";
@@ -79,6 +85,8 @@ pub trait ReportSource: Send + Sync + 'static {
     fn remediations(&self, gpu: u32) -> Vec<RemediationReport>;
     /// Receivers that tick whenever a device's state changes.
     fn changes(&self) -> Vec<watch::Receiver<u64>>;
+    /// Says which GpuModel owns device `gpu` (none: no GpuModel names it).
+    fn managed(&self, gpu: u32, by: Option<ManagedBy>);
 }
 
 impl ReportSource for crate::app::App {
@@ -97,6 +105,26 @@ impl ReportSource for crate::app::App {
     fn changes(&self) -> Vec<watch::Receiver<u64>> {
         self.devices.iter().map(|d| d.subscribe()).collect()
     }
+
+    fn managed(&self, gpu: u32, by: Option<ManagedBy>) {
+        if let Some(d) = self.devices.iter().find(|d| d.info.index == gpu) {
+            d.set_managed(by);
+        }
+    }
+}
+
+/// Who owns device `gpu` of node `node` among `gpumodels`, by the operator's rule (the
+/// oldest GpuModel naming it; [`vramkeeper_crds::ownership`]).
+pub fn managed_by<'a>(
+    gpumodels: impl IntoIterator<Item = &'a GpuModel>,
+    node: &str,
+    gpu: u32,
+) -> Option<ManagedBy> {
+    owner_of(gpumodels, node, gpu).map(|g| ManagedBy {
+        gpumodel: g.name_any(),
+        desired: g.spec.model.clone(),
+        deleting: g.metadata.deletion_timestamp.is_some(),
+    })
 }
 
 /// The agent's status fields for device `d`, as a server-side apply body. Empty lists and
@@ -241,8 +269,14 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let devices = source.devices();
-        let mine: Vec<Arc<GpuModel>> = store
-            .state()
+        let known = store.state();
+        for d in &devices {
+            source.managed(
+                d.gpu,
+                managed_by(known.iter().map(|g| g.as_ref()), &config.node_name, d.gpu),
+            );
+        }
+        let mine: Vec<Arc<GpuModel>> = known
             .into_iter()
             .filter(|g| {
                 g.spec.node_name == config.node_name && g.metadata.deletion_timestamp.is_none()
@@ -284,6 +318,9 @@ pub async fn run(
         }
     }
     watching.abort();
+    for d in source.devices() {
+        source.managed(d.gpu, None);
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +359,36 @@ mod tests {
         for operator_owned in ["phase", "conditions", "observedGeneration"] {
             assert!(!status.contains_key(operator_owned));
         }
+    }
+
+    #[test]
+    fn the_oldest_gpumodel_of_the_node_manages_its_gpu() {
+        let gm = |name: &str, node: &str, model: Option<&str>, created: &str| -> GpuModel {
+            serde_json::from_value(json!({
+                "apiVersion": "vramkeeper.dev/v1alpha1", "kind": "GpuModel",
+                "metadata": {"name": name, "creationTimestamp": created},
+                "spec": {"nodeName": node, "gpu": 0, "model": model},
+            }))
+            .unwrap()
+        };
+        let old = gm("old", "node-a", Some("tiny-a"), "2027-01-01T00:00:00Z");
+        let new = gm("new", "node-a", Some("tiny-b"), "2027-01-01T00:00:10Z");
+        let elsewhere = gm("elsewhere", "node-b", Some("tiny-c"), "2026-01-01T00:00:00Z");
+        let all = [&new, &elsewhere, &old];
+        let by = managed_by(all, "node-a", 0).unwrap();
+        assert_eq!(
+            by,
+            ManagedBy {
+                gpumodel: "old".into(),
+                desired: Some("tiny-a".into()),
+                deleting: false
+            }
+        );
+        assert!(managed_by(all, "node-a", 1).is_none());
+        assert!(managed_by([&elsewhere], "node-a", 0).is_none());
+        let mut going = old.clone();
+        going.metadata.deletion_timestamp = old.metadata.creation_timestamp.clone();
+        assert!(managed_by([&going, &new], "node-a", 0).unwrap().deleting);
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub mod reason {
     /// Not degraded.
     pub const AS_EXPECTED: &str = "AsExpected";
     /// Another, older GpuModel owns this (node, GPU).
-    pub const CONFLICT: &str = "Conflict";
+    pub const CONFLICT: &str = vramkeeper_crds::ownership::CONFLICT;
     /// Ready while being deleted: the model is being unloaded.
     pub const TERMINATING: &str = "Terminating";
     /// Terminating: the agent could not be reached or refused the unload.

@@ -437,7 +437,11 @@ fn error_response(route: &Route, status: u16) -> Value {
         401 => "No or wrong bearer token (or inference key).",
         403 => "A browser page of another origin (its Origin header) may not call this route.",
         404 => "Unknown model or device.",
-        409 => "The device is busy with another switch, unload, free or reset.",
+        409 => {
+            "The device is busy with another switch, unload, free or reset (code `busy`); or, \
+                on inference routes, the model named is not the one the device's GpuModel wants \
+                (code `not_desired`): the request would switch it away."
+        }
         413 => {
             "The body exceeds the 1 MiB limit, or the request a bound on work (inputs, \
                 characters, models)."

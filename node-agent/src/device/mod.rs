@@ -10,6 +10,7 @@
 
 mod foreign;
 mod health;
+mod managed;
 mod queue;
 mod remediate;
 mod sampler;
@@ -41,6 +42,7 @@ use crate::{
     zombie::{ZombieDetector, ZombiePolicy},
 };
 
+pub use managed::ManagedBy;
 pub use switch::SwitchOutcome;
 
 /// Timeouts and tolerances of device operations.
@@ -177,6 +179,8 @@ pub struct Device {
     seq: AtomicU64,
     changes: watch::Sender<u64>,
     store: StateStore,
+    /// The GpuModel that owns this device (set by the report loop).
+    managed: Mutex<Option<ManagedBy>>,
     /// Test-only: the fault the next worker is started with.
     pub(crate) next_fault: Mutex<Option<crate::args::Fault>>,
     /// Test-only: make every device reading fail.
@@ -227,6 +231,7 @@ impl Device {
             seq: AtomicU64::new(0),
             changes: watch::channel(0).0,
             store,
+            managed: Mutex::new(None),
             next_fault: Mutex::new(None),
             probe_fault: std::sync::atomic::AtomicBool::new(false),
         })

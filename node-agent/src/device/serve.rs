@@ -29,6 +29,11 @@ impl Device {
         request: Request,
     ) -> Result<(Response, Option<SwitchResponse>)> {
         self.spec(model)?;
+        // Refused at once when it would need a switch the device's GpuModel does not want
+        // (checked again in the device's turn, before switching).
+        if self.active_model().as_deref() != Some(model) {
+            self.may_auto_switch(model)?;
+        }
         let model = model.to_string();
         // Closed when the client goes away (its handler is dropped).
         let (_client, left) = oneshot::channel::<()>();
@@ -69,6 +74,7 @@ impl Device {
                 )));
             }
             if serving(&*self.slot.read().await, model).is_none() {
+                self.may_auto_switch(model)?;
                 let outcome = self.switch_held(&held, model, SwitchTrigger::Auto).await?;
                 switched = Some(outcome.response);
             }

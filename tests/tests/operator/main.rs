@@ -9,6 +9,7 @@ mod common;
 mod conflict;
 mod escalation;
 mod idle;
+mod inference;
 mod leader;
 mod lifecycle;
 mod outage;
