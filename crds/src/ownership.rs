@@ -69,7 +69,8 @@ pub fn owner_other_than<'a>(
         &gm.spec.node_name,
         gm.spec.gpu,
     )?;
-    (owner.metadata.name.as_deref() != name).then(|| owner.metadata.name.clone().unwrap_or_default())
+    (owner.metadata.name.as_deref() != name)
+        .then(|| owner.metadata.name.clone().unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -90,9 +91,8 @@ mod tests {
                 idle_unload_seconds: None,
             },
         );
-        g.metadata.creation_timestamp = created.map(|s| {
-            Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).unwrap())
-        });
+        g.metadata.creation_timestamp = created
+            .map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).unwrap()));
         g
     }
 

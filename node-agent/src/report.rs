@@ -373,7 +373,12 @@ mod tests {
         };
         let old = gm("old", "node-a", Some("tiny-a"), "2027-01-01T00:00:00Z");
         let new = gm("new", "node-a", Some("tiny-b"), "2027-01-01T00:00:10Z");
-        let elsewhere = gm("elsewhere", "node-b", Some("tiny-c"), "2026-01-01T00:00:00Z");
+        let elsewhere = gm(
+            "elsewhere",
+            "node-b",
+            Some("tiny-c"),
+            "2026-01-01T00:00:00Z",
+        );
         let all = [&new, &elsewhere, &old];
         let by = managed_by(all, "node-a", 0).unwrap();
         assert_eq!(

@@ -43,6 +43,37 @@ impl Backoff {
     }
 }
 
+/// Per object (by uid): the generation of its last `unknown_model` answer and how many came
+/// in a row at that generation. Kept in memory, like the reconcile backoff: a restarted
+/// operator assumes one.
+#[derive(Default)]
+pub struct UnknownModelAnswers(Mutex<HashMap<String, (i64, u32)>>);
+
+impl UnknownModelAnswers {
+    /// The answers in a row to loads of object `uid` at `generation`.
+    pub fn in_a_row(&self, uid: &str, generation: i64) -> u32 {
+        match self.0.lock().unwrap().get(uid) {
+            Some((g, n)) if *g == generation => *n,
+            _ => 0,
+        }
+    }
+
+    /// Counts an answer to a load of object `uid` at `generation`.
+    pub fn answered(&self, uid: &str, generation: i64) {
+        let mut answers = self.0.lock().unwrap();
+        let entry = answers.entry(uid.to_string()).or_insert((generation, 0));
+        if entry.0 != generation {
+            *entry = (generation, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// A load of object `uid` succeeded, or the object is gone: it starts over.
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().unwrap().remove(uid);
+    }
+}
+
 /// The operator's clock (tests fix it).
 pub type Clock = std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -69,6 +100,8 @@ pub struct Context {
     clock: Clock,
     journal: Mutex<HashMap<String, Vec<Remediation>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// `unknown_model` answers to loads, for the retries' backoff.
+    pub unknown_model: UnknownModelAnswers,
 }
 
 impl Context {
@@ -93,6 +126,7 @@ impl Context {
             clock: std::sync::Arc::new(Timestamp::now),
             journal: Mutex::default(),
             failures: Mutex::default(),
+            unknown_model: UnknownModelAnswers::default(),
         }
     }
 
@@ -147,6 +181,7 @@ impl Context {
     /// Forgets object `uid` (it is gone).
     pub fn forget(&self, uid: &str, name: &str) {
         self.journal.lock().unwrap().remove(uid);
+        self.unknown_model.forget(uid);
         self.failures.lock().unwrap().remove(name);
     }
 
@@ -167,6 +202,21 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_model_answers_are_counted_per_generation() {
+        let c = UnknownModelAnswers::default();
+        assert_eq!(c.in_a_row("u", 1), 0);
+        c.answered("u", 1);
+        c.answered("u", 1);
+        assert_eq!(c.in_a_row("u", 1), 2);
+        // Another generation (a spec change) starts over.
+        assert_eq!(c.in_a_row("u", 2), 0);
+        c.answered("u", 2);
+        assert_eq!(c.in_a_row("u", 2), 1);
+        c.forget("u");
+        assert_eq!(c.in_a_row("u", 2), 0);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -3,8 +3,8 @@
 //! that does not own its GPU gets `Ready=False`, reason `Conflict`, naming the owner; it acts
 //! on nothing, and deleting it never touches the GPU.
 
-pub use vramkeeper_crds::ownership::owner_other_than;
 use vramkeeper_crds::GpuModel;
+pub use vramkeeper_crds::ownership::owner_other_than;
 
 /// The `Ready=False` message of a GpuModel that does not own its GPU.
 pub fn conflict_message(gm: &GpuModel, owner: &str) -> String {

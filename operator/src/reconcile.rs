@@ -125,6 +125,7 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
         status: &observed,
         now,
         history: &history,
+        unknown_failures: ctx.unknown_model.in_a_row(&uid, generation),
     });
     tracing::debug!(gpumodel = %name, step = ?plan.step, zombie = ?plan.zombie, "planned");
     let mut written = gm.status.clone();
@@ -156,6 +157,15 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
         drift_event(ctx, gm, &observed, model).await;
     }
     let executed = executor::execute(ctx, gm, &target, &plan).await;
+    match (&plan.step, &executed.outcome) {
+        (planner::Step::Load { .. }, conditions::Outcome::UnknownModel(_)) => {
+            ctx.unknown_model.answered(&uid, generation)
+        }
+        (planner::Step::Load { .. }, conditions::Outcome::Done(_)) => {
+            ctx.unknown_model.forget(&uid)
+        }
+        _ => {}
+    }
     let mut op = conditions::derive(
         spec,
         generation,

@@ -33,7 +33,9 @@ impl Device {
         let mut managed = self.managed.lock().unwrap();
         if *managed != by {
             match &by {
-                Some(b) => tracing::info!(gpu = self.info.index, gpumodel = %b.gpumodel, desired = ?b.desired, deleting = b.deleting, "managed by a GpuModel"),
+                Some(b) => {
+                    tracing::info!(gpu = self.info.index, gpumodel = %b.gpumodel, desired = ?b.desired, deleting = b.deleting, "managed by a GpuModel")
+                }
                 None => tracing::info!(gpu = self.info.index, "managed by no GpuModel"),
             }
             *managed = by;

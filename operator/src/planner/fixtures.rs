@@ -211,6 +211,8 @@ pub struct Case {
     pub now: Timestamp,
     /// History.
     pub history: Vec<Remediation>,
+    /// `unknown_model` answers in a row.
+    pub unknown_failures: u32,
 }
 
 /// A case at `t(0)`, generation 1, no history.
@@ -221,6 +223,7 @@ pub fn case(spec: SpecBuilder, status: StatusBuilder) -> Case {
         status: status.build(),
         now: t(0),
         history: vec![],
+        unknown_failures: 0,
     }
 }
 
@@ -241,6 +244,11 @@ impl Case {
         self.history = h.to_vec();
         self
     }
+    /// `unknown_model` answers in a row.
+    pub fn unknown_failures(mut self, n: u32) -> Self {
+        self.unknown_failures = n;
+        self
+    }
     /// Plans.
     pub fn plan(&self) -> Plan {
         plan(&Input {
@@ -249,6 +257,7 @@ impl Case {
             status: &self.status,
             now: self.now,
             history: &self.history,
+            unknown_failures: self.unknown_failures,
         })
     }
 }

@@ -59,7 +59,8 @@ pub const RECHECK_DEGRADED: Duration = Duration::from_secs(60);
 /// Recheck after the agent said the model does not exist.
 pub const RECHECK_FAILED: Duration = Duration::from_secs(300);
 /// A model the agent did not know, and whose catalog lists it now, is retried after this
-/// long since the last failure at the earliest (the catalog may lag the agent's answer).
+/// long since the last failure at the earliest (the catalog may lag the agent's answer); each
+/// further failure doubles it, up to [`RETRY_UNKNOWN_MAX`].
 pub const RETRY_UNKNOWN_MIN: Duration = Duration::from_secs(5);
 /// A model the agent did not know is retried after this long since the last failure even
 /// when the catalog does not list it (the agent Pod may have rolled with a new catalog).
@@ -111,6 +112,9 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// Frees and resets that ran on this GPU, any order.
     pub history: &'a [Remediation],
+    /// Loads at this generation that the agent answered `unknown_model`, in a row, as this
+    /// operator counted them (0 after a restart, when one failure is assumed).
+    pub unknown_failures: u32,
 }
 
 /// Why the ladder gave up.
@@ -348,11 +352,7 @@ fn plan_with(input: &Input<'_>, zombie: Zombie, in_episode: bool) -> Plan {
             if let Some(failed) = failed_at(status, generation) {
                 let since = elapsed(failed, now);
                 let listed = status.models.iter().any(|m| m.name == model);
-                let due = if listed {
-                    RETRY_UNKNOWN_MIN
-                } else {
-                    RETRY_UNKNOWN_MAX
-                };
+                let due = retry_unknown_after(listed, input.unknown_failures);
                 if since < due {
                     return wait(Wait::Failed, (due - since).max(Duration::from_secs(1)));
                 }
@@ -447,6 +447,20 @@ fn degraded_at(status: &GpuModelStatus, generation: i64) -> bool {
 }
 
 /// When the agent last said, at this generation, that the desired model does not exist.
+/// How long after the last `unknown_model` answer a load is tried again: when the agent's
+/// catalog lists the model, [`RETRY_UNKNOWN_MIN`] doubled for each failure after the first, up
+/// to [`RETRY_UNKNOWN_MAX`]; when it does not, [`RETRY_UNKNOWN_MAX`] (the agent's Pod may have
+/// rolled with a catalog that has it).
+pub fn retry_unknown_after(listed: bool, failures: u32) -> Duration {
+    if !listed {
+        return RETRY_UNKNOWN_MAX;
+    }
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_UNKNOWN_MIN
+        .saturating_mul(1 << doublings)
+        .min(RETRY_UNKNOWN_MAX)
+}
+
 fn failed_at(status: &GpuModelStatus, generation: i64) -> Option<Timestamp> {
     condition(status, READY)
         .filter(|c| {

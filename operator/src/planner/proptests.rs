@@ -273,6 +273,7 @@ impl Sim {
             status: &status,
             now,
             history: &history,
+            unknown_failures: 0,
         });
         let threshold = self.spec.zombie.threshold_mib;
         let cooldown = i64::from(self.spec.zombie.free_cooldown_seconds);

@@ -259,6 +259,39 @@ fn an_unknown_model_is_not_retried_until_the_spec_changes() {
 }
 
 #[test]
+fn an_unknown_model_the_catalog_lists_is_retried_with_a_growing_backoff() {
+    // Failed at t(0); the agent's catalog lists the model now.
+    let listed = || status().unknown_model(1).used("nope", None);
+    for (failures, delay) in [
+        (0, 5),
+        (1, 5),
+        (2, 10),
+        (3, 20),
+        (5, 80),
+        (7, 300),
+        (40, 300),
+    ] {
+        let c = case(spec().model("nope"), listed())
+            .unknown_failures(failures)
+            .at(delay - 1);
+        assert_eq!(step(&c), Step::Wait(Wait::Failed), "{failures} failures");
+        assert_eq!(c.plan().recheck, Duration::from_secs(1));
+        let c = case(spec().model("nope"), listed())
+            .unknown_failures(failures)
+            .at(delay);
+        assert_eq!(step(&c), load("nope"), "{failures} failures, {delay} s");
+    }
+    // Not listed: every RETRY_UNKNOWN_MAX, however many failures.
+    for failures in [1, 9] {
+        let c = case(spec().model("nope"), status().unknown_model(1))
+            .unknown_failures(failures)
+            .at(299);
+        assert_eq!(step(&c), Step::Wait(Wait::Failed));
+    }
+    assert_eq!(retry_unknown_after(false, 1), RETRY_UNKNOWN_MAX);
+}
+
+#[test]
 fn the_policy_threshold_decides_and_persist_counts_from_the_agents_since() {
     // Ghost at the threshold is not over it.
     let c = case(

@@ -64,6 +64,7 @@ pub(super) fn ladder(input: &Input<'_>, since: Timestamp, zombie: Zombie) -> Pla
         status,
         now,
         history,
+        ..
     } = *input;
     let policy = &spec.zombie;
     // Steps taken before a spec change (or before Degraded was lifted) belong to an episode

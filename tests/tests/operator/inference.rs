@@ -88,12 +88,16 @@ async fn inference_never_switches_a_gpu_away_from_its_gpumodel() {
         GM,
         &json!({"spec": {"model": "tiny-b"}}),
     );
-    wait_until("tiny-b served by the operator's switch", DEADLINE, || async {
-        active(&agent).await.as_deref() == Some("tiny-b")
-            && gm(&double)
-                .and_then(|g| condition(&g, "Ready"))
-                .is_some_and(|(s, _)| s == "True")
-    })
+    wait_until(
+        "tiny-b served by the operator's switch",
+        DEADLINE,
+        || async {
+            active(&agent).await.as_deref() == Some("tiny-b")
+                && gm(&double)
+                    .and_then(|g| condition(&g, "Ready"))
+                    .is_some_and(|(s, _)| s == "True")
+        },
+    )
     .await;
     wait_until("the agent refuses tiny-a now", DEADLINE, || async {
         infer(&agent, "tiny-a").await.1["error"]["code"] == "not_desired"
