@@ -192,13 +192,25 @@ pub enum RemediationTrigger {
 }
 
 /// Free or reset.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RemediationAction {
     /// Clean allocator pools in live workers, kill workers that should be gone and orphans.
     Free,
     /// Stop every worker, wait for memory to return to baseline, reload the active model.
     Reset,
+}
+
+impl RemediationAction {
+    /// The wire name (`free`, `reset`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Reset => "reset",
+        }
+    }
 }
 
 /// A process a free or reset ended.
@@ -523,8 +535,115 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ErrorDetail {
-    /// A stable machine-readable code (`unknown_model`, `busy`, `invalid_body`, ...).
-    pub code: String,
+    /// A stable machine-readable code (`unknown_model`, `busy`, `malformed_body`, ...).
+    pub code: ErrorCode,
     /// A sentence naming the problem.
     pub message: String,
+}
+
+/// The stable machine-readable codes of the agent's error bodies: the agent answers with them,
+/// the operator matches them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The model is not in the catalog (404).
+    UnknownModel,
+    /// No device with that index (404).
+    UnknownDevice,
+    /// The body is not JSON of the expected shape (400).
+    MalformedBody,
+    /// No `Content-Type: application/json` (415).
+    UnsupportedMediaType,
+    /// The body exceeds the route's limit (413).
+    BodyTooLarge,
+    /// A request over a bound on work (413).
+    OverLimit,
+    /// Well-formed but unacceptable values (422).
+    InvalidValue,
+    /// A model whose estimate exceeds the device's total memory (422).
+    TooBigForDevice,
+    /// No route has this path (404).
+    NoRoute,
+    /// The path exists, but not with this method (405).
+    MethodNotAllowed,
+    /// The device's queue turned the request away (409).
+    Busy,
+    /// An inference request would switch a GPU away from its GpuModel's model (409).
+    NotDesired,
+    /// No or wrong bearer token (401).
+    Unauthorized,
+    /// Addressed to a host name the agent does not answer for (421).
+    MisdirectedHost,
+    /// A browser page of another origin (403).
+    CrossOrigin,
+    /// Over the per-credential request rate (429).
+    RateLimited,
+    /// A model failed to load (502).
+    LoadFailed,
+    /// A worker failed while serving (502).
+    WorkerFailed,
+    /// Not possible now (503).
+    Unavailable,
+    /// A bug (500).
+    Internal,
+    /// Never sent by the agent: a code this version does not know (a newer agent), or an
+    /// answer a client could not read.
+    #[serde(other)]
+    Unrecognized,
+}
+
+impl ErrorCode {
+    /// The code as it appears in error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownModel => "unknown_model",
+            Self::UnknownDevice => "unknown_device",
+            Self::MalformedBody => "malformed_body",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTooLarge => "body_too_large",
+            Self::OverLimit => "over_limit",
+            Self::InvalidValue => "invalid_value",
+            Self::TooBigForDevice => "too_big_for_device",
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Busy => "busy",
+            Self::NotDesired => "not_desired",
+            Self::Unauthorized => "unauthorized",
+            Self::MisdirectedHost => "misdirected_host",
+            Self::CrossOrigin => "cross_origin",
+            Self::RateLimited => "rate_limited",
+            Self::LoadFailed => "load_failed",
+            Self::WorkerFailed => "worker_failed",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::Unrecognized => "unrecognized",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod error_code_tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn codes_serialize_as_they_are_written_and_unknown_ones_are_recognised_as_such() {
+        for code in [
+            ErrorCode::UnknownModel,
+            ErrorCode::NotDesired,
+            ErrorCode::TooBigForDevice,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+        let newer: ErrorCode = serde_json::from_str("\"from_a_newer_agent\"").unwrap();
+        assert_eq!(newer, ErrorCode::Unrecognized);
+    }
 }

@@ -389,9 +389,9 @@ pub struct SwitchStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RemediationStatus {
     /// `free` or `reset`.
-    pub action: String,
+    pub action: crate::api::RemediationAction,
     /// Who asked: `auto`, `api` or `operator`.
-    pub trigger: String,
+    pub trigger: crate::api::RemediationTrigger,
     /// When it finished (RFC 3339).
     pub at: String,
     /// Ghost memory before the step.
@@ -478,19 +478,9 @@ impl GpuModelStatus {
 
 impl From<&crate::api::RemediationReport> for RemediationStatus {
     fn from(r: &crate::api::RemediationReport) -> Self {
-        use crate::api::{RemediationAction, RemediationTrigger};
         RemediationStatus {
-            action: match r.action {
-                RemediationAction::Free => "free",
-                RemediationAction::Reset => "reset",
-            }
-            .into(),
-            trigger: match r.trigger {
-                RemediationTrigger::Auto => "auto",
-                RemediationTrigger::Api => "api",
-                RemediationTrigger::Operator => "operator",
-            }
-            .into(),
+            action: r.action,
+            trigger: r.trigger,
             at: r.at.clone(),
             ghost_before_mib: whole_mib(r.ghost_before_mb),
             ghost_after_mib: whole_mib(r.ghost_after_mb),

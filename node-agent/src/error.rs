@@ -7,7 +7,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use vramkeeper_crds::api::{ErrorBody, ErrorDetail};
+use vramkeeper_crds::api::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::worker::client::WorkerError;
 
@@ -230,28 +230,28 @@ impl ApiError {
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::UnknownModel { .. } => "unknown_model",
-            Self::UnknownDevice { .. } => "unknown_device",
-            Self::Malformed(_) => "malformed_body",
-            Self::NotJson => "unsupported_media_type",
-            Self::TooLarge { .. } => "body_too_large",
-            Self::OverLimit { .. } => "over_limit",
-            Self::Invalid(_) => "invalid_value",
-            Self::TooBigForDevice { .. } => "too_big_for_device",
-            Self::NoRoute { .. } => "no_route",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::Busy { .. } => "busy",
-            Self::NotDesired { .. } => "not_desired",
-            Self::Unauthorized | Self::UnauthorizedInference => "unauthorized",
-            Self::MisdirectedHost { .. } => "misdirected_host",
-            Self::CrossOrigin { .. } => "cross_origin",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::LoadFailed { .. } => "load_failed",
-            Self::Worker { .. } => "worker_failed",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
+            Self::UnknownModel { .. } => ErrorCode::UnknownModel,
+            Self::UnknownDevice { .. } => ErrorCode::UnknownDevice,
+            Self::Malformed(_) => ErrorCode::MalformedBody,
+            Self::NotJson => ErrorCode::UnsupportedMediaType,
+            Self::TooLarge { .. } => ErrorCode::BodyTooLarge,
+            Self::OverLimit { .. } => ErrorCode::OverLimit,
+            Self::Invalid(_) => ErrorCode::InvalidValue,
+            Self::TooBigForDevice { .. } => ErrorCode::TooBigForDevice,
+            Self::NoRoute { .. } => ErrorCode::NoRoute,
+            Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            Self::Busy { .. } => ErrorCode::Busy,
+            Self::NotDesired { .. } => ErrorCode::NotDesired,
+            Self::Unauthorized | Self::UnauthorizedInference => ErrorCode::Unauthorized,
+            Self::MisdirectedHost { .. } => ErrorCode::MisdirectedHost,
+            Self::CrossOrigin { .. } => ErrorCode::CrossOrigin,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::LoadFailed { .. } => ErrorCode::LoadFailed,
+            Self::Worker { .. } => ErrorCode::WorkerFailed,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -259,7 +259,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
-                code: self.code().to_string(),
+                code: self.code(),
                 message: self.to_string(),
             },
         }

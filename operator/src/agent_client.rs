@@ -7,8 +7,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use vramkeeper_crds::{
     SwitchTrigger,
     api::{
-        ErrorBody, RemediateRequest, RemediationReport, RemediationTrigger, StatusResponse,
-        SwitchRequest, SwitchResponse, UnloadRequest, UnloadResponse,
+        ErrorBody, ErrorCode, RemediateRequest, RemediationReport, RemediationTrigger,
+        StatusResponse, SwitchRequest, SwitchResponse, UnloadRequest, UnloadResponse,
     },
 };
 
@@ -161,14 +161,14 @@ impl AgentClient {
             return serde_json::from_slice(&bytes).map_err(|e| Error::AgentRejected {
                 url: target.url.clone(),
                 status: status.as_u16(),
-                code: "bad_response".into(),
+                code: ErrorCode::Unrecognized,
                 message: format!("cannot read the answer: {e}"),
             });
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) => (b.error.code, b.error.message),
             Err(_) => (
-                "unknown".into(),
+                ErrorCode::Unrecognized,
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
             ),
         };

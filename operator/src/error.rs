@@ -2,6 +2,7 @@
 //! gives the label the failure counter uses.
 
 use kube::runtime::finalizer;
+use vramkeeper_crds::api::ErrorCode;
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,8 +42,8 @@ pub enum Error {
         url: String,
         /// HTTP status.
         status: u16,
-        /// The agent's stable error code (`unknown_model`, `busy`, ...).
-        code: String,
+        /// The agent's stable error code.
+        code: ErrorCode,
         /// The agent's message.
         message: String,
     },
@@ -88,7 +89,10 @@ impl Error {
             },
             Self::AgentNotFound { .. } => "agent_not_found",
             Self::AgentUnreachable { .. } => "agent_unreachable",
-            Self::AgentRejected { status: 409, .. } => "agent_busy",
+            Self::AgentRejected {
+                code: ErrorCode::Busy,
+                ..
+            } => "agent_busy",
             Self::AgentRejected { .. } => "agent_rejected",
             Self::Token(_) => "token",
             Self::Invalid(_) => "invalid",
@@ -109,7 +113,13 @@ impl Error {
 
     /// True when the agent said it is busy with another operation: retry soon, no backoff.
     pub fn is_busy(&self) -> bool {
-        matches!(self.inner(), Self::AgentRejected { status: 409, .. })
+        matches!(
+            self.inner(),
+            Self::AgentRejected {
+                code: ErrorCode::Busy,
+                ..
+            }
+        )
     }
 }
 
@@ -122,7 +132,7 @@ mod tests {
         let busy = Error::AgentRejected {
             url: "http://a".into(),
             status: 409,
-            code: "busy".into(),
+            code: ErrorCode::Busy,
             message: "switching".into(),
         };
         let wrapped = Error::from(finalizer::Error::ApplyFailed(busy));

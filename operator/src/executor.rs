@@ -6,7 +6,7 @@ use std::time::Instant;
 use kube::{Resource, ResourceExt};
 use vramkeeper_crds::{
     GpuModel, SwitchTrigger,
-    api::{ReleaseReport, RemediationAction, RemediationReport},
+    api::{ErrorCode, ReleaseReport, RemediationAction, RemediationReport},
 };
 
 use crate::{
@@ -141,11 +141,10 @@ pub async fn execute(ctx: &Context, gm: &GpuModel, target: &AgentTarget, plan: &
                     Executed::done(summary)
                 }
                 Err(Error::AgentRejected {
-                    status: 404,
-                    code,
+                    code: ErrorCode::UnknownModel,
                     message,
                     ..
-                }) if code == "unknown_model" => {
+                }) => {
                     tracing::warn!(gpumodel = %name, model = %model, "the agent does not know the model");
                     publish(
                         ctx,

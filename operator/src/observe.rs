@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use vramkeeper_crds::{
     GpuModelStatus, RemediationStatus,
-    api::{DeviceStatus, RemediationReport},
+    api::{DeviceStatus, RemediationReport, RemediationTrigger},
 };
 
-use crate::planner::{Remediation, RemedyKind, parse_time};
+use crate::planner::{Remediation, parse_time};
 
 /// The status the agent would report for `device` at `now`, with the operator's own fields
 /// (`phase`, `observedGeneration`, `conditions`) taken from `stored`.
@@ -50,17 +50,12 @@ fn merge_remediation_statuses(
     all
 }
 
-/// One remediation as the planner counts it, when its fields parse.
+/// One remediation as the planner counts it, when its time parses.
 pub fn remediation(r: &RemediationStatus) -> Option<Remediation> {
-    let kind = match r.action.as_str() {
-        "free" => RemedyKind::Free,
-        "reset" => RemedyKind::Reset,
-        _ => return None,
-    };
     Some(Remediation {
-        kind,
+        kind: r.action,
         at: parse_time(&r.at)?,
-        by_operator: r.trigger == "operator",
+        by_operator: r.trigger == RemediationTrigger::Operator,
     })
 }
 

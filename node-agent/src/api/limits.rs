@@ -96,7 +96,7 @@ mod tests {
     fn embedding_bounds_name_the_limit() {
         let many = vec!["a".to_string(); MAX_INPUTS + 1];
         let e = embedding_inputs(&many).unwrap_err();
-        assert_eq!(e.code(), "over_limit");
+        assert_eq!(e.code().as_str(), "over_limit");
         assert!(e.to_string().contains("256"), "{e}");
         assert!(embedding_inputs(&vec!["a".to_string(); MAX_INPUTS]).is_ok());
         let long = vec!["é".repeat(MAX_INPUT_CHARS / 2 + 1); 2];
@@ -105,7 +105,8 @@ mod tests {
         assert_eq!(
             embedding_inputs(&["a".into(), String::new()])
                 .unwrap_err()
-                .code(),
+                .code()
+                .as_str(),
             "invalid_value"
         );
     }
@@ -116,7 +117,7 @@ mod tests {
         let n = catalog.models().len();
         let name = catalog.models()[0].name.clone();
         let e = test_load_list(&vec![name.clone(); n + 1], &catalog).unwrap_err();
-        assert_eq!(e.code(), "over_limit");
+        assert_eq!(e.code().as_str(), "over_limit");
         if n >= 2 {
             let e = test_load_list(&[name.clone(), name.clone()], &catalog).unwrap_err();
             assert!(e.to_string().contains("more than once"), "{e}");

@@ -68,24 +68,8 @@ pub const RETRY_UNKNOWN_MAX: Duration = Duration::from_secs(300);
 /// The window `maxResetsPerHour` counts over.
 pub const RESET_WINDOW: Duration = Duration::from_secs(3600);
 
-/// A free or a reset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RemedyKind {
-    /// Clean pools, end zombie workers and orphans.
-    Free,
-    /// Stop every worker, wait for the baseline, reload.
-    Reset,
-}
-
-impl RemedyKind {
-    /// The wire name (`free`, `reset`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Free => "free",
-            Self::Reset => "reset",
-        }
-    }
-}
+/// A free or a reset: the agent's own word for it.
+pub type RemedyKind = vramkeeper_crds::api::RemediationAction;
 
 /// One free or reset that ran on the GPU.
 #[derive(Clone, Debug, PartialEq, Eq)]

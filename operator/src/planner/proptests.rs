@@ -252,8 +252,8 @@ impl Sim {
         self.leaks.retain(|l| !cleared.contains(&l.1));
         self.by_planner.push((self.now, kind));
         self.remediations.push(RemediationStatus {
-            action: kind.as_str().into(),
-            trigger: "operator".into(),
+            action: kind,
+            trigger: vramkeeper_crds::api::RemediationTrigger::Operator,
             at: t(self.now).to_string(),
             ghost_before_mib: 0,
             ghost_after_mib: 0,
