@@ -209,4 +209,29 @@ async fn other_writes_are_recorded_under_the_user_agent() {
         (&unknown["operation"], &unknown["subresource"]),
         (&json!("Update"), &json!("status"))
     );
+    // An update (PUT) of the status subresource changes the status only, and says so.
+    let mut body = o.clone();
+    body["status"]["phase"] = json!("Ready");
+    body["spec"]["model"] = json!("ignored");
+    let response = reqwest::Client::new()
+        .put(format!("{}{GM}/g/status?fieldManager=putter", double.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let o: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&o["spec"]["model"], &o["status"]["phase"]),
+        (&json!("m"), &json!("Ready"))
+    );
+    let entries = o["metadata"]["managedFields"].as_array().unwrap();
+    let putter = entries.iter().find(|e| e["manager"] == "putter").unwrap();
+    assert_eq!(putter["fieldsV1"], json!({"f:status": {"f:phase": {}}}));
+    // The phase is the putter's alone now (`unknown` keeps what defaulting added).
+    let unknown = entries.iter().find(|e| e["manager"] == "unknown").unwrap();
+    assert!(
+        unknown["fieldsV1"]["f:status"].get("f:phase").is_none(),
+        "{unknown}"
+    );
 }
