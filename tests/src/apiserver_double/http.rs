@@ -15,7 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     Shared,
-    patch::{PatchKind, apply_patch},
+    managed_fields::Operation,
+    patch::{self, PatchKind, apply_patch},
     store::{Change, Key, Resource, check_field_selector, fields_match, labels_match},
     strict,
 };
@@ -158,6 +159,20 @@ pub async fn handle(
     ) {
         return error(code, m);
     }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let apply = content_type.starts_with("application/apply-patch+yaml");
+    let manager = || {
+        patch::field_manager(
+            query.get("fieldManager").map(String::as_str),
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            verb == "patch" && apply,
+        )
+    };
     match (verb, target.name.clone()) {
         ("watch", _) => watch_stream(shared, target, &query),
         ("list", None) => list(&shared, &target, &query),
@@ -172,40 +187,41 @@ pub async fn handle(
             }
         }
         ("create", None) => {
-            let object = match parsed_body() {
+            let (object, manager) = match parsed_body().and_then(|b| Ok((b, manager()?))) {
                 Ok(v) => v,
                 Err((code, m)) => return error(code, m),
             };
-            match shared.create(target.resource, target.namespace.as_deref(), object) {
+            match shared.create(
+                target.resource,
+                target.namespace.as_deref(),
+                object,
+                &manager,
+            ) {
                 Ok(c) => ok(StatusCode::CREATED, &c.object),
                 Err((code, m)) => error(code, m),
             }
         }
         ("update", Some(name)) => {
-            let object = match parsed_body() {
+            let (object, manager) = match parsed_body().and_then(|b| Ok((b, manager()?))) {
                 Ok(v) => v,
                 Err((code, m)) => return error(code, m),
             };
-            replace(&shared, &target, &name, object)
+            replace(&shared, &target, &name, object, &manager)
         }
         ("patch", Some(name)) => {
-            let object = match parsed_body() {
-                Ok(v) => v,
+            let force = query.get("force").is_some_and(|f| f == "true");
+            let request = parsed_body().and_then(|body| {
+                Ok((
+                    body,
+                    PatchKind::from_request(content_type, force)?,
+                    manager()?,
+                ))
+            });
+            let (object, kind, manager) = match request {
+                Ok(r) => r,
                 Err((code, m)) => return error(code, m),
             };
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            let kind = match PatchKind::from_request(
-                content_type,
-                query.get("fieldManager").map(String::as_str),
-                query.get("force").is_some_and(|f| f == "true"),
-            ) {
-                Ok(k) => k,
-                Err((code, m)) => return error(code, m),
-            };
-            patch(&shared, &target, &name, &kind, &object)
+            patch(&shared, &target, &name, &kind, &object, &manager)
         }
         ("delete", Some(name)) => {
             let key = Key::new(target.resource, target.namespace.as_deref(), &name);
@@ -298,38 +314,40 @@ fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>) -> Re
     )
 }
 
-fn replace(shared: &Shared, target: &Target, name: &str, object: Value) -> Response {
-    let key = Key::new(target.resource, target.namespace.as_deref(), name);
+fn replace(shared: &Shared, target: &Target, name: &str, object: Value, manager: &str) -> Response {
+    let r = target.resource;
+    let key = Key::new(r, target.namespace.as_deref(), name);
     let mut store = shared.store.lock().unwrap();
     let Some(stored) = store.objects.get(&key) else {
-        return error(
-            404,
-            format!("{} {name:?} not found", target.resource.plural),
-        );
+        return error(404, format!("{} {name:?} not found", r.plural));
     };
-    let what = format!("{} {name:?}", target.resource.plural);
+    let what = format!("{} {name:?}", r.plural);
     if let Err((code, m)) = strict::precondition(&stored.object, &object, &what) {
         return error(code, m);
     }
     let old = stored.object.clone();
-    let mut next = object;
-    if target.resource.status_subresource {
-        match stored.object.get("status") {
-            Some(s) => next["status"] = s.clone(),
-            None => {
-                if let Some(m) = next.as_object_mut() {
-                    m.remove("status");
-                }
-            }
-        }
-    }
-    if let Err((code, m)) = strict::admit(target.resource, Some(&old), &mut next) {
-        return error(code, m);
-    }
-    let change = store.write(&key, next, None);
+    let writer = patch::writer_of(r, manager, Operation::Update, target.status);
+    let base = super::managed_fields::base_for_update(&old, &object, target.status);
+    let next =
+        patch::only_what_the_endpoint_changes(&old, object, target.status, r.status_subresource);
+    let next = match patch::finish_update(r, &old, next, base, &writer) {
+        Ok(next) => next,
+        Err((code, m)) => return error(code, m),
+    };
+    store_write(shared, &mut store, &key, next)
+}
+
+/// Stores `next` (unless it changes nothing), tells the watches, answers with the object.
+fn store_write(
+    shared: &Shared,
+    store: &mut super::store::Store,
+    key: &Key,
+    next: Value,
+) -> Response {
+    let change = store.write(key, next);
     let out = match &change {
         Some(c) => c.object.clone(),
-        None => store.objects[&key].object.clone(),
+        None => store.objects[key].object.clone(),
     };
     if let Some(c) = change {
         let _ = shared.changes.send(c);
@@ -337,49 +355,40 @@ fn replace(shared: &Shared, target: &Target, name: &str, object: Value) -> Respo
     ok(StatusCode::OK, &out)
 }
 
-fn patch(shared: &Shared, target: &Target, name: &str, kind: &PatchKind, body: &Value) -> Response {
-    let key = Key::new(target.resource, target.namespace.as_deref(), name);
+fn patch(
+    shared: &Shared,
+    target: &Target,
+    name: &str,
+    kind: &PatchKind,
+    body: &Value,
+    manager: &str,
+) -> Response {
+    let r = target.resource;
+    let key = Key::new(r, target.namespace.as_deref(), name);
     let mut store = shared.store.lock().unwrap();
     let Some(stored) = store.objects.get(&key) else {
-        return error(
-            404,
-            format!("{} {name:?} not found", target.resource.plural),
-        );
+        return error(404, format!("{} {name:?} not found", r.plural));
     };
-    let what = format!("{} {name:?}", target.resource.plural);
+    let what = format!("{} {name:?}", r.plural);
     if !matches!(kind, PatchKind::Json)
         && let Err((code, m)) = strict::precondition(&stored.object, body, &what)
     {
         return error(code, m);
     }
-    let (mut next, owners) = match apply_patch(
-        kind,
-        stored,
-        body,
-        target.status,
-        target.resource.status_subresource,
-    ) {
-        Ok(r) => r,
-        Err((code, m)) => return error(code, m),
+    let old = stored.object.clone();
+    let operation = match kind {
+        PatchKind::Apply { .. } => Operation::Apply,
+        _ => Operation::Update,
     };
-    if let Err((code, m)) = strict::admit(target.resource, Some(&stored.object), &mut next) {
-        return error(code, m);
+    let writer = patch::writer_of(r, manager, operation, target.status);
+    let next = apply_patch(kind, &old, body, &writer, r).and_then(|(next, managed)| match kind {
+        PatchKind::Apply { .. } => patch::finish_apply(r, &old, next, managed),
+        _ => patch::finish_update(r, &old, next, managed, &writer),
+    });
+    match next {
+        Ok(next) => store_write(shared, &mut store, &key, next),
+        Err((code, m)) => error(code, m),
     }
-    let change = store.write(&key, next, owners.clone());
-    let out = match &change {
-        Some(c) => c.object.clone(),
-        None => {
-            // Nothing changed; an apply may still have changed who owns what.
-            if let (Some(owners), Some(s)) = (owners, store.objects.get_mut(&key)) {
-                s.owners = owners;
-            }
-            store.objects[&key].object.clone()
-        }
-    };
-    if let Some(c) = change {
-        let _ = shared.changes.send(c);
-    }
-    ok(StatusCode::OK, &out)
 }
 
 fn line(type_: &str, object: &Value) -> Bytes {

@@ -1,20 +1,42 @@
 //! `ApiServerDouble`: an in-memory API server double. It is not a Kubernetes API server and
 //! does not pretend to be one: it serves, over real HTTP on 127.0.0.1, the few resources and
 //! verbs vramkeeper uses (GpuModels with their status subresource, Pods, Secrets, Events,
-//! Leases; list, watch, get, create, update, JSON/merge patch, a simplified server-side apply,
-//! delete with finalizers), so that the real controller and real agents can run against it in
-//! tests and benchmarks. What it simplifies is said where it does (see [`patch`]); where it is
-//! as strict as the real one (schema, defaulting and CEL of GpuModel writes, `resourceVersion`
-//! preconditions, `410 Gone` after a compaction, bookmarks), [`strict`] says so, with links to
-//! the Kubernetes documentation.
+//! Leases; list, watch, get, create, update, JSON/merge patch, server-side apply, delete with
+//! finalizers), so that the real controller and real agents can run against it in tests and
+//! benchmarks. Where it is as strict as the real one (schema, defaulting and CEL of GpuModel
+//! writes, `resourceVersion` preconditions, `410 Gone` after a compaction, bookmarks),
+//! [`strict`] says so, with links to the Kubernetes documentation.
 //!
-//! Tests set up and change objects through its methods (not logged); every HTTP request is
-//! logged with the RBAC verb it needs, so tests can check the operator's permissions.
+//! Server-side apply and field ownership follow the real server where vramkeeper depends on
+//! them ([`managed_fields`]): ownership per field path, `metadata.managedFields` in the
+//! `FieldsV1` format on every object, list maps merged by key and sets by value as the CRD
+//! schema marks them ([`topology`], [`merge`]), conflicts as `409` with the real message,
+//! `force`, and `Update` ownership for every other write. What it simplifies:
+//! - only GpuModels have a schema; other kinds are unstructured (every list atomic), where the
+//!   real server knows, say, a Pod's `containers` are a list map;
+//! - an apply to an object that does not exist is `404` (the real one creates it); an apply's
+//!   configuration is neither defaulted nor converted between versions (there is one);
+//! - through a status subresource only `status` is owned (the real one also records, without
+//!   applying, any `metadata` sent there);
+//! - the order of merged list items approximates structured-merge-diff's (the configuration's
+//!   order, items only the live object has staying where they were).
+//!
+//! Tests set up and change objects through its methods (not logged; as `kubectl-create` and
+//! `kubectl-patch`); every HTTP request is logged with the RBAC verb it needs, so tests can
+//! check the operator's permissions.
 
+pub mod field_set;
 mod http;
+pub mod managed_fields;
+pub mod merge;
 pub mod patch;
+#[cfg(test)]
+mod ssa_http_tests;
+#[cfg(test)]
+mod ssa_tests;
 pub mod store;
 pub mod strict;
+pub mod topology;
 #[cfg(test)]
 mod watch_tests;
 
@@ -47,9 +69,11 @@ impl Shared {
         &self,
         r: &Resource,
         namespace: Option<&str>,
-        mut object: Value,
+        object: Value,
+        manager: &str,
     ) -> Result<Change, (u16, String)> {
-        strict::admit(r, None, &mut object)?;
+        let writer = patch::writer_of(r, manager, managed_fields::Operation::Update, false);
+        let object = patch::finish_create(r, object, &writer)?;
         let mut store = self.store.lock().unwrap();
         let change = store.create(r, namespace, object)?;
         let _ = self.changes.send(change.clone());
@@ -143,11 +167,15 @@ impl ApiServerDouble {
         std::fs::write(path, yaml).expect("write the kubeconfig");
     }
 
-    /// Creates `object` (its `apiVersion` and `kind` say where); returns it as stored.
+    /// Creates `object` (its `apiVersion` and `kind` say where) as `kubectl create` would
+    /// (field manager `kubectl-create`); returns it as stored.
     pub fn create(&self, object: Value) -> Value {
         let r = resource_of(&object);
         let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
-        match self.shared.create(r, namespace.as_deref(), object) {
+        match self
+            .shared
+            .create(r, namespace.as_deref(), object, "kubectl-create")
+        {
             Ok(c) => c.object,
             Err((code, m)) => panic!("create failed ({code}): {m}"),
         }
@@ -204,7 +232,8 @@ impl ApiServerDouble {
         items
     }
 
-    /// A merge patch, as `kubectl patch --type merge` would send (the spec change of a test).
+    /// A merge patch, as `kubectl patch --type merge` would send (the spec change of a test;
+    /// field manager `kubectl-patch`).
     pub fn merge_patch(
         &self,
         group: &str,
@@ -217,18 +246,15 @@ impl ApiServerDouble {
         let r = Resource::find(group, plural).unwrap();
         let mut store = self.shared.store.lock().unwrap();
         let stored = store.objects.get(&key).expect("the object exists");
-        let (mut next, _) = patch::apply_patch(
-            &patch::PatchKind::Merge,
-            stored,
-            patch,
-            false,
-            r.status_subresource,
-        )
-        .expect("the merge patch applies");
-        if let Err((code, m)) = strict::admit(r, Some(&stored.object), &mut next) {
-            panic!("the merge patch is invalid ({code}): {m}");
-        }
-        match store.write(&key, next, None) {
+        let old = stored.object.clone();
+        let writer = patch::writer_of(r, "kubectl-patch", managed_fields::Operation::Update, false);
+        let (next, base) = patch::apply_patch(&patch::PatchKind::Merge, &old, patch, &writer, r)
+            .expect("the merge patch applies");
+        let next = match patch::finish_update(r, &old, next, base, &writer) {
+            Ok(next) => next,
+            Err((code, m)) => panic!("the merge patch is invalid ({code}): {m}"),
+        };
+        match store.write(&key, next) {
             Some(c) => {
                 let _ = self.shared.changes.send(c.clone());
                 c.object

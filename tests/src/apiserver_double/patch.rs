@@ -1,17 +1,16 @@
-//! The three patch types the double accepts: JSON patch, merge patch, and server-side apply.
+//! The writes that change an object: JSON patch, merge patch, server-side apply and update,
+//! and the ownership (`metadata.managedFields`) each leaves, as [`managed_fields`] says.
 //!
-//! Server-side apply is simplified, and says so: field ownership is tracked per field manager
-//! at the granularity of the top-level fields of `status` (status subresource) or `spec`; a
-//! manager's apply sets the fields it sends and removes the ones it sent before but no longer
-//! does (unless another manager owns them too). A field another manager owns with a different
-//! value is a conflict unless the apply forces. That is exactly what the operator (phase,
-//! observedGeneration, conditions) and the agent (everything else in status) rely on.
+//! [`managed_fields`]: super::managed_fields
 
-use std::collections::{BTreeMap, BTreeSet};
+use serde_json::{Value, json};
 
-use serde_json::{Map, Value};
-
-use super::store::Stored;
+use super::{
+    managed_fields::{self, Entry, Operation, Writer},
+    store::{Resource, now},
+    strict,
+    topology::Topology,
+};
 
 /// A patch request.
 #[derive(Clone, Debug)]
@@ -22,49 +21,90 @@ pub enum PatchKind {
     Merge,
     /// `application/apply-patch+yaml`: server-side apply.
     Apply {
-        /// `fieldManager`.
-        manager: String,
         /// `force=true`.
         force: bool,
     },
 }
 
+/// The longest `fieldManager` the real server accepts.
+const MAX_MANAGER: usize = 128;
+
 impl PatchKind {
     /// From the request's content type and query.
-    pub fn from_request(
-        content_type: &str,
-        manager: Option<&str>,
-        force: bool,
-    ) -> Result<Self, (u16, String)> {
+    pub fn from_request(content_type: &str, force: bool) -> Result<Self, (u16, String)> {
         match content_type.split(';').next().unwrap_or_default().trim() {
             "application/json-patch+json" => Ok(Self::Json),
             "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                 Ok(Self::Merge)
             }
-            "application/apply-patch+yaml" => Ok(Self::Apply {
-                manager: manager
-                    .ok_or((422, "server-side apply needs a fieldManager".to_string()))?
-                    .to_string(),
-                force,
-            }),
+            "application/apply-patch+yaml" => Ok(Self::Apply { force }),
             other => Err((415, format!("unsupported patch type {other:?}"))),
         }
     }
 }
 
-type Owners = BTreeMap<String, BTreeSet<String>>;
+/// The field manager of a write: the `fieldManager` parameter (required for an apply), else,
+/// as the real server does, the `User-Agent` up to its first `/`; else `unknown` (the real
+/// server would leave it empty).
+/// <https://kubernetes.io/docs/reference/using-api/server-side-apply/#managers>
+pub fn field_manager(
+    query: Option<&str>,
+    user_agent: Option<&str>,
+    apply: bool,
+) -> Result<String, (u16, String)> {
+    let invalid = |m: &str| {
+        (
+            422,
+            format!("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: {m}"),
+        )
+    };
+    match query {
+        Some(m) if m.len() > MAX_MANAGER => Err(invalid(&format!(
+            "Too long: may not be more than {MAX_MANAGER} bytes"
+        ))),
+        Some(m) if !m.is_empty() => Ok(m.to_string()),
+        _ if apply => Err(invalid("Required value: is required for apply patch")),
+        _ => {
+            let prefix: String = user_agent
+                .unwrap_or_default()
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_MANAGER)
+                .collect();
+            Ok(if prefix.is_empty() {
+                "unknown".into()
+            } else {
+                prefix
+            })
+        }
+    }
+}
 
-/// Applies `body` to `stored`; `status` selects the status subresource. Returns the new object
-/// and, for an apply, the new ownership.
+/// Who writes `r` through which endpoint (`status`: its status subresource).
+pub fn writer_of(r: &Resource, manager: &str, operation: Operation, status: bool) -> Writer {
+    Writer {
+        manager: manager.to_string(),
+        operation,
+        api_version: r.api_version(),
+        subresource: status.then(|| "status".to_string()),
+    }
+}
+
+/// Applies `body` to `current` (`status`: through the status subresource). Returns the new
+/// object and, for an apply, the new ownership; for any other patch, the ownership the write
+/// starts from (see [`finish_update`]).
 pub fn apply_patch(
     kind: &PatchKind,
-    stored: &Stored,
+    current: &Value,
     body: &Value,
-    status: bool,
-    status_subresource: bool,
-) -> Result<(Value, Option<Owners>), (u16, String)> {
-    let current = &stored.object;
-    let (mut next, owners) = match kind {
+    writer: &Writer,
+    r: &Resource,
+) -> Result<(Value, Vec<Entry>), (u16, String)> {
+    let status = writer.subresource.is_some();
+    let (mut next, managed) = match kind {
         PatchKind::Json => {
             // As the apiserver's JSON patch does: testing a missing path for null succeeds.
             let ops: Vec<Value> = body
@@ -86,203 +126,116 @@ pub fn apply_patch(
             let mut doc = current.clone();
             json_patch::patch(&mut doc, &patch)
                 .map_err(|e| (422, format!("the JSON patch failed: {e}")))?;
-            (doc, None)
+            let base = managed_fields::base_for_update(current, &doc, status);
+            (doc, base)
         }
         PatchKind::Merge => {
             let mut doc = current.clone();
             json_patch::merge(&mut doc, body);
-            (doc, None)
+            let base = managed_fields::base_for_update(current, &doc, status);
+            (doc, base)
         }
-        PatchKind::Apply { manager, force } => {
-            let root = if status { "status" } else { "spec" };
-            let (doc, owners) =
-                server_side_apply(current, &stored.owners, body, root, manager, *force)?;
-            (doc, Some(owners))
+        PatchKind::Apply { force } => {
+            managed_fields::refuse_in_apply(body)?;
+            let mut writer = writer.clone();
+            if let Some(v) = body["apiVersion"].as_str() {
+                writer.api_version = v.to_string();
+            }
+            managed_fields::apply(
+                current,
+                &scoped(body, status, r.status_subresource),
+                managed_fields::entries(current),
+                &writer,
+                *force,
+                Topology::of(r),
+                &now(),
+            )?
         }
     };
-    if status_subresource {
-        if status {
-            // Only status changes through the subresource.
-            let mut only_status = current.clone();
-            match next.get("status") {
-                Some(s) => only_status["status"] = s.clone(),
-                None => {
-                    if let Some(m) = only_status.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
-            next = only_status;
-        } else {
-            match current.get("status") {
-                Some(s) => next["status"] = s.clone(),
-                None => {
-                    if let Some(m) = next.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
-        }
-    }
-    Ok((next, owners))
+    next = only_what_the_endpoint_changes(current, next, status, r.status_subresource);
+    Ok((next, managed))
 }
 
-fn server_side_apply(
+/// The part of an applied configuration an endpoint takes: `status` only through the status
+/// subresource, all but `status` through the object when it has one.
+fn scoped(body: &Value, status: bool, status_subresource: bool) -> Value {
+    if status {
+        return match body.get("status") {
+            Some(s) => json!({"status": s}),
+            None => json!({}),
+        };
+    }
+    let mut config = body.clone();
+    if status_subresource && let Some(m) = config.as_object_mut() {
+        m.remove("status");
+    }
+    config
+}
+
+/// `next`, where a status subresource splits the object: writes to it change only the status,
+/// writes to the object everything else.
+pub fn only_what_the_endpoint_changes(
     current: &Value,
-    owners: &Owners,
-    body: &Value,
-    root: &str,
-    manager: &str,
-    force: bool,
-) -> Result<(Value, Owners), (u16, String)> {
-    let applied = body
-        .get(root)
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let mut doc = current.clone();
-    let mut fields: Map<String, Value> = doc
-        .get(root)
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let mut owners = owners.clone();
-    for (field, value) in &applied {
-        for (other, keys) in &owners {
-            if other != manager
-                && keys.contains(field)
-                && fields.get(field) != Some(value)
-                && !force
-            {
-                return Err((
-                    409,
-                    format!(
-                        "Apply failed with 1 conflict: conflict with {other:?}: .{root}.{field}"
-                    ),
-                ));
+    next: Value,
+    status: bool,
+    status_subresource: bool,
+) -> Value {
+    if !status_subresource {
+        return next;
+    }
+    let (mut out, from) = if status {
+        (current.clone(), &next)
+    } else {
+        (next.clone(), current)
+    };
+    match from.get("status") {
+        Some(s) => out["status"] = s.clone(),
+        None => {
+            if let Some(m) = out.as_object_mut() {
+                m.remove("status");
             }
         }
     }
-    let before = owners.get(manager).cloned().unwrap_or_default();
-    for field in before.iter().filter(|f| !applied.contains_key(*f)) {
-        let shared = owners
-            .iter()
-            .any(|(other, keys)| other != manager && keys.contains(field));
-        if !shared {
-            fields.remove(field);
-        }
-    }
-    for (field, value) in &applied {
-        let changes = fields.get(field) != Some(value);
-        fields.insert(field.clone(), value.clone());
-        if changes {
-            // The value is this manager's now; others lose the field.
-            for (other, keys) in owners.iter_mut() {
-                if other != manager {
-                    keys.remove(field);
-                }
-            }
-        }
-    }
-    owners.insert(manager.to_string(), applied.keys().cloned().collect());
-    owners.retain(|_, keys| !keys.is_empty());
-    doc[root] = Value::Object(fields);
-    if let Some(labels) = body["metadata"].get("labels").and_then(Value::as_object) {
-        for (k, v) in labels {
-            doc["metadata"]["labels"][k] = v.clone();
-        }
-    }
-    Ok((doc, owners))
+    out
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
+/// Admits `next`, a non-apply write of `old` by `writer` starting from ownership `base`, and
+/// records what it changed as `writer`'s (`operation: Update`).
+pub fn finish_update(
+    r: &Resource,
+    old: &Value,
+    mut next: Value,
+    base: Vec<Entry>,
+    writer: &Writer,
+) -> Result<Value, (u16, String)> {
+    strict::admit(r, Some(old), &mut next)?;
+    let managed = managed_fields::update(old, &next, base, writer, Topology::of(r), &now());
+    managed_fields::finish(old, &mut next, managed);
+    Ok(next)
+}
 
-    use super::*;
+/// Admits `next`, an apply to `old` whose ownership is `managed`.
+pub fn finish_apply(
+    r: &Resource,
+    old: &Value,
+    mut next: Value,
+    managed: Vec<Entry>,
+) -> Result<Value, (u16, String)> {
+    strict::admit(r, Some(old), &mut next)?;
+    managed_fields::finish(old, &mut next, managed);
+    Ok(next)
+}
 
-    fn stored(object: Value) -> Stored {
-        Stored {
-            object,
-            owners: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn two_managers_share_the_status_without_erasing_each_other() {
-        let agent = PatchKind::Apply {
-            manager: "vramkeeper-agent".into(),
-            force: true,
-        };
-        let operator = PatchKind::Apply {
-            manager: "vramkeeper-operator".into(),
-            force: true,
-        };
-        let mut s = stored(json!({"metadata": {"name": "a"}, "spec": {"gpu": 0}}));
-        let (o, w) = apply_patch(
-            &agent,
-            &s,
-            &json!({"status": {"activeModel": "x", "switching": false}}),
-            true,
-            true,
-        )
-        .unwrap();
-        s = Stored {
-            object: o,
-            owners: w.unwrap(),
-        };
-        let (o, w) = apply_patch(
-            &operator,
-            &s,
-            &json!({"status": {"phase": "Ready"}}),
-            true,
-            true,
-        )
-        .unwrap();
-        s = Stored {
-            object: o,
-            owners: w.unwrap(),
-        };
-        assert_eq!(
-            s.object["status"],
-            json!({"activeModel": "x", "switching": false, "phase": "Ready"})
-        );
-        // The agent no longer sends activeModel: it goes; phase stays.
-        let (o, _) = apply_patch(
-            &agent,
-            &s,
-            &json!({"status": {"switching": true}}),
-            true,
-            true,
-        )
-        .unwrap();
-        assert_eq!(o["status"], json!({"switching": true, "phase": "Ready"}));
-        // Without force, changing another manager's field conflicts.
-        let shy = PatchKind::Apply {
-            manager: "vramkeeper-agent".into(),
-            force: false,
-        };
-        let err = apply_patch(
-            &shy,
-            &s,
-            &json!({"status": {"phase": "Failed"}}),
-            true,
-            true,
-        )
-        .unwrap_err();
-        assert_eq!(err.0, 409);
-        // A write to the object leaves the status alone.
-        let (o, _) = apply_patch(
-            &PatchKind::Merge,
-            &s,
-            &json!({"spec": {"gpu": 1}, "status": {"phase": "x"}}),
-            false,
-            true,
-        )
-        .unwrap();
-        assert_eq!(
-            (o["spec"]["gpu"].clone(), o["status"]["phase"].clone()),
-            (json!(1), json!("Ready"))
-        );
-    }
+/// Admits a new object created by `writer`: it owns every field it set.
+pub fn finish_create(
+    r: &Resource,
+    mut object: Value,
+    writer: &Writer,
+) -> Result<Value, (u16, String)> {
+    strict::admit(r, None, &mut object)?;
+    let empty = json!({"metadata": {}});
+    let base = managed_fields::base_for_update(&empty, &object, false);
+    let managed = managed_fields::update(&empty, &object, base, writer, Topology::of(r), &now());
+    managed_fields::set_entries(&mut object, managed);
+    Ok(object)
 }

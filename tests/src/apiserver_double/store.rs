@@ -1,7 +1,7 @@
 //! The double's state: objects by resource, namespace and name; a resourceVersion counter; and
 //! the log of every change, which watches replay and follow.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
@@ -124,13 +124,11 @@ pub struct Change {
     pub object: Value,
 }
 
-/// A stored object and who applied which of its fields.
+/// A stored object (its `metadata.managedFields` say who owns which fields).
 #[derive(Clone, Debug)]
 pub struct Stored {
     /// The object.
     pub object: Value,
-    /// Per field manager, the top-level fields of `status` (or `spec`) it applied last.
-    pub owners: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The objects and their history.
@@ -147,7 +145,8 @@ pub struct Store {
     uid: u64,
 }
 
-fn now() -> String {
+/// Now, as the API writes times (RFC 3339, whole seconds).
+pub fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
         .unwrap_or_else(|_| jiff::Timestamp::now())
@@ -210,7 +209,6 @@ impl Store {
             key.clone(),
             Stored {
                 object: object.clone(),
-                owners: BTreeMap::new(),
             },
         );
         Ok(self.record(key, "ADDED", object))
@@ -219,12 +217,7 @@ impl Store {
     /// Replaces an object with `next` (already patched); keeps what clients cannot set, bumps
     /// the generation when the spec changed, and deletes an object whose deletion waited only
     /// for finalizers now gone. `None` when nothing changed.
-    pub fn write(
-        &mut self,
-        key: &Key,
-        mut next: Value,
-        owners: Option<BTreeMap<String, BTreeSet<String>>>,
-    ) -> Option<Change> {
+    pub fn write(&mut self, key: &Key, mut next: Value) -> Option<Change> {
         let stored = self.objects.get(key)?;
         let old = stored.object.clone();
         for keep in [
@@ -264,11 +257,7 @@ impl Store {
             self.objects.remove(key);
             return Some(self.record(key.clone(), "DELETED", next));
         }
-        let stored = self.objects.get_mut(key).expect("checked above");
-        stored.object = next.clone();
-        if let Some(owners) = owners {
-            stored.owners = owners;
-        }
+        self.objects.get_mut(key).expect("checked above").object = next.clone();
         Some(self.record(key.clone(), "MODIFIED", next))
     }
 
