@@ -131,11 +131,20 @@ mod tests {
         assert!(token.matches("second") && !token.matches("first"));
 
         std::fs::write(&path, " \n").unwrap();
-        assert!(file.current().matches("second"), "an empty file keeps the token");
+        assert!(
+            file.current().matches("second"),
+            "an empty file keeps the token"
+        );
         std::fs::remove_file(&path).unwrap();
-        assert!(file.current().matches("second"), "a missing file keeps the token");
+        assert!(
+            file.current().matches("second"),
+            "a missing file keeps the token"
+        );
         std::fs::write(&path, "third").unwrap();
-        assert!(file.current().matches("third"), "and a good file is read again");
+        assert!(
+            file.current().matches("third"),
+            "and a good file is read again"
+        );
     }
 
     #[test]

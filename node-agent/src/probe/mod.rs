@@ -166,7 +166,9 @@ pub fn detect(
         return if required {
             Err(DetectError::NoGpu(refused))
         } else {
-            Ok(cpu(format!("CPU: NVML answered but lists no usable GPU{refused}")))
+            Ok(cpu(format!(
+                "CPU: NVML answered but lists no usable GPU{refused}"
+            )))
         };
     }
     if required {

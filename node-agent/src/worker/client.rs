@@ -462,7 +462,8 @@ mod tests {
 
     #[test]
     fn a_gpu_worker_sees_only_its_gpu_by_uuid_as_device_0() {
-        let (ordinal, env) = cuda_selection(&gpu(3, Some("GPU-8e3c1a2b-0000-4d5e-9f00-123456789abc")));
+        let (ordinal, env) =
+            cuda_selection(&gpu(3, Some("GPU-8e3c1a2b-0000-4d5e-9f00-123456789abc")));
         assert_eq!(ordinal, 0);
         assert_eq!(
             env,

@@ -379,10 +379,7 @@ async fn every_metric_the_dashboard_queries_is_served_by_the_agent() {
 
 /// Every metric a query names is served with the labels its matchers and groupings use, and
 /// every legend placeholder survives the query's grouping.
-fn check_queries(
-    queries: &[(String, Vec<String>)],
-    served: &BTreeMap<String, BTreeSet<String>>,
-) {
+fn check_queries(queries: &[(String, Vec<String>)], served: &BTreeMap<String, BTreeSet<String>>) {
     for (expr, formats) in queries {
         let refs = metric_refs(expr);
         let mut available: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();

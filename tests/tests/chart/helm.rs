@@ -96,7 +96,12 @@ pub const MONITORING_API: &str = "monitoring.coreos.com/v1";
 /// `helm template` of the chart with a values file and `--set` overrides (CRDs included), as
 /// for a cluster that runs the Prometheus Operator ([`MONITORING_API`]).
 pub fn template(values: &str, sets: &[&str]) -> Output {
-    template_of(&chart_dir(), values, sets, &["--api-versions", MONITORING_API])
+    template_of(
+        &chart_dir(),
+        values,
+        sets,
+        &["--api-versions", MONITORING_API],
+    )
 }
 
 /// `helm template` of the chart in `chart` with more of Helm's own arguments (`extra`).

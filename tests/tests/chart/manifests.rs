@@ -397,8 +397,16 @@ fn gpu_options_reach_the_agent_pod() {
     let defaults = render("values-default.yaml");
     let c = container(defaults.agent(), "agent");
     assert_eq!(env(c, "NVIDIA_VISIBLE_DEVICES").unwrap()["value"], "all");
-    assert_eq!(flag(&args(c), "--device"), Some("cuda"), "GPU mode by default");
-    assert_eq!(flag(&args(c), "--min-gpus"), None, "--device cuda implies one");
+    assert_eq!(
+        flag(&args(c), "--device"),
+        Some("cuda"),
+        "GPU mode by default"
+    );
+    assert_eq!(
+        flag(&args(c), "--min-gpus"),
+        None,
+        "--device cuda implies one"
+    );
     // On the CPU the base image's NVIDIA_VISIBLE_DEVICES=all is overridden: no GPU injected.
     let cpu = render("values-cpu.yaml");
     let c = container(cpu.agent(), "agent");
@@ -503,7 +511,12 @@ fn monitors_select_the_agents_and_the_operator() {
         json!([{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]);
     assert_eq!(endpoint["relabelings"], node);
     for m in service_monitors.of_kind("ServiceMonitor") {
-        assert_eq!(m["spec"]["endpoints"][0]["relabelings"], node, "{}", name(m));
+        assert_eq!(
+            m["spec"]["endpoints"][0]["relabelings"],
+            node,
+            "{}",
+            name(m)
+        );
     }
 }
 
@@ -596,7 +609,10 @@ fn values_that_cannot_work_are_refused() {
             ],
             "enable one",
         ),
-        (&["agent.waitForNvidia.validationFile=relative"], "validationFile"),
+        (
+            &["agent.waitForNvidia.validationFile=relative"],
+            "validationFile",
+        ),
         (&["agent.hostPaht=/x"], "hostPaht"),
         (&["catalog.models[0].name=Big_Model"], "catalog.models.0"),
         (&["catalog.models[1].params=null"], "params"),

@@ -63,7 +63,10 @@ fn the_scraper_is_admitted_whenever_a_monitor_is_rendered() {
     let ingress = np["spec"]["ingress"].as_array().unwrap();
     assert_eq!(ingress.len(), 1, "{ingress:?}");
     assert_eq!(ingress[0]["from"], default_scraper_from());
-    assert_eq!(ingress[0]["ports"], json!([{"port": "http", "protocol": "TCP"}]));
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "http", "protocol": "TCP"}])
+    );
     let pm = r.get("PodMonitor", "-agent");
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "http");
 
@@ -115,7 +118,10 @@ fn the_alerts_cover_zombies_releases_degraded_models_and_missing_agents() {
     let r = render("values-gpu.yaml");
     let rule = r.get("PrometheusRule", "");
     assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
-    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
     let all = alerts(&r);
     let names: BTreeSet<&str> = all.iter().map(|a| a["alert"].as_str().unwrap()).collect();
     assert_eq!(
@@ -144,14 +150,14 @@ fn the_alerts_cover_zombies_releases_degraded_models_and_missing_agents() {
     let agent_pods = pod_pattern(by_name("VramkeeperAgentDown")["expr"].as_str().unwrap());
     assert_eq!(agent_pods, format!("{}-[a-z0-9]+", name(r.agent())));
     let operator_pods = pod_pattern(by_name("VramkeeperOperatorDown")["expr"].as_str().unwrap());
-    assert_eq!(
-        operator_pods,
-        format!("{}-.+", name(r.operator().unwrap()))
-    );
+    assert_eq!(operator_pods, format!("{}-.+", name(r.operator().unwrap())));
     assert_eq!(by_name("VramkeeperZombieMemory")["for"], "10m");
 
     // Without the operator, no alert on its metrics.
-    let cpu = render_with("values-cpu.yaml", &["monitoring.prometheusRule.enabled=true"]);
+    let cpu = render_with(
+        "values-cpu.yaml",
+        &["monitoring.prometheusRule.enabled=true"],
+    );
     let names: BTreeSet<&str> = alerts(&cpu)
         .iter()
         .map(|a| a["alert"].as_str().unwrap())

@@ -17,7 +17,10 @@ fn pod_spec(r: &crate::helm::Rendered) -> &Value {
 fn gpu_nodes_are_found_by_any_of_several_labels() {
     let r = render("values-default.yaml");
     let pod = pod_spec(&r);
-    assert!(pod["nodeSelector"].is_null(), "no single GPU-operator label");
+    assert!(
+        pod["nodeSelector"].is_null(),
+        "no single GPU-operator label"
+    );
     let terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"]
         .as_array()
@@ -55,11 +58,13 @@ fn the_users_placement_replaces_the_default() {
 
     let r = render_with(
         "values-default.yaml",
-        &["agent.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=gpu",
-          "agent.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists"],
+        &[
+            "agent.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=gpu",
+            "agent.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        ],
     );
-    let terms = &pod_spec(&r)["affinity"]["nodeAffinity"]
-        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+    let terms = &pod_spec(&r)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
     assert_eq!(
         terms,
         &json!([{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}])
@@ -67,7 +72,10 @@ fn the_users_placement_replaces_the_default() {
 
     let r = render_with(
         "values-default.yaml",
-        &["agent.tolerations[0].key=dedicated", "agent.tolerations[0].operator=Exists"],
+        &[
+            "agent.tolerations[0].key=dedicated",
+            "agent.tolerations[0].operator=Exists",
+        ],
     );
     assert_eq!(
         pod_spec(&r)["tolerations"],
@@ -116,7 +124,10 @@ fn gpu_mode_waits_for_the_nvidia_driver_and_toolkit() {
         script.contains("until [ -f \"/run/nvidia/validations/toolkit-ready\" ]"),
         "{script}"
     );
-    assert_eq!(mount_of(wait, "nvidia-validations"), "/run/nvidia/validations");
+    assert_eq!(
+        mount_of(wait, "nvidia-validations"),
+        "/run/nvidia/validations"
+    );
     assert_eq!(
         volume(agent, "nvidia-validations")["hostPath"]["path"],
         "/run/nvidia/validations"
@@ -126,7 +137,10 @@ fn gpu_mode_waits_for_the_nvidia_driver_and_toolkit() {
     // Not on the CPU, nor when turned off.
     for (values, sets) in [
         ("values-cpu.yaml", &[][..]),
-        ("values-default.yaml", &["agent.waitForNvidia.enabled=false"]),
+        (
+            "values-default.yaml",
+            &["agent.waitForNvidia.enabled=false"],
+        ),
     ] {
         let r = render_with(values, sets);
         assert!(
