@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use vramkeeper_crds::{SwitchTrigger, api::AgentInfo};
 
 use crate::{
-    api::{self, auth::Token},
-    args::{DeviceChoice, ServeArgs},
+    api::{self, token_source::TokenSource},
+    args::ServeArgs,
     device::{AgentContext, Device, DeviceConfig},
     http_server::HttpLimits,
     metrics::Metrics,
@@ -34,8 +34,8 @@ pub struct App {
     pub catalog: Catalog,
     /// Facts about this process.
     pub agent: AgentInfo,
-    /// The bearer token, when configured.
-    pub token: Option<Token>,
+    /// The bearer token, when configured (a token file is followed as it changes).
+    pub token: Option<TokenSource>,
     /// Whether reads need the token too.
     pub auth_reads: bool,
     /// Test-only routes.
@@ -48,6 +48,8 @@ pub struct App {
     pub access: api::auth::Access,
     /// The state directory (`/readyz` checks that it is writable).
     pub state_dir: PathBuf,
+    /// GPUs that must be readable for `/readyz` (`--min-gpus`, at least 1 with `--device cuda`).
+    pub min_gpus: u32,
 }
 
 /// A rate limit that answers how long to wait.
@@ -122,11 +124,8 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         .clone()
         .unwrap_or_else(|| derive_agent_id(&state_dir));
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let detected = probe::detect(
-        &agent_id,
-        args.device == DeviceChoice::Cpu,
-        args.kill_foreign_matching.clone(),
-    );
+    let detected = probe::detect(&agent_id, args.device, args.kill_foreign_matching.clone())
+        .context("refusing to start")?;
     tracing::info!(reason = %detected.reason, "device");
     let names: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
     let indices: Vec<u32> = detected.probes.iter().map(|p| p.info().index).collect();
@@ -198,6 +197,7 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         acting_limiter: Limiter::new(args.rate_limit),
         access,
         state_dir,
+        min_gpus: args.min_gpus.max(u32::from(detected.gpus_required)),
     }))
 }
 

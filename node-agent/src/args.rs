@@ -32,6 +32,9 @@ pub enum Command {
 pub enum DeviceChoice {
     /// Every NVIDIA GPU NVML finds, else the CPU.
     Auto,
+    /// Every NVIDIA GPU NVML finds; refuse to start when NVML or the CUDA driver is unusable
+    /// or lists no GPU (a GPU node never quietly serves on its CPU).
+    Cuda,
     /// The CPU, even where GPUs exist.
     Cpu,
 }
@@ -63,6 +66,11 @@ pub struct ServeArgs {
     /// Which device to manage.
     #[arg(long, env = "VRAMKEEPER_DEVICE", value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+
+    /// Not ready (`/readyz`) while fewer GPUs than this can be read; `--device cuda` implies 1.
+    /// For a node whose GPUs are known, e.g. the GPUs a Pod requests from the device plugin.
+    #[arg(long, env = "VRAMKEEPER_MIN_GPUS", default_value_t = 0)]
+    pub min_gpus: u32,
 
     /// Load this model at start.
     #[arg(long, env = "VRAMKEEPER_LOAD")]
@@ -229,7 +237,7 @@ pub struct WorkerArgs {
     /// `cuda` or `flex`.
     #[arg(long)]
     pub backend: String,
-    /// GPU index.
+    /// CUDA device ordinal: 0 when the agent names the GPU by UUID in CUDA_VISIBLE_DEVICES.
     #[arg(long, default_value_t = 0)]
     pub device_index: u32,
     /// Kernel caches and weights.

@@ -220,6 +220,11 @@ impl Metrics {
                 });
             }
             let _ = m.zombie.get_or_create(&DeviceLabels { gpu: g.clone() });
+            // A zero from the start: `increase()` (the unverified-release alert) misses a
+            // counter's first step when the series begins at 1.
+            let _ = m
+                .releases_unverified
+                .get_or_create(&DeviceLabels { gpu: g.clone() });
             let _ = m.probe_errors.get_or_create(&DeviceLabels { gpu: g });
         }
         Self { registry, ..m }

@@ -7,6 +7,8 @@
 //!   `--inference-without-auth`; a rate limit per credential.
 //! - Reads: open, or the token with `--auth-reads`.
 //!
+//! The token may come from a file, read again when it changes (`token_source`).
+//!
 //! Secrets are compared in constant time, trimmed on both sides (what is configured and what
 //! is presented), and never logged. An empty or whitespace-only secret refuses to start: it
 //! could never match, and would look like protection.
@@ -23,7 +25,10 @@ use axum::{
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use subtle::ConstantTimeEq;
 
-use super::host::HostPolicy;
+use super::{
+    host::HostPolicy,
+    token_source::{TokenFile, TokenSource},
+};
 use crate::{app::App, args::ServeArgs, error::ApiError};
 
 /// A secret that does not print.
@@ -58,15 +63,13 @@ fn secret(raw: &str, what: &str) -> anyhow::Result<Token> {
     })
 }
 
-/// The token of `--token` or `--token-file`, checked.
-pub fn configured_token(args: &ServeArgs) -> anyhow::Result<Option<Token>> {
+/// The token of `--token` or `--token-file` (followed as the file changes), checked.
+pub fn configured_token(args: &ServeArgs) -> anyhow::Result<Option<TokenSource>> {
     match (&args.token, &args.token_file) {
-        (Some(t), _) => secret(t, "--token (VRAMKEEPER_TOKEN)").map(Some),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?;
-            secret(&text, &format!("the token file {}", path.display())).map(Some)
-        }
+        (Some(t), _) => secret(t, "--token (VRAMKEEPER_TOKEN)")
+            .map(TokenSource::Fixed)
+            .map(Some),
+        (None, Some(path)) => TokenFile::open(path).map(TokenSource::File).map(Some),
         (None, None) => Ok(None),
     }
 }
@@ -108,8 +111,8 @@ impl Access {
     }
 
     /// Whether inference needs a credential.
-    pub fn inference_needs_auth(&self, token: Option<&Token>) -> bool {
-        !self.inference_without_auth && (token.is_some() || !self.keys.is_empty())
+    pub fn inference_needs_auth(&self, has_token: bool) -> bool {
+        !self.inference_without_auth && (has_token || !self.keys.is_empty())
     }
 }
 
@@ -122,18 +125,20 @@ fn presented(request: &Request) -> Option<&str> {
 }
 
 fn authorized(app: &App, request: &Request) -> bool {
-    let Some(token) = &app.token else {
+    let Some(source) = &app.token else {
         return true;
     };
+    let token = source.current();
     presented(request).is_some_and(|p| token.matches(p))
 }
 
 /// Which credential a request presents: 0 the token, `i + 1` key `i`.
 fn credential(app: &App, request: &Request) -> Option<usize> {
     let presented = presented(request)?;
+    let token = app.token.as_ref().map(TokenSource::current);
     let mut found = None;
     // Every secret is compared, so that the time taken does not say which one matched.
-    for (i, secret) in app.token.iter().chain(&app.access.keys).enumerate() {
+    for (i, secret) in token.iter().chain(&app.access.keys).enumerate() {
         if secret.matches(presented) && found.is_none() {
             let index = if app.token.is_some() { i } else { i + 1 };
             found = Some(index);
@@ -164,7 +169,7 @@ pub async fn require_credential_for_inference(
     request: Request,
     next: Next,
 ) -> Response {
-    if !app.access.inference_needs_auth(app.token.as_ref()) {
+    if !app.access.inference_needs_auth(app.token.is_some()) {
         return next.run(request).await;
     }
     let Some(credential) = credential(&app, &request) else {

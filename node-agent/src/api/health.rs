@@ -1,11 +1,11 @@
-//! `/healthz` (the process answers) and `/readyz` (every device can be read, and the state
-//! directory written).
+//! `/healthz` (the process answers) and `/readyz` (every device can be read, as many GPUs as
+//! expected among them, and the state directory written).
 
 use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 
-use crate::{app::App, state_file};
+use crate::{app::App, probe::BackendKind, state_file};
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
@@ -15,18 +15,25 @@ pub fn router() -> Router<Arc<App>> {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, String) {
-    let failing: Vec<String> = app
-        .devices
-        .iter()
-        .filter_map(|d| {
-            d.status()
-                .probe_error
-                .map(|e| format!("device {}: {e}", d.info.index))
-        })
-        .collect();
+    let mut failing = vec![];
+    let mut gpus = 0;
+    for d in &app.devices {
+        match d.status().probe_error {
+            Some(e) => failing.push(format!("device {}: {e}", d.info.index)),
+            None if d.info.backend == BackendKind::Cuda => gpus += 1,
+            None => {}
+        }
+    }
     let mut reasons = vec![];
     if !failing.is_empty() {
         reasons.push(format!("memory readings fail: {}", failing.join("; ")));
+    }
+    // A node that should have GPUs and serves on its CPU (or lost one) is not ready.
+    if gpus < app.min_gpus {
+        reasons.push(format!(
+            "{gpus} GPU(s) readable, {} expected (--min-gpus, or --device cuda)",
+            app.min_gpus
+        ));
     }
     // Every load and unload writes the state file: with the directory read-only, each would
     // fail after the model was loaded.

@@ -14,6 +14,7 @@ pub mod limits;
 mod models;
 mod openapi;
 mod status;
+pub mod token_source;
 
 use std::sync::Arc;
 

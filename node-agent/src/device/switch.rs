@@ -332,8 +332,7 @@ impl Device {
         let spawn = Instant::now();
         let worker = WorkerHandle::spawn(
             &self.ctx.launch,
-            self.info.backend,
-            self.info.index,
+            &self.info,
             self.next_seq(),
             fault.map(|f| f.as_arg()),
         )

@@ -7,6 +7,8 @@ pub mod procfs;
 
 use std::sync::Arc;
 
+use crate::args::DeviceChoice;
+
 /// The backend a device's workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -35,6 +37,8 @@ pub struct DeviceInfo {
     pub name: String,
     /// Which backend its workers run.
     pub backend: BackendKind,
+    /// The GPU's UUID (`GPU-...`), which names it to CUDA as to NVML; `None` on the CPU.
+    pub uuid: Option<String>,
 }
 
 /// One process holding device memory.
@@ -101,36 +105,135 @@ pub struct Detected {
     pub probes: Vec<Arc<dyn DeviceProbe>>,
     /// Said once at start: which device and why.
     pub reason: String,
+    /// Whether the agent was told to manage GPUs (`--device cuda`): `/readyz` then fails
+    /// while no GPU can be read.
+    pub gpus_required: bool,
 }
 
-/// Picks the devices: every NVML GPU when NVIDIA's driver answers, else the CPU.
+/// The oldest CUDA driver API the workers run on: cudarc binds CUDA 13.0 (driver R580+).
+pub const MIN_CUDA_DRIVER: i32 = 13_000;
+
+/// Why `--device cuda` refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// NVML cannot be loaded or initialised.
+    #[error(
+        "--device cuda: NVML is unusable ({0}). The NVIDIA driver's libnvidia-ml.so.1 must be \
+         reachable: on Kubernetes, NVIDIA's container runtime (runtimeClassName nvidia, or the \
+         toolkit as the default runtime) with NVIDIA_DRIVER_CAPABILITIES including `utility`"
+    )]
+    Nvml(String),
+    /// NVML lists no GPU the agent can manage.
+    #[error("--device cuda: NVML lists no usable GPU{0}")]
+    NoGpu(String),
+    /// The CUDA driver library is missing or too old.
+    #[error("--device cuda: CUDA is unusable: {0}")]
+    Cuda(String),
+}
+
+/// Picks the devices. `cpu`: the CPU. `auto`: every usable NVML GPU when NVIDIA's driver
+/// answers, else the CPU. `cuda`: every usable NVML GPU, or an error saying why there is none
+/// (NVML, the CUDA driver's version, MIG). GPUs in MIG mode are never managed.
 /// `foreign`: on the CPU device, processes whose command line matches it are listed as holders
 /// of device memory (their resident memory), like other tenants' processes on a GPU.
-pub fn detect(agent_id: &str, force_cpu: bool, foreign: Option<regex::Regex>) -> Detected {
+pub fn detect(
+    agent_id: &str,
+    choice: DeviceChoice,
+    foreign: Option<regex::Regex>,
+) -> Result<Detected, DetectError> {
     let cpu = |reason: String| Detected {
         probes: vec![
             Arc::new(procfs::ProcfsProbe::new(agent_id, foreign.clone())) as Arc<dyn DeviceProbe>,
         ],
         reason,
+        gpus_required: false,
     };
-    if force_cpu {
-        return cpu("CPU: --device cpu was given".into());
+    if choice == DeviceChoice::Cpu {
+        return Ok(cpu("CPU: --device cpu was given".into()));
     }
-    match nvml::NvmlProbe::all() {
-        Ok(gpus) if !gpus.is_empty() => {
-            let names: Vec<String> = gpus
-                .iter()
-                .map(|g| format!("{} ({})", g.info().index, g.info().name))
-                .collect();
-            Detected {
-                reason: format!("NVML found {} GPU(s): {}", gpus.len(), names.join(", ")),
-                probes: gpus
-                    .into_iter()
-                    .map(|g| Arc::new(g) as Arc<dyn DeviceProbe>)
-                    .collect(),
-            }
+    let required = choice == DeviceChoice::Cuda;
+    let inventory = match nvml::NvmlProbe::inventory() {
+        Ok(inventory) => inventory,
+        Err(e) if required => return Err(DetectError::Nvml(e.to_string())),
+        Err(e) => return Ok(cpu(format!("CPU: no NVIDIA driver ({e})"))),
+    };
+    let refused = if inventory.refused.is_empty() {
+        String::new()
+    } else {
+        format!(" (refused: {})", inventory.refused.join("; "))
+    };
+    if inventory.gpus.is_empty() {
+        return if required {
+            Err(DetectError::NoGpu(refused))
+        } else {
+            Ok(cpu(format!(
+                "CPU: NVML answered but lists no usable GPU{refused}"
+            )))
+        };
+    }
+    if required {
+        check_cuda_driver(&inventory.cuda_driver).map_err(DetectError::Cuda)?;
+    }
+    let names: Vec<String> = inventory
+        .gpus
+        .iter()
+        .map(|g| format!("{} ({})", g.info().index, g.info().name))
+        .collect();
+    Ok(Detected {
+        reason: format!(
+            "NVML found {} GPU(s): {}{refused}",
+            inventory.gpus.len(),
+            names.join(", ")
+        ),
+        probes: inventory
+            .gpus
+            .into_iter()
+            .map(|g| Arc::new(g) as Arc<dyn DeviceProbe>)
+            .collect(),
+        gpus_required: required,
+    })
+}
+
+/// Whether the driver's CUDA version runs the workers' kernels.
+fn check_cuda_driver(version: &Result<i32, String>) -> Result<(), String> {
+    match version {
+        Err(e) => Err(format!(
+            "the CUDA driver library (libcuda.so.1) cannot be used: {e}; NVIDIA's runtime \
+             mounts it with NVIDIA_DRIVER_CAPABILITIES including `compute`"
+        )),
+        Ok(v) if *v < MIN_CUDA_DRIVER => Err(format!(
+            "the driver supports CUDA {}.{}, the workers need {}.{} (driver R580 or newer)",
+            v / 1000,
+            v % 1000 / 10,
+            MIN_CUDA_DRIVER / 1000,
+            MIN_CUDA_DRIVER % 1000 / 10
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cuda_driver_must_be_13_or_newer() {
+        assert!(check_cuda_driver(&Ok(13_000)).is_ok());
+        assert!(check_cuda_driver(&Ok(13_010)).is_ok());
+        let old = check_cuda_driver(&Ok(12_080)).unwrap_err();
+        assert!(old.contains("CUDA 12.8") && old.contains("13.0"), "{old}");
+        let missing = check_cuda_driver(&Err("LibraryNotFound".into())).unwrap_err();
+        assert!(missing.contains("libcuda.so.1"), "{missing}");
+    }
+
+    #[test]
+    fn mig_gpus_are_refused_by_name() {
+        let why = nvml::MigRefused {
+            index: 3,
+            name: "NVIDIA A100".into(),
         }
-        Ok(_) => cpu("CPU: NVML answered but lists no GPU".into()),
-        Err(e) => cpu(format!("CPU: no NVIDIA driver ({e})")),
+        .to_string();
+        assert!(why.contains("GPU 3 (NVIDIA A100) is in MIG mode"), "{why}");
+        assert!(why.contains("-mig 0"), "{why}");
     }
 }

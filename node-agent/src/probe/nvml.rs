@@ -9,6 +9,9 @@ use nvml_wrapper::{Nvml, enums::device::UsedGpuMemory, error::NvmlError};
 
 use super::{BackendKind, DeviceInfo, DeviceProbe, DeviceReading, ProbeError, ProcessUsage};
 
+/// NVML's `NVML_DEVICE_MIG_ENABLE` (the wrapper does not re-export it).
+const MIG_ENABLED: u32 = 1;
+
 /// Measures one GPU.
 pub struct NvmlProbe {
     nvml: Arc<Nvml>,
@@ -17,26 +20,67 @@ pub struct NvmlProbe {
     last_sample: Mutex<Option<u64>>,
 }
 
+/// What NVML found on this machine.
+pub struct Inventory {
+    /// One probe per GPU the agent can manage.
+    pub gpus: Vec<NvmlProbe>,
+    /// GPUs left out, each with the reason (MIG mode).
+    pub refused: Vec<String>,
+    /// The CUDA version the driver supports (`13000` for 13.0), or why it cannot be read
+    /// (NVML asks libcuda, so this fails when the CUDA driver library is missing).
+    pub cuda_driver: Result<i32, String>,
+}
+
 impl NvmlProbe {
-    /// One probe per GPU NVML lists; an error when the library or the driver is missing.
-    pub fn all() -> Result<Vec<NvmlProbe>, NvmlError> {
+    /// Every GPU NVML lists, GPUs in MIG mode refused; an error when the library or the driver
+    /// is missing.
+    pub fn inventory() -> Result<Inventory, NvmlError> {
         let nvml = Arc::new(Nvml::init()?);
         let count = nvml.device_count()?;
-        (0..count)
-            .map(|index| {
-                let name = nvml.device_by_index(index)?.name()?;
-                Ok(NvmlProbe {
-                    last_sample: Mutex::new(None),
-                    nvml: nvml.clone(),
-                    info: DeviceInfo {
-                        index,
-                        name,
-                        backend: BackendKind::Cuda,
-                    },
-                })
-            })
-            .collect()
+        let mut gpus = vec![];
+        let mut refused = vec![];
+        for index in 0..count {
+            let device = nvml.device_by_index(index)?;
+            let name = device.name()?;
+            // A GPU in MIG mode runs work only inside its instances, which NVML and CUDA
+            // address differently from whole GPUs: the agent does not manage them (yet).
+            if let Ok(mode) = device.mig_mode()
+                && mode.current == MIG_ENABLED
+            {
+                refused.push(MigRefused { index, name }.to_string());
+                continue;
+            }
+            gpus.push(NvmlProbe {
+                last_sample: Mutex::new(None),
+                nvml: nvml.clone(),
+                info: DeviceInfo {
+                    index,
+                    name,
+                    backend: BackendKind::Cuda,
+                    uuid: device.uuid().ok(),
+                },
+            });
+        }
+        let cuda_driver = nvml.sys_cuda_driver_version().map_err(|e| e.to_string());
+        Ok(Inventory {
+            gpus,
+            refused,
+            cuda_driver,
+        })
     }
+}
+
+/// Why a GPU in MIG mode is not managed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "GPU {index} ({name}) is in MIG mode: vramkeeper manages whole GPUs only; disable MIG \
+     (nvidia-smi -i {index} -mig 0) or leave this GPU to another workload"
+)]
+pub struct MigRefused {
+    /// NVML's index.
+    pub index: u32,
+    /// Product name.
+    pub name: String,
 }
 
 impl DeviceProbe for NvmlProbe {

@@ -24,6 +24,7 @@ impl ProcfsProbe {
                 index: 0,
                 name: "cpu".into(),
                 backend: BackendKind::Flex,
+                uuid: None,
             },
             agent_id: agent_id.to_string(),
         }

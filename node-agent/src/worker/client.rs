@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use super::protocol::{self, Request, Response, WorkerMemory};
-use crate::probe::{BackendKind, process};
+use crate::probe::{BackendKind, DeviceInfo, process};
 
 /// How to start workers.
 #[derive(Debug, Clone)]
@@ -81,6 +81,23 @@ pub enum WorkerError {
     },
 }
 
+/// The CUDA device ordinal a worker of `device` opens, and the environment that makes it the
+/// GPU NVML measures. CUDA numbers GPUs fastest first unless told otherwise, NVML by PCI bus:
+/// on a mixed machine the same index can name two cards. So the worker sees only its GPU,
+/// named by UUID (`CUDA_VISIBLE_DEVICES=GPU-...`), as its device 0; without a UUID, the NVML
+/// index in PCI bus order (`CUDA_DEVICE_ORDER=PCI_BUS_ID`, NVML's order). CPU workers get
+/// nothing.
+pub fn cuda_selection(device: &DeviceInfo) -> (u32, Vec<(&'static str, String)>) {
+    if device.backend != BackendKind::Cuda {
+        return (0, vec![]);
+    }
+    let order = ("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string());
+    match &device.uuid {
+        Some(uuid) => (0, vec![("CUDA_VISIBLE_DEVICES", uuid.clone()), order]),
+        None => (device.index, vec![order]),
+    }
+}
+
 /// A running worker process.
 ///
 /// The process is owned by a reaper task: it learns of the exit the moment it happens (the
@@ -126,14 +143,15 @@ pub struct Ended {
 }
 
 impl WorkerHandle {
-    /// Starts a worker for device `index` and waits until it answers.
+    /// Starts a worker for `device` and waits until it answers.
     pub async fn spawn(
         launch: &WorkerLaunch,
-        backend: BackendKind,
-        index: u32,
+        device: &DeviceInfo,
         seq: u64,
         fault: Option<&str>,
     ) -> Result<Self, WorkerError> {
+        let backend = device.backend;
+        let (cuda_ordinal, cuda_env) = cuda_selection(device);
         std::fs::create_dir_all(&launch.run_dir)
             .map_err(|e| WorkerError::Spawn(format!("{}: {e}", launch.run_dir.display())))?;
         let short = &launch.instance[..8.min(launch.instance.len())];
@@ -152,7 +170,8 @@ impl WorkerHandle {
         .arg("--socket")
         .arg(&socket)
         .args(["--backend", backend.as_str()])
-        .args(["--device-index", &index.to_string()])
+        .envs(cuda_env)
+        .args(["--device-index", &cuda_ordinal.to_string()])
         .arg("--cache-dir")
         .arg(&launch.cache_dir)
         .stdin(Stdio::null())
@@ -426,4 +445,53 @@ pub async fn kill_pid(pid: u32, wait: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, uuid: Option<&str>) -> DeviceInfo {
+        DeviceInfo {
+            index,
+            name: "NVIDIA H100".into(),
+            backend: BackendKind::Cuda,
+            uuid: uuid.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_gpu_worker_sees_only_its_gpu_by_uuid_as_device_0() {
+        let (ordinal, env) =
+            cuda_selection(&gpu(3, Some("GPU-8e3c1a2b-0000-4d5e-9f00-123456789abc")));
+        assert_eq!(ordinal, 0);
+        assert_eq!(
+            env,
+            [
+                (
+                    "CUDA_VISIBLE_DEVICES",
+                    "GPU-8e3c1a2b-0000-4d5e-9f00-123456789abc".to_string()
+                ),
+                ("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_uuid_cuda_counts_in_nvmls_order() {
+        let (ordinal, env) = cuda_selection(&gpu(3, None));
+        assert_eq!(ordinal, 3);
+        assert_eq!(env, [("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string())]);
+    }
+
+    #[test]
+    fn cpu_workers_get_no_cuda_environment() {
+        let cpu = DeviceInfo {
+            index: 0,
+            name: "cpu".into(),
+            backend: BackendKind::Flex,
+            uuid: None,
+        };
+        assert_eq!(cuda_selection(&cpu), (0, vec![]));
+    }
 }

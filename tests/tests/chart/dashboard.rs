@@ -209,8 +209,11 @@ fn the_dashboard_is_well_formed() {
         .filter_map(|p| p["title"].as_str())
         .collect();
     for wanted in [
-        "VRAM by model: GPU $gpu",
+        "VRAM by model: $node, GPU $gpu",
         "Ghost memory by source",
+        "Unverified releases (1 h)",
+        "Marked Degraded (1 h)",
+        "Operator steps",
         "Zombie memory",
         "Remediations",
         "Switch latency",
@@ -227,6 +230,38 @@ fn the_dashboard_is_well_formed() {
     let shipped: Value = serde_json::from_str(cm["data"]["vramkeeper.json"].as_str().unwrap())
         .expect("the ConfigMap's dashboard parses");
     assert_eq!(shipped, d);
+}
+
+/// The stacked VRAM panel shows one GPU of one node: its row repeats per node and the panel
+/// per GPU, so GPU N of two nodes is never stacked into one picture.
+#[test]
+fn vram_is_stacked_per_node_and_gpu() {
+    let d = dashboard();
+    let top = d["panels"].as_array().unwrap();
+    let at = top
+        .iter()
+        .position(|p| p["title"] == "VRAM by model: $node, GPU $gpu")
+        .unwrap();
+    let panel = &top[at];
+    assert_eq!(panel["repeat"], "gpu");
+    let row = top[..at]
+        .iter()
+        .rev()
+        .find(|p| p["type"] == "row")
+        .expect("the panel's row");
+    assert_eq!(row["repeat"], "node", "{}", row["title"]);
+    assert_eq!(
+        panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"],
+        "normal"
+    );
+    for t in panel["targets"].as_array().unwrap() {
+        let expr = t["expr"].as_str().unwrap();
+        for m in metric_refs(expr) {
+            for label in ["node", "gpu"] {
+                assert!(m.matchers.contains(&label.to_string()), "{expr}: {label}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -297,7 +332,24 @@ async fn every_metric_the_dashboard_queries_is_served_by_the_agent() {
     assert_eq!(code, StatusCode::OK, "{body}");
 
     let d = dashboard();
-    let queries = queries(&d);
+    let mut queries = queries(&d);
+    // The alerts' expressions too (their templates use $labels, not legends).
+    let gpu = render("values-gpu.yaml");
+    for a in crate::monitoring::alerts(&gpu) {
+        queries.push((a["expr"].as_str().unwrap().to_string(), vec![]));
+    }
+    // The operator's metrics come from the operator's registry, every family given samples.
+    let operator = vramkeeper_operator::metrics::Metrics::new();
+    operator.step("mark_degraded");
+    operator.agent_call("switch", true, Duration::from_millis(5));
+    operator.reconcile_failed("kube");
+    operator.set_leader(true);
+    let operator_served = samples(&operator.render());
+    let (operator_queries, queries): (Vec<_>, Vec<_>) = queries
+        .into_iter()
+        .partition(|(q, _)| q.contains("vramkeeper_operator_"));
+    assert!(operator_queries.len() >= 4, "{operator_queries:?}");
+    check_queries(&operator_queries, &operator_served);
     let wanted: BTreeSet<String> = queries
         .iter()
         .flat_map(|(q, _)| metric_refs(q))
@@ -322,11 +374,19 @@ async fn every_metric_the_dashboard_queries_is_served_by_the_agent() {
         served.keys().collect::<Vec<_>>()
     );
 
-    for (expr, formats) in &queries {
+    check_queries(&queries, &served);
+}
+
+/// Every metric a query names is served with the labels its matchers and groupings use, and
+/// every legend placeholder survives the query's grouping.
+fn check_queries(queries: &[(String, Vec<String>)], served: &BTreeMap<String, BTreeSet<String>>) {
+    for (expr, formats) in queries {
         let refs = metric_refs(expr);
         let mut available: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
         for m in &refs {
-            let labels = &served[&m.name];
+            let labels = served
+                .get(&m.name)
+                .unwrap_or_else(|| panic!("`{expr}`: {} is not served", m.name));
             for l in &m.matchers {
                 assert!(
                     labels.contains(l) || TARGET_LABELS.contains(&l.as_str()),

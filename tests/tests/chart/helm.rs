@@ -90,9 +90,22 @@ pub fn helm(args: &[&str]) -> Output {
     }
 }
 
-/// `helm template` of the chart with a values file and `--set` overrides (CRDs included).
+/// The API the Prometheus Operator adds, which the chart's monitors and alerts need.
+pub const MONITORING_API: &str = "monitoring.coreos.com/v1";
+
+/// `helm template` of the chart with a values file and `--set` overrides (CRDs included), as
+/// for a cluster that runs the Prometheus Operator ([`MONITORING_API`]).
 pub fn template(values: &str, sets: &[&str]) -> Output {
-    let chart = chart_dir();
+    template_of(
+        &chart_dir(),
+        values,
+        sets,
+        &["--api-versions", MONITORING_API],
+    )
+}
+
+/// `helm template` of the chart in `chart` with more of Helm's own arguments (`extra`).
+pub fn template_of(chart: &Path, values: &str, sets: &[&str], extra: &[&str]) -> Output {
     let values = values_path(values);
     let mut args = vec![
         "template".to_string(),
@@ -108,6 +121,7 @@ pub fn template(values: &str, sets: &[&str]) -> Output {
         args.push("--set".into());
         args.push(set.to_string());
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     helm(&args)
 }
@@ -126,10 +140,15 @@ pub struct Rendered {
 
 /// Renders the chart with a values file; panics with Helm's message when it fails.
 pub fn render(values: &str) -> Rendered {
-    let out = template(values, &[]);
+    render_with(values, &[])
+}
+
+/// Renders the chart with a values file and `--set` overrides; panics when it fails.
+pub fn render_with(values: &str, sets: &[&str]) -> Rendered {
+    let out = template(values, sets);
     assert!(
         out.ok,
-        "helm template with {values} failed:\n{}",
+        "helm template with {values} {sets:?} failed:\n{}",
         out.stderr
     );
     let text = std::fs::read_to_string(values_path(values)).expect("read values");
@@ -223,6 +242,13 @@ pub fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
         .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
+}
+
+/// The one init container of a workload's Pod template with that name, if any.
+pub fn init_container<'a>(workload: &'a Value, container: &str) -> Option<&'a Value> {
+    workload["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
 }
 
 /// A container's environment variable (the whole `env` entry).

@@ -8,6 +8,10 @@
 //!   through the `vramkeeper-agent` binary; a real agent started with the chart's flags and
 //!   catalog serves every metric the Grafana dashboard queries.
 //! - The CRD in the chart is crdgen's output; `examples/` pass the CRD's schema and CEL rules.
+//! - Production: Pod templates unchanged by chart bumps and re-renders, the operator's rollout
+//!   and disruption budget (`rollouts`); monitors, alerts and NetworkPolicies together
+//!   (`monitoring`); placement and the wait for NVIDIA's driver (`scheduling`); the token
+//!   across two `helm template` renders with a real agent following its file (`gitops`).
 //!
 //! Needs Helm and kubernetes-validate under `.tools/` (`scripts/install-test-tools` installs
 //! them; `scripts/test` runs that first) and the agent binary (`cargo build -p
@@ -16,6 +20,10 @@
 mod crd;
 mod dashboard;
 mod examples;
+mod gitops;
 mod helm;
 mod manifests;
+mod monitoring;
 mod rbac;
+mod rollouts;
+mod scheduling;

@@ -9,7 +9,8 @@ use vramkeeper_e2e::agent::agent_bin;
 use vramkeeper_operator::Args as OperatorArgs;
 
 use crate::helm::{
-    NAMESPACE, Rendered, VALUES, args, container, env, flag, helm, name, render, template,
+    NAMESPACE, Rendered, VALUES, args, container, env, flag, helm, init_container, name, render,
+    render_with, template,
 };
 
 /// Kubernetes versions the manifests are validated against: k8s-openapi's `v1_33` (what the
@@ -18,7 +19,7 @@ pub const KUBERNETES_VERSIONS: &[&str] = &["1.33", "1.34", "1.35", "1.36", "1.37
 
 /// Kinds kubernetes-validate has no schema for (the Prometheus Operator's): checked here by
 /// [`monitors_select_the_agents_and_the_operator`] instead.
-const NO_SCHEMA: &[&str] = &["ServiceMonitor", "PodMonitor"];
+const NO_SCHEMA: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"];
 
 #[test]
 fn helm_lint_strict_passes_for_every_values_file() {
@@ -229,18 +230,21 @@ fn the_operator_is_configured_to_find_the_agents() {
     }
 }
 
-fn volume<'a>(workload: &'a Value, volume: &str) -> &'a Value {
+/// A volume of a workload's Pod template.
+pub fn volume<'a>(workload: &'a Value, volume: &str) -> &'a Value {
     workload["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .and_then(|vs| vs.iter().find(|v| v["name"] == volume))
         .unwrap_or_else(|| panic!("no volume {volume} in {}", name(workload)))
 }
 
-fn token_volume(agent: &Value) -> &Value {
+/// The agent's token volume.
+pub fn token_volume(agent: &Value) -> &Value {
     volume(agent, "token")
 }
 
-fn mount_of<'a>(container: &'a Value, volume: &str) -> &'a str {
+/// Where a container mounts a volume.
+pub fn mount_of<'a>(container: &'a Value, volume: &str) -> &'a str {
     container["volumeMounts"]
         .as_array()
         .and_then(|ms| ms.iter().find(|m| m["name"] == volume))
@@ -307,12 +311,17 @@ fn the_agent_binary_accepts_the_rendered_flags() {
             env(c, "NODE_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
             "spec.nodeName"
         );
+        // NVIDIA's runtime injects GPUs in GPU mode only.
         let device = flag(&argv, "--device").unwrap();
         assert_eq!(
             env(c, "NVIDIA_DRIVER_CAPABILITIES").is_some(),
-            device == "auto",
+            device != "cpu",
             "{values}"
         );
+        let visible = env(c, "NVIDIA_VISIBLE_DEVICES").map(|e| e["value"].clone());
+        if device == "cpu" {
+            assert_eq!(visible, Some(json!("void")), "{values}");
+        }
     }
 }
 
@@ -339,7 +348,7 @@ fn secure_by_default() {
     assert!(c["securityContext"]["capabilities"]["add"].is_null());
     assert!(c["securityContext"]["privileged"].is_null());
     // The init container: root for one chown, CAP_CHOWN only, the agent's user as the owner.
-    let init = &pod["initContainers"][0];
+    let init = init_container(agent, "prepare-host-dirs").unwrap();
     assert_eq!(init["command"][0], "chown");
     assert_eq!(init["command"][2], "65532:65532");
     no_capabilities(&init["securityContext"]);
@@ -378,18 +387,37 @@ fn gpu_options_reach_the_agent_pod() {
     assert_eq!(security["capabilities"]["add"], json!(["KILL"]));
     assert_eq!(security["runAsUser"], 0);
     assert!(args(c).contains(&"--kill-foreign-processes".to_string()));
-    assert_eq!(pod["initContainers"][0]["command"][2], "0:0");
+    assert_eq!(
+        init_container(agent, "prepare-host-dirs").unwrap()["command"][2],
+        "0:0"
+    );
+    // Not ready while fewer than the requested GPUs can be read.
+    assert_eq!(flag(&args(c), "--min-gpus"), Some("2"));
 
     let defaults = render("values-default.yaml");
     let c = container(defaults.agent(), "agent");
     assert_eq!(env(c, "NVIDIA_VISIBLE_DEVICES").unwrap()["value"], "all");
+    assert_eq!(
+        flag(&args(c), "--device"),
+        Some("cuda"),
+        "GPU mode by default"
+    );
+    assert_eq!(
+        flag(&args(c), "--min-gpus"),
+        None,
+        "--device cuda implies one"
+    );
+    // On the CPU the base image's NVIDIA_VISIBLE_DEVICES=all is overridden: no GPU injected.
     let cpu = render("values-cpu.yaml");
     let c = container(cpu.agent(), "agent");
-    assert!(env(c, "NVIDIA_VISIBLE_DEVICES").is_none());
-    assert!(cpu.agent()["spec"]["template"]["spec"]["nodeSelector"].is_null());
+    assert_eq!(env(c, "NVIDIA_VISIBLE_DEVICES").unwrap()["value"], "void");
+    assert!(env(c, "NVIDIA_DRIVER_CAPABILITIES").is_none());
+    let pod = &cpu.agent()["spec"]["template"]["spec"];
+    assert!(pod["nodeSelector"].is_null() && pod["affinity"].is_null());
 }
 
-fn labels_match(selector: &Value, labels: &Value) -> bool {
+/// Whether every label of a non-empty selector is in `labels`.
+pub fn labels_match(selector: &Value, labels: &Value) -> bool {
     selector
         .as_object()
         .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
@@ -452,6 +480,24 @@ fn monitors_select_the_agents_and_the_operator() {
             .collect();
         assert!(keys.is_subset(&BTreeSet::from(["port", "path", "interval", "relabelings"])));
     }
+    assert!(r.of_kind("PodMonitor").is_empty(), "one kind of monitor");
+    let service_monitors = r;
+    // PodMonitors instead: the agents and the operator, by their Pods' labels and ports.
+    let r = render_with(
+        "values-gpu.yaml",
+        &[
+            "monitoring.serviceMonitor.enabled=false",
+            "monitoring.podMonitor.enabled=true",
+        ],
+    );
+    assert!(r.of_kind("ServiceMonitor").is_empty());
+    assert_eq!(r.of_kind("PodMonitor").len(), 2);
+    let op = r.get("PodMonitor", "-operator");
+    assert!(labels_match(
+        &op["spec"]["selector"]["matchLabels"],
+        &r.operator().unwrap()["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert_eq!(op["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
     let pm = r.get("PodMonitor", "-agent");
     assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
     assert!(labels_match(
@@ -464,10 +510,14 @@ fn monitors_select_the_agents_and_the_operator() {
     let node =
         json!([{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]);
     assert_eq!(endpoint["relabelings"], node);
-    assert_eq!(
-        r.get("ServiceMonitor", "-agent")["spec"]["endpoints"][0]["relabelings"],
-        node
-    );
+    for m in service_monitors.of_kind("ServiceMonitor") {
+        assert_eq!(
+            m["spec"]["endpoints"][0]["relabelings"],
+            node,
+            "{}",
+            name(m)
+        );
+    }
 }
 
 #[test]
@@ -487,6 +537,10 @@ fn network_policies_admit_the_operator_and_the_listed_peers_only() {
         &r.operator().unwrap()["spec"]["template"]["metadata"]["labels"]
     ));
     assert_eq!(from[1], r.value("networkPolicy.agentFrom")[0]);
+    // With a monitor rendered, the scraper too, on the same port.
+    let scraper = &agent_np["spec"]["ingress"][1];
+    assert_eq!(scraper["ports"], rule["ports"]);
+    assert_eq!(scraper["from"], crate::monitoring::default_scraper_from());
     let op_np = r.get("NetworkPolicy", "-operator");
     assert_eq!(op_np["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
 
@@ -548,6 +602,17 @@ fn values_that_cannot_work_are_refused() {
             "needs agent.hostPID",
         ),
         (&["agent.device=gpu"], "agent.device"),
+        (
+            &[
+                "monitoring.serviceMonitor.enabled=true",
+                "monitoring.podMonitor.enabled=true",
+            ],
+            "enable one",
+        ),
+        (
+            &["agent.waitForNvidia.validationFile=relative"],
+            "validationFile",
+        ),
         (&["agent.hostPaht=/x"], "hostPaht"),
         (&["catalog.models[0].name=Big_Model"], "catalog.models.0"),
         (&["catalog.models[1].params=null"], "params"),

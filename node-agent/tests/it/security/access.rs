@@ -250,3 +250,43 @@ async fn configured_secrets_are_trimmed_as_presented_ones_are() {
     let (c, b) = padded.post("/v1/models/unload", json!({})).await;
     assert_eq!(c, StatusCode::OK, "{b}");
 }
+
+/// A token file changed under a running agent (a Secret rotated, a GitOps sync drawing a new
+/// token): the next request is checked against the new token and the old one is refused, with
+/// no restart; a file emptied meanwhile keeps the last token.
+#[tokio::test]
+async fn a_changed_token_file_is_followed_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "before-rotation\n").unwrap();
+    let agent = small_with(&["--token-file", file.to_str().unwrap()], None).await;
+    let acting =
+        |bearer: &'static str| post_as(&agent, Some(bearer), "/v1/models/unload", json!({}));
+    assert_eq!(acting("before-rotation").await.0, StatusCode::OK);
+    assert_eq!(acting("after-rotation").await.0, StatusCode::UNAUTHORIZED);
+
+    // Replaced as kubelet replaces a Secret's file: written aside, renamed over.
+    let aside = dir.path().join("token.new");
+    std::fs::write(&aside, "after-rotation\n").unwrap();
+    std::fs::rename(&aside, &file).unwrap();
+    let (c, b) = acting("after-rotation").await;
+    assert_eq!(c, StatusCode::OK, "the new token at once: {b}");
+    let (c, b) = acting("before-rotation").await;
+    assert_error(c, &b, StatusCode::UNAUTHORIZED, "unauthorized", "token");
+    // Inference follows too: it takes the token.
+    let (c, b) = post_as(
+        &agent,
+        Some("after-rotation"),
+        "/v1/infer",
+        json!({"model": "tiny-a", "tokens": [1]}),
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK, "{b}");
+
+    // Emptied mid-rotation: the last token stays, rather than locking everyone out.
+    std::fs::write(&file, "").unwrap();
+    assert_eq!(acting("after-rotation").await.0, StatusCode::OK);
+    let log = agent.log();
+    assert!(log.contains("the token file changed"), "{log}");
+    assert!(!log.contains("after-rotation") && !log.contains("before-rotation"));
+}

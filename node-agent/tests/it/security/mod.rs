@@ -95,12 +95,20 @@ pub fn json_in(body: &str) -> Value {
     serde_json::from_str(&body[start..=end]).expect("a JSON body")
 }
 
-/// Runs the agent binary with `args` and a fresh state directory; it must exit (not serve).
+/// Runs the agent binary with `args` (on the CPU unless they name a `--device`) and a fresh
+/// state directory; it must exit (not serve).
 /// Returns its exit status and what it wrote on stderr.
 pub async fn refused_start(args: &[&str], state_dir: &Path) -> (Option<i32>, String) {
+    // The CPU unless the test names a device.
+    let device: &[&str] = if args.contains(&"--device") {
+        &[]
+    } else {
+        &["--device", "cpu"]
+    };
     let mut child = Command::new(agent_bin())
-        .args(["--listen", "127.0.0.1:0", "--device", "cpu", "--state-dir"])
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state_dir)
+        .args(device)
         .args(args)
         .env_remove("VRAMKEEPER_TOKEN")
         .env("KUBECONFIG", "/nonexistent")
