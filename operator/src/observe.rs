@@ -84,6 +84,7 @@ pub fn history(status: &GpuModelStatus, journal: &[Remediation]) -> Vec<Remediat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::RemedyKind;
     use vramkeeper_crds::{
         GhostSourceKind, ModelState, SwitchTrigger,
         api::{
