@@ -21,7 +21,7 @@ dtype = "f16"
 seed = 1
 TOML
 "$agent" --listen 127.0.0.1:8479 --catalog "$work/catalog.toml" --state-dir "$work/state" \
-  --cache-dir /tmp/vk-gpu-cache --device cuda --enable-test-ops --auto-free false --sample-ms 250 \
+  --cache-dir "${VK_CACHE:-/tmp/vk-gpu-cache}" --device cuda --enable-test-ops --auto-free false --sample-ms 250 \
   >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
