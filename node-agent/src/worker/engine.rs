@@ -99,7 +99,12 @@ impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
         let started = Instant::now();
         match &spec.kind {
             ModelKind::Synthetic(s) => {
-                let net = SyntheticNet::<B>::new(s, &self.device, B::INIT_ON_DEVICE)?;
+                // Weights go to the allocator's persistent pool (pages of their exact size):
+                // the sliced pools then hold only temporaries, whose pages the post-load
+                // cleanup can return whole.
+                let net = B::memory_persistent_allocations(&self.device, (), |()| {
+                    SyntheticNet::<B>::new(s, &self.device, B::INIT_ON_DEVICE)
+                })?;
                 B::sync(&self.device).map_err(|e| format!("creating the weights failed: {e}"))?;
                 let weights_ms = ms(started);
                 let params = s.architecture().params();
@@ -116,8 +121,9 @@ impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
                 })
             }
             ModelKind::Minilm(m) => {
-                let model =
-                    crate::models::minilm::MiniLm::<B>::load(m, &self.device, B::EMBED_BATCH)?;
+                let model = B::memory_persistent_allocations(&self.device, (), |()| {
+                    crate::models::minilm::MiniLm::<B>::load(m, &self.device, B::EMBED_BATCH)
+                })?;
                 let weights_ms = ms(started);
                 let warm = Instant::now();
                 model.embed(&["warm-up".to_string()])?;
