@@ -51,7 +51,7 @@ impl SwitchTrigger {
 }
 
 /// Where a catalog model stands on a device.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ModelState {
     /// A worker holds it now; its figures are live.
     Loaded,

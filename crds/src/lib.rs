@@ -12,6 +12,7 @@ pub mod api;
 pub mod common;
 pub mod conditions;
 mod gpumodel;
+pub mod observed;
 pub mod openai;
 pub mod ownership;
 

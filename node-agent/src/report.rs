@@ -33,8 +33,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use vramkeeper_crds::{
-    GpuModel, GpuModelStatus, ModelState, RemediationStatus,
+    GpuModel, GpuModelStatus, RemediationStatus,
     api::{DeviceStatus, RemediationReport},
+    observed::{self, merge_remediations},
     ownership::owner_of,
     whole_mib,
 };
@@ -43,9 +44,6 @@ use crate::device::ManagedBy;
 
 /// The field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "vramkeeper-agent";
-
-/// How many remediations the status keeps (the newest).
-pub const REMEDIATIONS_KEPT: usize = 20;
 
 /// The permissions the reporter uses, as `(apiGroup, resource, verbs)`: the chart grants the
 /// agent exactly these (cluster-wide: GpuModels are cluster-scoped).
@@ -130,16 +128,7 @@ pub fn managed_by<'a>(
 /// The agent's status fields for device `d`, as a server-side apply body. Empty lists and
 /// absent values are left out: server-side apply then removes what the agent wrote before.
 pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Timestamp) -> Value {
-    let mut status = GpuModelStatus::observed(d);
-    let mut kept: Vec<RemediationStatus> =
-        remediations.iter().map(RemediationStatus::from).collect();
-    if let Some(last) = &d.zombie.last_remediation
-        && !kept.iter().any(|r| r.at == last.at)
-    {
-        kept.push(RemediationStatus::from(last));
-    }
-    let skip = kept.len().saturating_sub(REMEDIATIONS_KEPT);
-    status.remediations = kept.split_off(skip);
+    let mut status = observed(d, remediations);
     status.reported_at = Some(now.to_string());
     // The operator's fields are empty here, and empty fields are not serialized: the agent
     // never claims them.
@@ -150,28 +139,24 @@ pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Ti
     })
 }
 
-/// What, if it changes, is written at once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct StateKey {
-    active: Option<String>,
-    busy: bool,
-    zombie: bool,
-    zombie_since: Option<String>,
-    last_switch: Option<String>,
-    last_remediation: Option<String>,
-    models: Vec<(String, ModelState)>,
+/// The agent's fields of the status for device `d`, its remediations of the last hour merged
+/// with the latest (the operator reads them back the same way).
+fn observed(d: &DeviceStatus, remediations: &[RemediationReport]) -> GpuModelStatus {
+    GpuModelStatus {
+        remediations: merge_remediations(
+            remediations.iter().map(RemediationStatus::from),
+            d.zombie.last_remediation.as_ref(),
+        ),
+        ..GpuModelStatus::observed(d)
+    }
 }
 
+/// What, if it changes, is written at once: the observed state as crds defines it, and
+/// whether the agent has flagged zombie memory.
+type StateKey = (observed::StateKey, bool);
+
 fn state_key(d: &DeviceStatus) -> StateKey {
-    StateKey {
-        active: d.active_model.clone(),
-        busy: d.busy,
-        zombie: d.zombie.flagged,
-        zombie_since: d.zombie.over_threshold_since.clone(),
-        last_switch: d.last_switch.as_ref().map(|s| s.at.clone()),
-        last_remediation: d.zombie.last_remediation.as_ref().map(|r| r.at.clone()),
-        models: d.models.iter().map(|m| (m.name.clone(), m.state)).collect(),
-    }
+    (observed(d, &[]).state_key(), d.zombie.flagged)
 }
 
 /// Figures that are written at most every `min_interval` when they change.

@@ -48,11 +48,7 @@ pub fn worth_a_look(gm: &GpuModel) -> Option<u64> {
         .hash(&mut h);
     gm.metadata.finalizers.hash(&mut h);
     if let Some(s) = &gm.status {
-        s.active_model.hash(&mut h);
-        s.switching.hash(&mut h);
-        s.zombie_since.hash(&mut h);
-        s.last_switch.as_ref().map(|l| &l.at).hash(&mut h);
-        s.remediations.last().map(|r| &r.at).hash(&mut h);
+        s.state_key().hash(&mut h);
         s.device
             .as_ref()
             .map(|d| d.ghost_mib > gm.spec.zombie.threshold_mib)

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use vramkeeper_crds::{
     GpuModelStatus, RemediationStatus,
-    api::{DeviceStatus, RemediationReport, RemediationTrigger},
+    api::{DeviceStatus, RemediationTrigger},
+    observed::merge_remediations,
 };
 
 use crate::planner::{Remediation, parse_time};
@@ -28,26 +29,13 @@ pub fn status_from_agent(
         phase: stored.phase,
         conditions: stored.conditions,
         ladder: stored.ladder,
-        remediations: merge_remediation_statuses(
-            &stored.remediations,
+        remediations: merge_remediations(
+            stored.remediations,
             device.zombie.last_remediation.as_ref(),
         ),
         reported_at: Some(now.to_string()),
         ..GpuModelStatus::observed(device)
     }
-}
-
-fn merge_remediation_statuses(
-    stored: &[RemediationStatus],
-    last: Option<&RemediationReport>,
-) -> Vec<RemediationStatus> {
-    let mut all = stored.to_vec();
-    if let Some(last) = last
-        && !all.iter().any(|r| r.at == last.at)
-    {
-        all.push(RemediationStatus::from(last));
-    }
-    all
 }
 
 /// One remediation as the planner counts it, when its time parses.
@@ -89,7 +77,7 @@ mod tests {
         GhostSourceKind, ModelState, SwitchTrigger,
         api::{
             DeviceMemoryReport, GhostReport, GhostSource, ModelRecord, RemediationAction,
-            RemediationTrigger, SwitchRecord, ZombieStatus,
+            RemediationReport, RemediationTrigger, SwitchRecord, ZombieStatus,
         },
     };
 

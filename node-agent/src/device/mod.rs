@@ -43,7 +43,6 @@ use crate::{
 };
 
 pub use managed::ManagedBy;
-pub use switch::SwitchOutcome;
 
 /// Timeouts and tolerances of device operations.
 #[derive(Debug, Clone)]

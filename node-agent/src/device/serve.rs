@@ -75,8 +75,7 @@ impl Device {
             }
             if serving(&*self.slot.read().await, model).is_none() {
                 self.may_auto_switch(model)?;
-                let outcome = self.switch_held(&held, model, SwitchTrigger::Auto).await?;
-                switched = Some(outcome.response);
+                switched = Some(self.switch_held(&held, model, SwitchTrigger::Auto).await?);
             }
             // Hold the model before giving up the turn: an operation queued behind this one
             // waits for this request rather than switching the model away under it.

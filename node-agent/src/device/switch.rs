@@ -48,20 +48,14 @@ struct Loaded {
     device_delta: i64,
 }
 
-/// A finished switch and the worker it left active.
-pub struct SwitchOutcome {
-    /// What the API answers.
-    pub response: SwitchResponse,
-}
-
 impl Device {
-    /// Switches to `model` with the device already held.
+    /// Switches to `model` with the device already held; returns what the API answers.
     pub async fn switch_held(
         self: &Arc<Self>,
         _held: &OpGuard<'_>,
         model: &str,
         trigger: SwitchTrigger,
-    ) -> Result<SwitchOutcome> {
+    ) -> Result<SwitchResponse> {
         let spec = self.spec(model)?;
         let from = self.active_model();
         let serving = self
@@ -71,9 +65,7 @@ impl Device {
             .as_ref()
             .is_some_and(|a| a.spec.name == model && a.healthy());
         if serving {
-            return Ok(SwitchOutcome {
-                response: self.already_active(model, trigger),
-            });
+            return Ok(self.already_active(model, trigger));
         }
         self.set_busy(format!(
             "switching {} → {model}",
@@ -154,7 +146,7 @@ impl Device {
                     unload_ms, load_ms, vram_mb = mib(vram), "switched"
                 );
                 self.save_state();
-                Ok(SwitchOutcome { response })
+                Ok(response)
             }
             Err(e) => {
                 drop(slot);
@@ -184,7 +176,7 @@ impl Device {
         let model = model.to_string();
         self.detached(move |device| async move {
             let held = device.enter(format!("switching to {model}")).await?;
-            Ok(device.switch_held(&held, &model, trigger).await?.response)
+            device.switch_held(&held, &model, trigger).await
         })
         .await
     }
@@ -515,9 +507,9 @@ impl Device {
                 .switch_held(&held, &name, SwitchTrigger::TestLoad)
                 .await
             {
-                Ok(outcome) => TestLoadEntry {
+                Ok(response) => TestLoadEntry {
                     model: name,
-                    result: Some(outcome.response),
+                    result: Some(response),
                     error: None,
                 },
                 Err(e) => TestLoadEntry {
@@ -532,7 +524,6 @@ impl Device {
             Some(model) => Some(
                 self.switch_held(&held, model, SwitchTrigger::TestLoad)
                     .await?
-                    .response
                     .to,
             ),
             None => {
