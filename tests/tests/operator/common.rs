@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use vramkeeper_e2e::{Agent, ApiServerDouble};
+use vramkeeper_e2e::{Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG};
 use vramkeeper_operator::{Args, Running};
 
 /// The namespace of the agents, their token Secret and the Lease.
@@ -80,6 +80,33 @@ pub const AGENT_ARGS: &[&str] = &[
     "--sample-ms",
     "200",
 ];
+
+/// An agent as the operator tests run it: [`AGENT_ARGS`], the small catalog, the token.
+pub fn agent_options() -> AgentOptions {
+    AgentOptions {
+        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
+        catalog: Some(SMALL_CATALOG.into()),
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    }
+}
+
+/// `options` for an agent that writes status as in a cluster: `NODE_NAME` is `node`, and its
+/// kubeconfig (written into `dir`) points at `double`.
+pub fn in_cluster(
+    mut options: AgentOptions,
+    double: &ApiServerDouble,
+    node: &str,
+    dir: &std::path::Path,
+) -> AgentOptions {
+    let kubeconfig = dir.join("kubeconfig");
+    double.write_kubeconfig(&kubeconfig);
+    options.env.push(("NODE_NAME".into(), node.into()));
+    options
+        .env
+        .push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    options
+}
 
 /// A condition's `(status, reason)`.
 pub fn condition(gm: &Value, type_: &str) -> Option<(String, String)> {

@@ -4,9 +4,7 @@
 //! `Terminating` condition and a Warning naming why).
 
 use serde_json::{Value, json};
-use vramkeeper_e2e::{
-    Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until,
-};
+use vramkeeper_e2e::{Agent, ApiServerDouble, wait::DEADLINE, wait_until};
 
 use super::common::*;
 
@@ -19,13 +17,7 @@ fn ready(double: &ApiServerDouble, name: &str) -> Option<(String, String)> {
 }
 
 async fn start_agent() -> Agent {
-    Agent::start(AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    })
-    .await
+    Agent::start(agent_options()).await
 }
 
 /// The operator's reconciles so far (its `reconciles` counter).

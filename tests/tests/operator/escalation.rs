@@ -7,9 +7,7 @@
 //! goes free -> Degraded (`ResetBudgetSpent`).
 
 use serde_json::{Value, json};
-use vramkeeper_e2e::{
-    Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until,
-};
+use vramkeeper_e2e::{Agent, ApiServerDouble, wait::DEADLINE, wait_until};
 
 use super::common::*;
 
@@ -47,20 +45,8 @@ async fn a_flickering_ghost_escalates_and_the_budget_survives_a_restart() {
     let double = ApiServerDouble::start().await;
     double.create(token_secret());
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    double.write_kubeconfig(&kubeconfig);
     let operator = Operator::start(&double, "replica-f").await;
-    let agent = Agent::start(AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        token: Some(TOKEN.into()),
-        env: vec![
-            ("NODE_NAME".into(), "node-f".into()),
-            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let agent = Agent::start(in_cluster(agent_options(), &double, "node-f", dir.path())).await;
     double.create(agent_pod("agent-node-f", "node-f", &agent.url));
     let mut object = gpumodel(GM, "node-f", Some("tiny-a"));
     object["spec"]["zombie"] = json!({

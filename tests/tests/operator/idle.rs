@@ -3,9 +3,7 @@
 //! request to load it on demand.
 
 use serde_json::{Value, json};
-use vramkeeper_e2e::{
-    Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until,
-};
+use vramkeeper_e2e::{Agent, ApiServerDouble, wait::DEADLINE, wait_until};
 
 use super::common::*;
 
@@ -42,13 +40,7 @@ async fn an_idle_model_is_unloaded_and_loaded_again_only_on_demand() {
     let double = ApiServerDouble::start().await;
     double.create(token_secret());
     let operator = Operator::start(&double, "replica-a").await;
-    let agent = Agent::start(AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    })
-    .await;
+    let agent = Agent::start(agent_options()).await;
     double.create(agent_pod("agent-node-a", "node-a", &agent.url));
     let mut gm = gpumodel(GM, "node-a", Some("tiny-a"));
     gm["spec"]["idleUnloadSeconds"] = json!(2);

@@ -6,9 +6,7 @@
 //! the GpuModel is gone the agent auto-switches freely again.
 
 use serde_json::{Value, json};
-use vramkeeper_e2e::{
-    Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until,
-};
+use vramkeeper_e2e::{Agent, ApiServerDouble, wait::DEADLINE, wait_until};
 
 use super::common::*;
 
@@ -40,20 +38,8 @@ async fn inference_never_switches_a_gpu_away_from_its_gpumodel() {
     let double = ApiServerDouble::start().await;
     double.create(token_secret());
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    double.write_kubeconfig(&kubeconfig);
     let operator = Operator::start(&double, "replica-i").await;
-    let agent = Agent::start(AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        token: Some(TOKEN.into()),
-        env: vec![
-            ("NODE_NAME".into(), "node-i".into()),
-            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let agent = Agent::start(in_cluster(agent_options(), &double, "node-i", dir.path())).await;
     double.create(agent_pod("agent-node-i", "node-i", &agent.url));
     double.create(gpumodel(GM, "node-i", Some("tiny-a")));
     wait_until("tiny-a loaded and reported", DEADLINE, || async {

@@ -2,9 +2,7 @@
 //! agent.
 
 use serde_json::{Value, json};
-use vramkeeper_e2e::{
-    Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until,
-};
+use vramkeeper_e2e::{Agent, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until};
 
 use super::common::*;
 
@@ -21,13 +19,7 @@ fn is(double: &ApiServerDouble, type_: &str, status: &str) -> bool {
 }
 
 async fn start_agent() -> Agent {
-    Agent::start(AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    })
-    .await
+    Agent::start(agent_options()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,7 @@
 //! unreachable (reported, retried, resumed when the agent is back).
 
 use serde_json::{Value, json};
-use vramkeeper_e2e::{
-    Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until,
-};
+use vramkeeper_e2e::{Agent, ApiServerDouble, wait::DEADLINE, wait_until};
 
 use super::common::*;
 
@@ -22,12 +20,7 @@ async fn an_api_server_outage_and_an_unreachable_agent() {
     let double = ApiServerDouble::start().await;
     double.create(token_secret());
     let operator = Operator::start(&double, "replica-o").await;
-    let options = AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    };
+    let options = agent_options();
     let mut agent = Agent::start(options.clone()).await;
     double.create(agent_pod("agent-node-o", "node-o", &agent.url));
     double.create(gpumodel(GM, "node-o", Some("tiny-a")));

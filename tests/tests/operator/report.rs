@@ -4,9 +4,7 @@
 //! the operator's fields, and reports a change of state without waiting for its heartbeat.
 
 use serde_json::{Value, json};
-use vramkeeper_e2e::{
-    Agent, AgentOptions, ApiServerDouble, agent::SMALL_CATALOG, wait::DEADLINE, wait_until,
-};
+use vramkeeper_e2e::{Agent, AgentOptions, ApiServerDouble, wait::DEADLINE, wait_until};
 
 use super::common::*;
 
@@ -23,17 +21,15 @@ async fn the_agent_reports_into_its_nodes_gpumodels() {
     double.create(gpumodel("node-r-gpu0", "node-r", Some("tiny-a")));
     double.create(gpumodel("elsewhere-gpu0", "node-x", Some("tiny-a")));
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    double.write_kubeconfig(&kubeconfig);
-    let agent = Agent::start(AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        env: vec![
-            ("NODE_NAME".into(), "node-r".into()),
-            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-        ],
-        ..Default::default()
-    })
+    let agent = Agent::start(in_cluster(
+        AgentOptions {
+            token: None,
+            ..agent_options()
+        },
+        &double,
+        "node-r",
+        dir.path(),
+    ))
     .await;
 
     wait_until("a first report", DEADLINE, || async {

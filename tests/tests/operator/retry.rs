@@ -28,12 +28,7 @@ async fn an_unknown_model_loads_once_the_agent_rolls_with_it_in_the_catalog() {
     let double = ApiServerDouble::start().await;
     double.create(token_secret());
     let operator = Operator::start(&double, "replica-u").await;
-    let options = AgentOptions {
-        args: AGENT_ARGS.iter().map(|s| s.to_string()).collect(),
-        catalog: Some(SMALL_CATALOG.into()),
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    };
+    let options = agent_options();
     let mut agent = Agent::start(options.clone()).await;
     double.create(agent_pod("agent-node-u", "node-u", &agent.url));
     double.create(gpumodel(GM, "node-u", Some("tiny-z")));
