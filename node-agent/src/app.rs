@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use vramkeeper_crds::{SwitchTrigger, api::AgentInfo};
 
 use crate::{
-    api::{self, token_source::TokenSource},
+    access::{self, Access, token_source::TokenSource},
+    api,
     args::ServeArgs,
     device::{AgentContext, Device, DeviceConfig},
     http_server::HttpLimits,
@@ -44,8 +45,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Limits acting requests.
     pub acting_limiter: Limiter,
-    /// Inference keys, their limits, the host names answered (`api::auth`).
-    pub access: api::auth::Access,
+    /// Inference keys, their limits, the host names answered.
+    pub access: Access,
     /// The state directory (`/readyz` checks that it is writable).
     pub state_dir: PathBuf,
     /// GPUs that must be readable for `/readyz` (`--min-gpus`, at least 1 with `--device cuda`).
@@ -100,8 +101,8 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 /// Builds the agent from its arguments: devices with their baselines, the catalog, the
 /// state of earlier runs.
 pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
-    let token = api::auth::configured_token(args)?;
-    let access = api::auth::Access::from_args(args)?;
+    let token = access::configured_token(args)?;
+    let access = Access::from_args(args)?;
     let catalog = match &args.catalog {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::builtin(),

@@ -12,6 +12,7 @@
 #![deny(rust_2018_idioms)]
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod args;

@@ -1,6 +1,7 @@
 //! The agent's HTTP API (axum). Routes live in one file per group; this module merges them,
-//! and holds what they share: the JSON extractor, the access checks (`auth`, `host`), the
-//! bounds on work (`limits`) and the device lookup.
+//! and holds what they share: the JSON extractor, the access middleware (`auth`, `host`; the
+//! configuration they check is `crate::access`), the bounds on work (`limits`) and the device
+//! lookup.
 
 pub mod auth;
 mod debug;
@@ -14,7 +15,6 @@ pub mod limits;
 mod models;
 mod openapi;
 mod status;
-pub mod token_source;
 
 use std::sync::Arc;
 

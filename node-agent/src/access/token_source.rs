@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::auth::Token;
+use super::Token;
 
 /// The configured token.
 pub enum TokenSource {
