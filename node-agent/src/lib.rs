@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod models;
 pub mod probe;
 pub mod report;
+pub mod serve;
 pub mod state_file;
 pub mod tracker;
 pub mod ui;

@@ -17,6 +17,6 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve) | None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(vramkeeper_node_agent::app::serve(cli.serve)),
+            .block_on(vramkeeper_node_agent::serve::serve(cli.serve)),
     }
 }

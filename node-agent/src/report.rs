@@ -87,30 +87,6 @@ pub trait ReportSource: Send + Sync + 'static {
     fn managed(&self, gpu: u32, by: Option<ManagedBy>);
 }
 
-impl ReportSource for crate::app::App {
-    fn devices(&self) -> Vec<DeviceStatus> {
-        self.devices.iter().map(|d| d.status()).collect()
-    }
-
-    fn remediations(&self, gpu: u32) -> Vec<RemediationReport> {
-        self.devices
-            .iter()
-            .find(|d| d.info.index == gpu)
-            .map(|d| d.history(3600).remediations)
-            .unwrap_or_default()
-    }
-
-    fn changes(&self) -> Vec<watch::Receiver<u64>> {
-        self.devices.iter().map(|d| d.subscribe()).collect()
-    }
-
-    fn managed(&self, gpu: u32, by: Option<ManagedBy>) {
-        if let Some(d) = self.devices.iter().find(|d| d.info.index == gpu) {
-            d.set_managed(by);
-        }
-    }
-}
-
 /// Who owns device `gpu` of node `node` among `gpumodels`, by the operator's rule (the
 /// oldest GpuModel naming it; [`vramkeeper_crds::ownership`]).
 pub fn managed_by<'a>(

@@ -1,7 +1,6 @@
 //! The agent's HTTP API (axum). Routes live in one file per group; this module merges them,
 //! and holds what they share: the JSON extractor, the access middleware (`auth`, `host`; the
-//! configuration they check is `crate::access`), the bounds on work (`limits`) and the device
-//! lookup.
+//! configuration they check is `crate::access`), and the bounds on work (`limits`).
 
 pub mod auth;
 mod debug;
@@ -26,11 +25,7 @@ use axum::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::{
-    app::App,
-    device::Device,
-    error::{ApiError, Result},
-};
+use crate::{app::App, error::ApiError};
 
 /// The largest request body accepted (embedding batches are the largest).
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -86,22 +81,4 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
-}
-
-impl App {
-    /// The device of index `gpu`, or a 404 naming the ones there are.
-    pub fn device(&self, gpu: u32) -> Result<&Arc<Device>> {
-        self.devices
-            .iter()
-            .find(|d| d.info.index == gpu)
-            .ok_or_else(|| ApiError::UnknownDevice {
-                gpu,
-                known: self
-                    .devices
-                    .iter()
-                    .map(|d| d.info.index.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
 }
