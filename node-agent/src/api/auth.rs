@@ -1,5 +1,6 @@
-//! The middleware of each auth class but the open one (acting, inference, reads): what each
-//! class requires is described in `crate::access`, which holds the secrets and their limits.
+//! The middleware of each auth class but `Open` (see [`AuthClass`](super::route::AuthClass)):
+//! what each class requires is described in `crate::access`, which holds the secrets and
+//! their limits.
 
 use std::sync::Arc;
 

@@ -4,24 +4,27 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-use super::ApiJson;
+use super::{
+    ApiJson,
+    route::{AuthClass, Route},
+};
 use crate::{
     app::App,
     args::Fault,
     error::{ApiError, Result},
 };
 
-pub fn router(enabled: bool) -> Router<Arc<App>> {
-    if !enabled {
-        return Router::new();
-    }
-    Router::new()
-        .route("/v1/debug/leak", post(leak))
-        .route("/v1/debug/fault", post(fault))
-        .route("/v1/debug/probe", post(probe))
+/// Acting routes (the token whenever one is configured); `api::routes` adds them only with
+/// `--enable-test-ops`.
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::test_only_post("/v1/debug/leak", leak, AuthClass::Acting),
+        Route::test_only_post("/v1/debug/fault", fault, AuthClass::Acting),
+        Route::test_only_post("/v1/debug/probe", probe, AuthClass::Acting),
+    ]
 }
 
 #[derive(Deserialize)]

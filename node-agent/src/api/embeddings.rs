@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::extract::State;
 use base64::Engine as _;
 use vramkeeper_crds::openai::{
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, EncodingFormat,
 };
 
-use super::{ApiJson, limits};
+use super::{
+    ApiJson, limits,
+    route::{AuthClass, Operation, Route, SERVING_ERRORS},
+};
 use crate::{
     app::App,
     error::{ApiError, Result},
@@ -17,8 +20,17 @@ use crate::{
     worker::protocol::{Request, Response, decode_f32},
 };
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new().route("/v1/embeddings", post(embeddings))
+pub(super) fn routes() -> Vec<Route> {
+    vec![Route::post(
+        "/v1/embeddings",
+        embeddings,
+        AuthClass::Inference,
+        Operation::json::<EmbeddingResponse>(
+            "OpenAI-style sentence embeddings; switches to the model first if needed.",
+        )
+        .body::<EmbeddingRequest>()
+        .errors(SERVING_ERRORS),
+    )]
 }
 
 async fn embeddings(

@@ -2,19 +2,41 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::extract::State;
 use vramkeeper_crds::api::{RemediateRequest, RemediationReport, RemediationTrigger};
 
-use super::ApiJson;
+use super::{
+    ApiJson,
+    route::{ACTING_ERRORS, AuthClass, Operation, Route},
+};
 use crate::{
     app::App,
     error::{ApiError, Result},
 };
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v1/gpu/free", post(free))
-        .route("/v1/gpu/reset", post(reset))
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::post(
+            "/v1/gpu/free",
+            free,
+            AuthClass::Acting,
+            Operation::json::<RemediationReport>(
+                "Clean allocator pools, end zombie workers and orphans.",
+            )
+            .body::<RemediateRequest>()
+            .errors(ACTING_ERRORS),
+        ),
+        Route::post(
+            "/v1/gpu/reset",
+            reset,
+            AuthClass::Acting,
+            Operation::json::<RemediationReport>(
+                "Stop every worker, wait for the baseline, reload the active model.",
+            )
+            .body::<RemediateRequest>()
+            .errors(ACTING_ERRORS),
+        ),
+    ]
 }
 
 fn trigger(req: &RemediateRequest) -> Result<RemediationTrigger> {

@@ -3,15 +3,41 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::{extract::State, http::StatusCode};
 
+use super::route::{AuthClass, Operation, Route};
 use crate::{app::App, probe::BackendKind, state_file};
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+const TEXT: &str = "text/plain; charset=utf-8";
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get(
+            "/healthz",
+            || async { "ok\n" },
+            AuthClass::Open,
+            Operation::text("Liveness: the process answers.", TEXT),
+        ),
+        Route::get(
+            "/readyz",
+            readyz,
+            AuthClass::Open,
+            Operation::text(
+                "Readiness: every device's memory can be read (503 when not).",
+                TEXT,
+            )
+            .errors(&[503]),
+        ),
+        Route::get(
+            "/metrics",
+            metrics,
+            AuthClass::Open,
+            Operation::text(
+                "OpenMetrics: memory, ghost, switches, remediations, requests.",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        ),
+    ]
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, String) {

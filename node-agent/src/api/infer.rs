@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::extract::State;
 use vramkeeper_crds::api::{InferRequest, InferResponse};
 
-use super::ApiJson;
+use super::{
+    ApiJson,
+    route::{AuthClass, Operation, Route, SERVING_ERRORS},
+};
 use crate::{
     app::App,
     error::{ApiError, Result},
@@ -14,8 +17,17 @@ use crate::{
     worker::protocol::{Request, Response},
 };
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new().route("/v1/infer", post(infer))
+pub(super) fn routes() -> Vec<Route> {
+    vec![Route::post(
+        "/v1/infer",
+        infer,
+        AuthClass::Inference,
+        Operation::json::<InferResponse>(
+            "A forward pass of a synthetic model; switches to it first if needed.",
+        )
+        .body::<InferRequest>()
+        .errors(SERVING_ERRORS),
+    )]
 }
 
 async fn infer(

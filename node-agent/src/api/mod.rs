@@ -1,6 +1,15 @@
-//! The agent's HTTP API (axum). Routes live in one file per group; this module merges them,
-//! and holds what they share: the JSON extractor, the access middleware (`auth`, `host`; the
-//! configuration they check is `crate::access`), and the bounds on work (`limits`).
+//! The agent's HTTP API (axum). Routes live in one file per group, each exporting its route
+//! table (`routes()`: path, handler, auth class and OpenAPI operation, declared together);
+//! this module joins the tables, builds the router from them, and holds what the routes share:
+//! the JSON extractor, the access middleware (`auth`, `host`) and the bounds on work
+//! (`limits`).
+//!
+//! ```text
+//!   health, openapi, status, models, gpu, infer, embeddings, debug ::routes()
+//!        |  routes(): one table
+//!        +--> router(): each route guarded by its class's middleware, + the status page
+//!        '--> openapi::document(): each route's operation
+//! ```
 
 pub mod auth;
 mod debug;
@@ -13,18 +22,23 @@ mod json;
 pub mod limits;
 mod models;
 mod openapi;
+pub mod route;
 mod status;
+#[cfg(test)]
+mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::{
     Router,
     extract::DefaultBodyLimit,
     http::{Method, Uri},
     middleware,
+    routing::MethodRouter,
 };
 use tower_http::trace::TraceLayer;
 
+use self::route::{AuthClass, Route};
 use crate::{app::App, error::ApiError};
 
 /// The largest request body accepted (embedding batches are the largest).
@@ -32,35 +46,35 @@ pub const BODY_LIMIT: usize = 1 << 20;
 
 pub use json::ApiJson;
 
-/// Every route of the agent.
+/// Every route of the API (the status page's files aside), the test-only `/v1/debug/*` ones
+/// only with `test_ops`.
+pub fn routes(test_ops: bool) -> Vec<Route> {
+    let mut routes: Vec<Route> = [
+        health::routes(),
+        openapi::routes(),
+        status::routes(),
+        models::routes(),
+        gpu::routes(),
+        infer::routes(),
+        embeddings::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if test_ops {
+        routes.extend(debug::routes());
+    }
+    routes
+}
+
+/// The router of the whole table and the status page.
 pub fn router(app: Arc<App>) -> Router {
-    let acting = Router::new()
-        .merge(models::router())
-        .merge(gpu::router())
-        .merge(debug::router(app.test_ops))
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            auth::require_token,
-        ));
-    let reads = Router::new()
-        .merge(status::router())
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            auth::require_token_for_reads,
-        ));
-    let inference = Router::new()
-        .merge(infer::router())
-        .merge(embeddings::router())
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            auth::require_credential_for_inference,
-        ));
-    Router::new()
-        .merge(acting)
-        .merge(reads)
-        .merge(inference)
-        .merge(health::router())
-        .merge(openapi::router())
+    LazyLock::force(&openapi::DOCUMENT);
+    let mut router = Router::new();
+    for route in routes(app.test_ops) {
+        router = router.route(route.path, guard(route.handler, route.auth, &app));
+    }
+    router
         .merge(crate::ui::router())
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::NoRoute {
@@ -81,4 +95,28 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// `handler` behind the middleware of `auth`: it runs only for the route's own method (a
+/// wrong method is answered 405 whoever asks, as before any check).
+fn guard(
+    handler: MethodRouter<Arc<App>>,
+    auth: AuthClass,
+    app: &Arc<App>,
+) -> MethodRouter<Arc<App>> {
+    let app = app.clone();
+    match auth {
+        AuthClass::Open => handler,
+        AuthClass::Read => handler.route_layer(middleware::from_fn_with_state(
+            app,
+            auth::require_token_for_reads,
+        )),
+        AuthClass::Acting => {
+            handler.route_layer(middleware::from_fn_with_state(app, auth::require_token))
+        }
+        AuthClass::Inference => handler.route_layer(middleware::from_fn_with_state(
+            app,
+            auth::require_credential_for_inference,
+        )),
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::extract::State;
 use vramkeeper_crds::{
     SwitchTrigger,
     api::{
@@ -11,17 +11,46 @@ use vramkeeper_crds::{
     },
 };
 
-use super::{ApiJson, limits};
+use super::{
+    ApiJson, limits,
+    route::{ACTING_ERRORS, AuthClass, Operation, Route},
+};
 use crate::{
     app::App,
     error::{ApiError, Result},
 };
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v1/models/switch", post(switch))
-        .route("/v1/models/unload", post(unload))
-        .route("/v1/models/test-load", post(test_load))
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::post(
+            "/v1/models/switch",
+            switch,
+            AuthClass::Acting,
+            Operation::json::<SwitchResponse>(
+                "Unload the active model, verify the release, load this one and measure it.",
+            )
+            .body::<SwitchRequest>()
+            .errors(ACTING_ERRORS),
+        ),
+        Route::post(
+            "/v1/models/unload",
+            unload,
+            AuthClass::Acting,
+            Operation::json::<UnloadResponse>("Unload the active model and verify the release.")
+                .body::<UnloadRequest>()
+                .errors(ACTING_ERRORS),
+        ),
+        Route::post(
+            "/v1/models/test-load",
+            test_load,
+            AuthClass::Acting,
+            Operation::json::<TestLoadResponse>(
+                "Load every catalog model in turn and measure it; restore the active one.",
+            )
+            .body::<TestLoadRequest>()
+            .errors(ACTING_ERRORS),
+        ),
+    ]
 }
 
 /// The trigger a client may name: `api` (the default); the operator's `spec` (reconciling a

@@ -2,26 +2,51 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    extract::{Query, State},
-    routing::get,
-};
+use axum::extract::{Query, State};
 use serde::Deserialize;
 use vramkeeper_crds::api::{CatalogEntry, HistoryResponse, ModelsResponse, StatusResponse};
 
-use super::ApiJson;
+use super::{
+    ApiJson,
+    route::{AuthClass, GPU, Operation, Route, WINDOW},
+};
 use crate::{
     app::App,
     error::{ApiError, Result},
     models::ModelKind,
 };
 
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/models", get(models))
-        .route("/v1/history", get(history))
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get(
+            "/v1/status",
+            status,
+            AuthClass::Read,
+            Operation::json::<StatusResponse>(
+                "Every device: memory, baseline, ghost and its sources, zombie state, models.",
+            ),
+        ),
+        Route::get(
+            "/v1/models",
+            models,
+            AuthClass::Read,
+            Operation::json::<ModelsResponse>(
+                "The catalog, with each model's state on the device.",
+            )
+            .query(&[GPU])
+            .errors(&[404, 422]),
+        ),
+        Route::get(
+            "/v1/history",
+            history,
+            AuthClass::Read,
+            Operation::json::<HistoryResponse>(
+                "Memory samples, switches and remediations of a time window.",
+            )
+            .query(&[GPU, WINDOW])
+            .errors(&[404, 422]),
+        ),
+    ]
 }
 
 async fn status(State(app): State<Arc<App>>) -> ApiJson<StatusResponse> {
