@@ -443,10 +443,10 @@ pub struct AgentInfo {
     pub auth_required: bool,
 }
 
-/// `GET /v1/models`: the catalog.
+/// `GET /v1/models?gpu=INDEX`: the catalog.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelsResponse {
-    /// Catalog entries with their state on device 0.
+    /// Catalog entries with their state on the device asked for.
     pub models: Vec<CatalogEntry>,
 }
 
@@ -465,11 +465,11 @@ pub struct CatalogEntry {
     pub dtype: String,
     /// Whether the model answers `/v1/embeddings`.
     pub embeddings: bool,
-    /// Its state on device 0.
+    /// Its state on the device asked for.
     pub state: ModelState,
 }
 
-/// `GET /v1/history?window=SECONDS`.
+/// `GET /v1/history?gpu=INDEX&window=SECONDS`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct HistoryResponse {
     /// Device index.
