@@ -19,7 +19,7 @@ use vramkeeper_crds::{
 use super::{Active, ActiveView, Device, OpGuard};
 use crate::{
     error::{ApiError, Result},
-    models::{ModelKind, ModelSpec, minilm_fetch},
+    models::ModelSpec,
     probe::{BackendKind, process},
     tracker::SpawnRecord,
     worker::{
@@ -382,17 +382,16 @@ impl Device {
         }
     }
 
-    /// Fills in what the worker needs and cannot fetch itself: MiniLM's files, downloaded
-    /// into the cache on first use.
+    /// Fills in what the worker needs and cannot fetch itself (MiniLM's files, downloaded
+    /// into the cache on first use).
     async fn resolve(&self, spec: &ModelSpec) -> std::result::Result<ModelSpec, String> {
-        let mut spec = spec.clone();
-        if let ModelKind::Minilm(m) = &mut spec.kind
-            && m.dir.is_none()
-        {
-            self.set_busy(format!("loading {}: fetching its weights", spec.name));
-            m.dir = Some(minilm_fetch::ensure(&self.ctx.launch.cache_dir).await?);
-        }
-        Ok(spec)
+        let mut resolved = spec.clone();
+        let progress = |what: &str| self.set_busy(format!("loading {}: {what}", spec.name));
+        resolved
+            .kind
+            .resolve(&self.ctx.launch.cache_dir, &progress)
+            .await?;
+        Ok(resolved)
     }
 
     /// Load, clean, measure: the model's device memory once it answered, the device's used
