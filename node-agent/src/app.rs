@@ -175,7 +175,8 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         if let Some(warning) = &loaded.warning {
             tracing::warn!(gpu = index, "{warning}");
         }
-        let device = Device::new(probe, ctx.clone(), store, loaded.tracker)
+        let faults = args.enable_test_ops.then(Default::default);
+        let device = Device::new(probe, ctx.clone(), store, loaded.tracker, faults)
             .with_context(|| format!("cannot read device {index}"))?;
         devices.push(Arc::new(device));
     }
@@ -242,9 +243,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let model = model.clone();
         tokio::spawn(async move {
             // The same refusal an API switch gets for a model that can never fit.
-            let fits = device
-                .spec(&model)
-                .and_then(|spec| api::limits::fits(&device, &spec));
+            let fits = device.spec(&model).and_then(|spec| device.fits(&spec));
             if let Err(e) = fits {
                 tracing::error!(model, error = %e, "cannot load at start");
                 return;

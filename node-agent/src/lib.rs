@@ -47,5 +47,6 @@ pub mod report;
 pub mod state_file;
 pub mod tracker;
 pub mod ui;
+pub mod units;
 pub mod worker;
 pub mod zombie;

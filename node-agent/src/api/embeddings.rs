@@ -43,7 +43,7 @@ async fn embeddings(
     }
     let texts = req.input.texts();
     limits::embedding_inputs(&texts)?;
-    limits::fits(device, &spec)?;
+    device.fits(&spec)?;
     let (response, _switched) = device.serve(&req.model, Request::Embed { texts }).await?;
     let Response::Embedded {
         vectors,

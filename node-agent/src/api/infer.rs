@@ -47,7 +47,7 @@ async fn infer(
             spec.name, input.vocab
         )));
     }
-    super::limits::fits(device, &spec)?;
+    device.fits(&spec)?;
     let (response, switched) = device
         .serve(&req.model, Request::Infer { tokens: req.tokens })
         .await?;

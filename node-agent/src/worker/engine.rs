@@ -85,7 +85,7 @@ impl<B: ModelBackend> BurnEngine<B> {
 }
 
 fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
+    crate::units::ms(since.elapsed())
 }
 
 impl<B: ModelBackend> Engine for BurnEngine<B> {
