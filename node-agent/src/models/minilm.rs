@@ -64,7 +64,11 @@ impl Kind for MinilmSpec {
 
     fn load<B: ModelBackend>(&self, device: &B::Device) -> Result<Box<dyn Loaded<B>>, String> {
         let batch = if B::ACCELERATOR { GPU_BATCH } else { CPU_BATCH };
-        Ok(Box::new(MiniLm::<B>::load(self, device, batch)?))
+        let dir = self
+            .dir
+            .as_deref()
+            .ok_or("the agent did not resolve the MiniLM directory")?;
+        Ok(Box::new(MiniLm::<B>::load(dir, device, batch)?))
     }
 }
 

@@ -6,7 +6,7 @@
 //! Inputs longer than 256 tokens ([CLS] and [SEP] included) are truncated to 256, as
 //! sentence-transformers truncates them (`max_seq_length` 256); the rest of the text is ignored.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::{
     module::Module,
@@ -16,7 +16,6 @@ use burn::{
 };
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::minilm::MinilmSpec;
 use crate::backend::kernels::Kernels;
 
 /// Parameters of all-MiniLM-L6-v2 (the pooler excluded).
@@ -152,14 +151,10 @@ pub fn missing(dir: &Path) -> Option<String> {
 }
 
 impl<B: Kernels> MiniLm<B> {
-    /// Loads the weights and the tokenizer from the spec's directory; `batch` sentences go
-    /// through the model at once.
-    pub fn load(spec: &MinilmSpec, device: &B::Device, batch: usize) -> Result<Self, String> {
-        let dir: PathBuf = spec
-            .dir
-            .clone()
-            .ok_or("the agent did not resolve the MiniLM directory")?;
-        if let Some(problem) = missing(&dir) {
+    /// Loads the weights and the tokenizer from `dir`; `batch` sentences go through the
+    /// model at once.
+    pub fn load(dir: &Path, device: &B::Device, batch: usize) -> Result<Self, String> {
+        if let Some(problem) = missing(dir) {
             return Err(problem);
         }
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     DType,
     kind::{Capabilities, Kind, Loaded, Size, TokenInput},
-    synthetic_net::SyntheticNet,
+    synthetic_net::{Architecture, HEAD_DIM, SyntheticNet},
 };
 use crate::backend::ModelBackend;
 
@@ -16,8 +16,6 @@ use crate::backend::ModelBackend;
 pub const MIN_PARAMS: u64 = 100_000;
 /// The largest: 100 billion parameters.
 pub const MAX_PARAMS: u64 = 100_000_000_000;
-/// Width of one attention head.
-pub const HEAD_DIM: u64 = 64;
 
 /// A synthetic model's catalog entry.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -50,21 +48,6 @@ fn default_vocab() -> u32 {
 }
 fn default_context() -> u32 {
     256
-}
-
-/// The shape derived from a spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Architecture {
-    /// Model width (a multiple of [`HEAD_DIM`]).
-    pub d_model: usize,
-    /// Attention heads.
-    pub heads: usize,
-    /// Decoder layers.
-    pub layers: usize,
-    /// Vocabulary size.
-    pub vocab: usize,
-    /// Longest input.
-    pub context: usize,
 }
 
 impl SyntheticSpec {
@@ -105,20 +88,6 @@ impl SyntheticSpec {
     }
 }
 
-impl Architecture {
-    /// The exact parameter count.
-    pub fn params(&self) -> u64 {
-        let d = self.d_model as u64;
-        let per_layer = 2 * d          // attention layer norm
-            + 3 * d * d + 3 * d        // query, key, value
-            + d * d + d                // attention output
-            + 2 * d                    // MLP layer norm
-            + 4 * d * d + 4 * d        // MLP up
-            + 4 * d * d + d; // MLP down
-        (self.vocab as u64 + self.context as u64) * d + self.layers as u64 * per_layer + 2 * d
-    }
-}
-
 impl Kind for SyntheticSpec {
     const NAME: &'static str = "synthetic";
 
@@ -145,7 +114,13 @@ impl Kind for SyntheticSpec {
 
     fn load<B: ModelBackend>(&self, device: &B::Device) -> Result<Box<dyn Loaded<B>>, String> {
         Ok(Box::new(Synthetic {
-            net: SyntheticNet::new(self, device, B::ACCELERATOR)?,
+            net: SyntheticNet::new(
+                self.architecture(),
+                self.dtype,
+                self.seed,
+                device,
+                B::ACCELERATOR,
+            )?,
             size: Kind::size(self),
             probe: (0..self.context.min(16)).map(|i| i % self.vocab).collect(),
         }))
