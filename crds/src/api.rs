@@ -455,7 +455,7 @@ pub struct ModelsResponse {
 pub struct CatalogEntry {
     /// Catalog name.
     pub name: String,
-    /// `synthetic` or `minilm`.
+    /// The model kind (`synthetic`, `minilm`, ...).
     pub kind: String,
     /// Parameter count.
     pub params: u64,
@@ -463,10 +463,22 @@ pub struct CatalogEntry {
     pub param_bytes: u64,
     /// Element type (`f32`, `f16`, ...).
     pub dtype: String,
-    /// Whether the model answers `/v1/embeddings`.
+    /// Whether the model answers `/v1/embeddings` (also in `capabilities`).
     pub embeddings: bool,
-    /// Its state on the device asked for.
+    /// The requests it serves.
+    pub capabilities: Vec<Capability>,
+    /// Its state on the device the request named (`?gpu=`, default 0).
     pub state: ModelState,
+}
+
+/// A kind of request a model serves.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// `POST /v1/infer`: a forward pass over token ids.
+    Infer,
+    /// `POST /v1/embeddings`: one vector per input text.
+    Embeddings,
 }
 
 /// `GET /v1/history?gpu=INDEX&window=SECONDS`.

@@ -9,6 +9,25 @@
 //!        v
 //!  worker process (one per loaded model; burn cuda | flex), framed JSON over a Unix socket
 //! ```
+//!
+//! # Adding a model kind
+//!
+//! A kind is one file in `src/models/`, say `models/llama.rs`:
+//!
+//! 1. Its catalog entry: a struct with `#[derive(Serialize, Deserialize, Debug, Clone,
+//!    PartialEq)]` and `#[serde(deny_unknown_fields)]`, whose fields are the catalog's keys.
+//! 2. `impl Kind for` it ([`models::Kind`]): `NAME` (the catalog's `kind = "..."`), `check`
+//!    (ranges, naming the field), `size` (parameters and element type, known before a first
+//!    load: the agent sizes ghost memory and refuses what cannot fit with it), `capabilities`
+//!    (which of `/v1/infer`, `/v1/embeddings` it serves, with their bounds), `resolve` (only if
+//!    the agent must fetch files before the worker loads) and `load`, which builds a
+//!    [`models::Loaded`] on the worker's backend (`warm_up`, and the capabilities it declared).
+//! 3. A variant in [`models::ModelKind`] and an arm in `each_kind!` beside it (the one `match`
+//!    over kinds; the compiler points at it when the arm is missing).
+//! 4. Tests: a catalog entry that parses and one that is refused, and a worker test that loads
+//!    it on the CPU backend and serves a request (see `tests/it/embeddings.rs`).
+//!
+//! The API, the switch, the workers and the status page need no change: they ask the kind.
 #![deny(rust_2018_idioms)]
 #![deny(unsafe_code)]
 
@@ -16,6 +35,7 @@ pub mod access;
 pub mod api;
 pub mod app;
 pub mod args;
+pub mod backend;
 pub mod device;
 pub mod error;
 pub mod ghost;
@@ -29,5 +49,6 @@ pub mod serve;
 pub mod state_file;
 pub mod tracker;
 pub mod ui;
+pub mod units;
 pub mod worker;
 pub mod zombie;

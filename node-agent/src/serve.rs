@@ -135,7 +135,8 @@ pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         if let Some(warning) = &loaded.warning {
             tracing::warn!(gpu = index, "{warning}");
         }
-        let device = Device::new(probe, ctx.clone(), store, loaded.tracker)
+        let faults = args.enable_test_ops.then(Default::default);
+        let device = Device::new(probe, ctx.clone(), store, loaded.tracker, faults)
             .with_context(|| format!("cannot read device {index}"))?;
         devices.push(Arc::new(device));
     }
@@ -204,7 +205,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // The same refusal an API switch gets for a model that can never fit.
             let fits = device
                 .spec(&model)
-                .and_then(|spec| api::limits::fits(&device, &spec));
+                .and_then(|spec| device.fits(&spec));
             if let Err(e) = fits {
                 tracing::error!(model, error = %e, "cannot load at start");
                 return;

@@ -14,6 +14,7 @@ use super::{
 use crate::{
     app::App,
     args::Fault,
+    device::FaultHooks,
     error::{ApiError, Result},
 };
 
@@ -36,13 +37,18 @@ struct ProbeRequest {
     fail: bool,
 }
 
+/// The fault switches of device `gpu` (they exist whenever these routes do).
+fn faults_of(app: &App, gpu: u32) -> Result<&FaultHooks> {
+    app.device(gpu)?
+        .faults()
+        .ok_or_else(|| ApiError::Internal("test routes without fault hooks".into()))
+}
+
 async fn probe(
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<ProbeRequest>,
 ) -> Result<ApiJson<serde_json::Value>> {
-    app.device(req.gpu)?
-        .probe_fault
-        .store(req.fail, std::sync::atomic::Ordering::Relaxed);
+    faults_of(&app, req.gpu)?.fail_reads(req.fail);
     Ok(ApiJson(serde_json::json!({ "probe_fails": req.fail })))
 }
 
@@ -59,7 +65,7 @@ async fn fault(
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<FaultRequest>,
 ) -> Result<ApiJson<serde_json::Value>> {
-    *app.device(req.gpu)?.next_fault.lock().unwrap() = req.fault;
+    faults_of(&app, req.gpu)?.set_next_worker_fault(req.fault);
     Ok(ApiJson(
         serde_json::json!({ "next_worker_fault": req.fault }),
     ))

@@ -16,7 +16,6 @@ use super::{
 use crate::{
     app::App,
     error::{ApiError, Result},
-    models::{ModelKind, minilm},
     worker::protocol::{Request, Response, decode_f32},
 };
 
@@ -39,25 +38,24 @@ async fn embeddings(
 ) -> Result<ApiJson<EmbeddingResponse>> {
     let device = app.device(req.gpu)?;
     let spec = device.spec(&req.model)?;
-    if !matches!(spec.kind, ModelKind::Minilm(_)) {
+    let Some(shape) = spec.kind.capabilities().embeddings else {
         return Err(ApiError::Invalid(format!(
             "{} is a {} model, not an embedding model; /v1/models lists which models embed",
             spec.name,
             spec.kind.name()
         )));
-    }
+    };
     if let Some(d) = req.dimensions
-        && d as usize != minilm::DIM
+        && d as usize != shape.dim
     {
         return Err(ApiError::Invalid(format!(
             "dimensions {d}: {} only produces {}-dimensional vectors",
-            spec.name,
-            minilm::DIM
+            spec.name, shape.dim
         )));
     }
     let texts = req.input.texts();
     limits::embedding_inputs(&texts)?;
-    limits::fits(device, &spec)?;
+    device.fits(&spec)?;
     let (response, _switched) = device.serve(&req.model, Request::Embed { texts }).await?;
     let Response::Embedded {
         vectors,

@@ -13,7 +13,6 @@ use super::{
 use crate::{
     app::App,
     error::{ApiError, Result},
-    models::ModelKind,
     worker::protocol::{Request, Response},
 };
 
@@ -36,9 +35,9 @@ async fn infer(
 ) -> Result<ApiJson<InferResponse>> {
     let device = app.device(req.gpu)?;
     let spec = device.spec(&req.model)?;
-    let ModelKind::Synthetic(synthetic) = &spec.kind else {
+    let Some(input) = spec.kind.capabilities().infer else {
         return Err(ApiError::Invalid(format!(
-            "{} is a {} model; /v1/infer serves synthetic models (use /v1/embeddings)",
+            "{} is a {} model, which does not take token ids; /v1/models lists what each model serves",
             spec.name,
             spec.kind.name()
         )));
@@ -46,21 +45,21 @@ async fn infer(
     if req.tokens.is_empty() {
         return Err(ApiError::Invalid("tokens must not be empty".into()));
     }
-    if req.tokens.len() > synthetic.context as usize {
+    if req.tokens.len() > input.context as usize {
         return Err(ApiError::Invalid(format!(
             "{} tokens exceed {}'s context of {}",
             req.tokens.len(),
             spec.name,
-            synthetic.context
+            input.context
         )));
     }
-    if let Some(bad) = req.tokens.iter().find(|t| **t >= synthetic.vocab) {
+    if let Some(bad) = req.tokens.iter().find(|t| **t >= input.vocab) {
         return Err(ApiError::Invalid(format!(
             "token {bad} is not below {}'s vocabulary size {}",
-            spec.name, synthetic.vocab
+            spec.name, input.vocab
         )));
     }
-    super::limits::fits(device, &spec)?;
+    device.fits(&spec)?;
     let (response, switched) = device
         .serve(&req.model, Request::Infer { tokens: req.tokens })
         .await?;

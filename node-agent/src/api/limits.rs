@@ -1,14 +1,14 @@
 //! Bounds on the work one request may ask for, checked before any of it starts: embedding
-//! inputs and their characters, test-load lists, and models that cannot fit the device.
+//! inputs and their characters, and test-load lists (a model that cannot fit its device is
+//! the device's to refuse: `Device::fits`).
 
 use std::collections::HashSet;
 
 use vramkeeper_crds::openai::{MAX_INPUT_CHARS, MAX_INPUTS};
 
 use crate::{
-    device::Device,
     error::{ApiError, Result},
-    models::{Catalog, ModelSpec},
+    models::Catalog,
 };
 
 /// Embedding inputs: at most [`MAX_INPUTS`] texts, [`MAX_INPUT_CHARS`] characters in all
@@ -60,30 +60,6 @@ pub fn test_load_list(models: &[String], catalog: &Catalog) -> Result<()> {
         return Err(ApiError::Invalid(format!(
             "models names {twice} more than once; each model is tested once per cycle"
         )));
-    }
-    Ok(())
-}
-
-/// The device's total memory, when it has been read.
-fn total_bytes(device: &Device) -> Option<u64> {
-    let total_mb = device.status().memory.total_mb;
-    (total_mb > 0.0).then_some((total_mb * (1u64 << 20) as f64) as u64)
-}
-
-/// 422 when the model's estimate alone exceeds the device's total memory: loading it could
-/// only end with the worker killed by the kernel or the driver.
-pub fn fits(device: &Device, spec: &ModelSpec) -> Result<()> {
-    let Some(total) = total_bytes(device) else {
-        return Ok(());
-    };
-    let estimate = spec.estimated_bytes();
-    if estimate > total {
-        return Err(ApiError::TooBigForDevice {
-            model: spec.name.clone(),
-            estimate_mb: estimate as f64 / (1u64 << 20) as f64,
-            gpu: device.info.index,
-            total_mb: total as f64 / (1u64 << 20) as f64,
-        });
     }
     Ok(())
 }

@@ -93,7 +93,7 @@ async fn switch(
         ],
     )?;
     let device = app.device(req.gpu)?;
-    limits::fits(device, &device.spec(&req.model)?)?;
+    device.fits(&device.spec(&req.model)?)?;
     let response = device.switch(&req.model, trigger).await?;
     Ok(ApiJson(response))
 }
@@ -126,12 +126,12 @@ async fn test_load(
         let mut fitting = vec![];
         let mut refused = vec![];
         for spec in app.catalog.models() {
-            match limits::fits(device, spec) {
+            match device.fits(spec) {
                 Ok(()) => fitting.push(spec.name.clone()),
                 Err(e) => refused.push(TestLoadEntry {
                     model: spec.name.clone(),
                     result: None,
-                    error: Some(e.body().error),
+                    error: Some(e.detail()),
                 }),
             }
         }
@@ -148,7 +148,7 @@ async fn test_load(
     };
     limits::test_load_list(&models, &app.catalog)?;
     for name in &models {
-        limits::fits(device, &device.spec(name)?)?;
+        device.fits(&device.spec(name)?)?;
     }
     Ok(ApiJson(device.test_load(Some(models)).await?))
 }

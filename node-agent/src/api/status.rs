@@ -13,7 +13,6 @@ use super::{
 use crate::{
     app::App,
     error::{ApiError, Result},
-    models::ModelKind,
 };
 
 pub(super) fn routes() -> Vec<Route> {
@@ -74,33 +73,21 @@ async fn models(
         .models()
         .iter()
         .map(|spec| {
-            let (params, param_bytes, dtype) = spec_size(&spec.kind);
+            let size = spec.kind.size();
+            let capabilities = spec.kind.capabilities();
             CatalogEntry {
                 name: spec.name.clone(),
                 kind: spec.kind.name().to_string(),
-                params,
-                param_bytes,
-                dtype,
-                embeddings: matches!(spec.kind, ModelKind::Minilm(_)),
+                params: size.params,
+                param_bytes: size.bytes(),
+                dtype: size.dtype.as_str().into(),
+                embeddings: capabilities.embeddings.is_some(),
+                capabilities: capabilities.list(),
                 state: device.model_state(&spec.name),
             }
         })
         .collect();
     Ok(ApiJson(ModelsResponse { models }))
-}
-
-/// Parameters, their bytes and the element type of a catalog entry.
-fn spec_size(kind: &ModelKind) -> (u64, u64, String) {
-    match kind {
-        ModelKind::Synthetic(s) => {
-            let params = s.architecture().params();
-            (params, params * s.dtype.size(), s.dtype.as_str().into())
-        }
-        ModelKind::Minilm(_) => {
-            let params = crate::models::minilm::PARAMS;
-            (params, params * 4, "f32".into())
-        }
-    }
 }
 
 #[derive(Deserialize)]

@@ -36,7 +36,7 @@ impl Device {
     async fn worker_exited(self: &Arc<Self>, pid: u32, model: &str, status: &str) {
         let now = Timestamp::now();
         let crashed = self.with_state(|s| {
-            let current = s.active.as_ref().is_some_and(|a| a.pid == pid);
+            let current = s.active.as_ref().is_some_and(|a| a.pid() == pid);
             if !current || s.releasing_pid == Some(pid) {
                 return false;
             }
@@ -96,11 +96,6 @@ impl Device {
         self.ctx
             .metrics
             .worker_failed(self.info.index, &active.spec.name, "hung");
-        self.with_state(|s| {
-            if let Some(a) = s.active.as_mut().filter(|a| a.pid == pid) {
-                a.hung = true;
-            }
-        });
         self.changed();
     }
 
@@ -120,11 +115,9 @@ impl Device {
             match active.worker.try_memory(timeout).await {
                 // Serving a request: its own deadline covers it.
                 None => {}
-                Some(Ok(memory)) => device.with_state(|s| {
-                    if let Some(a) = s.active.as_mut().filter(|a| a.pid == active.worker.pid()) {
-                        a.pooled_bytes = memory.pooled_bytes();
-                    }
-                }),
+                Some(Ok(memory)) => active
+                    .pooled_bytes
+                    .store(memory.pooled_bytes(), Ordering::Relaxed),
                 // An exit is the exit watcher's to record.
                 Some(Err(WorkerError::Died { .. })) => {}
                 Some(Err(e)) => device.mark_hung(&active, &e),

@@ -5,7 +5,7 @@
 //! owner's desired set is refused with `409 not_desired` naming the GpuModel. Switches through
 //! the API (`POST /v1/models/switch`) stay possible: the operator reports them as drift.
 
-use crate::error::{ApiError, Result};
+use super::error::{DeviceError, Result};
 
 use super::Device;
 
@@ -50,7 +50,7 @@ impl Device {
     /// Refuses an auto-switch to `model` that the device's GpuModel does not want.
     pub(crate) fn may_auto_switch(&self, model: &str) -> Result<()> {
         match self.managed() {
-            Some(by) if !by.admits(model) => Err(ApiError::NotDesired {
+            Some(by) if !by.admits(model) => Err(DeviceError::NotDesired {
                 gpu: self.info.index,
                 model: model.to_string(),
                 gpumodel: by.gpumodel,

@@ -8,6 +8,8 @@
 //! ones wait for the switch. Every worker is watched: its exit is known at once, and
 //! one that stops answering is marked hung and replaced at the next request (`health`).
 
+mod error;
+mod faults;
 mod foreign;
 mod health;
 mod managed;
@@ -31,17 +33,19 @@ use jiff::Timestamp;
 use tokio::sync::{RwLock, watch};
 
 use crate::{
-    error::{ApiError, Result},
     ghost::{self, Ghost, Holder},
     metrics::Metrics,
     models::{Catalog, ModelSpec},
     probe::{DeviceInfo, DeviceProbe, DeviceReading, ProbeError, process},
     state_file::StateStore,
     tracker::Tracker,
+    units::{mib, mib_to_bytes},
     worker::client::{WorkerHandle, WorkerLaunch},
     zombie::{ZombieDetector, ZombiePolicy},
 };
 
+pub use error::{DeviceError, Result};
+pub use faults::{FaultHooks, SpawnHook};
 pub use managed::ManagedBy;
 
 /// Timeouts and tolerances of device operations.
@@ -102,12 +106,33 @@ pub struct Active {
     pub last_used: Mutex<Instant>,
     /// It stopped answering: the next request replaces it.
     pub hung: AtomicBool,
+    /// Freed-but-kept allocator bytes at its last memory report.
+    pub pooled_bytes: AtomicU64,
 }
 
 impl Active {
     /// Whether it can serve: alive and answering.
     pub fn healthy(&self) -> bool {
         !self.hung.load(Ordering::Relaxed) && self.worker.exit_status().is_none()
+    }
+
+    /// Its model's name.
+    pub fn model(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Its worker's pid.
+    pub fn pid(&self) -> u32 {
+        self.worker.pid()
+    }
+
+    /// When it last answered a request (or was loaded), on the wall clock.
+    pub fn last_used_at(&self) -> Timestamp {
+        let ago = self.last_used.lock().unwrap().elapsed();
+        jiff::SignedDuration::try_from(ago)
+            .ok()
+            .and_then(|ago| Timestamp::now().checked_sub(ago).ok())
+            .unwrap_or_else(Timestamp::now)
     }
 }
 
@@ -120,8 +145,9 @@ pub(crate) struct DeviceState {
     pub ghost: Ghost,
     pub zombie: ZombieDetector,
     pub probe_error: Option<String>,
-    /// The active worker: model, pid, expected bytes, pooled bytes of its last report.
-    pub active: Option<ActiveView>,
+    /// The active worker (the one in the slot once its load is done; status reads it here,
+    /// never waiting on the slot).
+    pub active: Option<Arc<Active>>,
     /// A worker being started or loaded (its memory is not ghost).
     pub loading_pid: Option<u32>,
     /// A worker being ended on purpose: its exit is no crash, its memory is on its way out
@@ -131,20 +157,6 @@ pub(crate) struct DeviceState {
     pub zombies: Vec<(u32, String)>,
     /// What is known of each listed process's use of the device (foreign-kill rules).
     pub activity: std::collections::HashMap<u32, foreign::Activity>,
-}
-
-/// What status readers need of the active worker.
-#[derive(Debug, Clone)]
-pub(crate) struct ActiveView {
-    pub model: String,
-    pub pid: u32,
-    pub expected_bytes: u64,
-    pub pooled_bytes: u64,
-    pub requests: u64,
-    /// When it last answered a request (or was loaded).
-    pub last_used: jiff::Timestamp,
-    /// It stopped answering a poll within the hang timeout.
-    pub hung: bool,
 }
 
 /// Whose a process is (see [`Device::owner`]).
@@ -180,10 +192,9 @@ pub struct Device {
     store: StateStore,
     /// The GpuModel that owns this device (set by the report loop).
     managed: Mutex<Option<ManagedBy>>,
-    /// Test-only: the fault the next worker is started with.
-    pub(crate) next_fault: Mutex<Option<crate::args::Fault>>,
-    /// Test-only: make every device reading fail.
-    pub(crate) probe_fault: std::sync::atomic::AtomicBool,
+    /// Test-only faults (`--test-ops`): the probe above is wrapped by them, and each worker
+    /// start asks them for a fault.
+    faults: Option<Arc<FaultHooks>>,
 }
 
 /// Holds the device for one operation: its turn in the queue.
@@ -200,12 +211,18 @@ impl Drop for OpGuard<'_> {
 
 impl Device {
     /// A device with its probe; reads the baseline now (no worker of this run exists yet).
+    /// With `faults`, its readings and worker starts can be made to fail (`--test-ops`).
     pub fn new(
         probe: Arc<dyn DeviceProbe>,
         ctx: Arc<AgentContext>,
         store: StateStore,
         mut tracker: Tracker,
+        faults: Option<Arc<FaultHooks>>,
     ) -> std::result::Result<Self, ProbeError> {
+        let probe = match &faults {
+            Some(hooks) => hooks.wrap(probe),
+            None => probe,
+        };
         let reading = probe.read()?;
         tracker.restarted(Timestamp::now());
         // Spawn records of processes that are gone (or whose pid now names another) prove
@@ -231,9 +248,13 @@ impl Device {
             changes: watch::channel(0).0,
             store,
             managed: Mutex::new(None),
-            next_fault: Mutex::new(None),
-            probe_fault: std::sync::atomic::AtomicBool::new(false),
+            faults,
         })
+    }
+
+    /// Its fault switches, when the agent runs with `--test-ops`.
+    pub fn faults(&self) -> Option<&FaultHooks> {
+        self.faults.as_deref()
     }
 
     /// The shared context.
@@ -264,7 +285,7 @@ impl Device {
                     _turn: turn,
                 })
             }
-            Err(refused) => Err(ApiError::Busy {
+            Err(refused) => Err(DeviceError::Busy {
                 gpu: self.info.index,
                 doing: refused.doing,
                 secs: refused.secs,
@@ -287,7 +308,7 @@ impl Device {
     {
         tokio::spawn(op(self.clone()))
             .await
-            .unwrap_or_else(|e| Err(ApiError::Internal(format!("device operation failed: {e}"))))
+            .unwrap_or_else(|e| Err(DeviceError::Internal(e.to_string())))
     }
 
     fn set_busy(&self, doing: String) {
@@ -311,7 +332,7 @@ impl Device {
             .catalog
             .get(model)
             .cloned()
-            .ok_or_else(|| ApiError::UnknownModel {
+            .ok_or_else(|| DeviceError::UnknownModel {
                 model: model.to_string(),
                 known: self
                     .ctx
@@ -324,6 +345,22 @@ impl Device {
             })
     }
 
+    /// Refuses a model whose estimate alone exceeds the device's total memory: loading it
+    /// could only end with the worker killed by the kernel or the driver.
+    pub fn fits(&self, spec: &ModelSpec) -> Result<()> {
+        let total_mb = self.status().memory.total_mb;
+        let estimate = spec.estimated_bytes();
+        if total_mb > 0.0 && estimate > mib_to_bytes(total_mb) {
+            return Err(DeviceError::TooBigForDevice {
+                model: spec.name.clone(),
+                estimate_mb: mib(estimate),
+                gpu: self.info.index,
+                total_mb,
+            });
+        }
+        Ok(())
+    }
+
     /// The active model's name.
     pub fn active_model(&self) -> Option<String> {
         self.state
@@ -331,19 +368,15 @@ impl Device {
             .unwrap()
             .active
             .as_ref()
-            .map(|a| a.model.clone())
+            .map(|a| a.model().to_string())
     }
 
     /// Reads the probe off the async runtime; failures are recorded for status and readiness.
     pub async fn read(&self) -> std::result::Result<DeviceReading, ProbeError> {
         let probe = self.probe.clone();
-        let result = if self.probe_fault.load(Ordering::Relaxed) {
-            Err(ProbeError("injected fault: device reads fail".into()))
-        } else {
-            tokio::task::spawn_blocking(move || probe.read())
-                .await
-                .unwrap_or_else(|e| Err(ProbeError(format!("probe task failed: {e}"))))
-        };
+        let result = tokio::task::spawn_blocking(move || probe.read())
+            .await
+            .unwrap_or_else(|e| Err(ProbeError(format!("probe task failed: {e}"))));
         let mut state = self.state.lock().unwrap();
         match &result {
             // The reading is stored with the ghost computed from it (`observe`), never alone:
@@ -364,11 +397,11 @@ impl Device {
 
     /// Who holds a pid, as the ghost computation needs it.
     pub(crate) fn classify(&self, state: &DeviceState, pid: u32) -> Holder {
-        if let Some(a) = state.active.as_ref().filter(|a| a.pid == pid) {
+        if let Some(a) = state.active.as_ref().filter(|a| a.pid() == pid) {
             return Holder::Active {
-                model: a.model.clone(),
+                model: a.model().to_string(),
                 expected_bytes: a.expected_bytes,
-                pooled_bytes: a.pooled_bytes,
+                pooled_bytes: a.pooled_bytes.load(Ordering::Relaxed),
             };
         }
         if state.loading_pid == Some(pid) || state.releasing_pid == Some(pid) {
@@ -442,10 +475,6 @@ impl Device {
     pub(crate) fn touch(&self, active: &Active) {
         active.requests.fetch_add(1, Ordering::Relaxed);
         *active.last_used.lock().unwrap() = Instant::now();
-        if let Some(a) = self.state.lock().unwrap().active.as_mut() {
-            a.requests = active.requests.load(Ordering::Relaxed);
-            a.last_used = jiff::Timestamp::now();
-        }
     }
 
     /// The worker in the slot now, without waiting for in-flight requests or a switch.

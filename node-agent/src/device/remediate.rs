@@ -11,11 +11,11 @@ use vramkeeper_crds::{
     api::{GhostSource, KilledProcess, RemediationAction, RemediationReport, RemediationTrigger},
 };
 
-use super::{Device, OpGuard, Owner, foreign, switch::mib};
+use super::{Device, OpGuard, Owner, Result, foreign};
 use crate::{
-    error::Result,
     ghost::Holder,
     probe::{DeviceReading, process},
+    units::{mib, ms},
     worker::client::{WorkerError, kill_pid},
 };
 
@@ -60,11 +60,9 @@ impl Device {
                 }
             }
             if let Ok(memory) = active.worker.memory(timeout).await {
-                self.with_state(|s| {
-                    if let Some(a) = s.active.as_mut() {
-                        a.pooled_bytes = memory.pooled_bytes();
-                    }
-                });
+                active
+                    .pooled_bytes
+                    .store(memory.pooled_bytes(), std::sync::atomic::Ordering::Relaxed);
             }
         }
         let reading = self.read().await.ok();
@@ -85,7 +83,7 @@ impl Device {
             killed,
             spared,
             reloaded: None,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: ms(started.elapsed()),
             at_baseline: None,
         })
     }
@@ -151,7 +149,7 @@ impl Device {
             killed,
             spared,
             reloaded,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: ms(started.elapsed()),
             at_baseline: Some(at_baseline),
         }))
     }

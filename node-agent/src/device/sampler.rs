@@ -50,14 +50,14 @@ impl Device {
         let live = state
             .active
             .as_ref()
-            .filter(|a| state.releasing_pid != Some(a.pid))
+            .filter(|a| state.releasing_pid != Some(a.pid()))
             .map(|a| {
                 // What it holds beyond its footprint is growth, reported as ghost.
-                let vram = reading.usage_of(a.pid).min(a.expected_bytes);
+                let vram = reading.usage_of(a.pid()).min(a.expected_bytes);
                 (
-                    a.model.clone(),
+                    a.model().to_string(),
                     vram,
-                    process::rss_bytes(a.pid).unwrap_or(vram),
+                    process::rss_bytes(a.pid()).unwrap_or(vram),
                 )
             });
         let change = state.zombie.observe(ghost.bytes, policy, now);
@@ -108,9 +108,9 @@ impl Device {
         match change {
             Change::Flagged => tracing::warn!(
                 gpu = self.info.index,
-                ghost_mb = super::switch::mib(ghost.bytes),
+                ghost_mb = crate::units::mib(ghost.bytes),
                 since = ?since,
-                sources = ?ghost.sources.iter().map(|s| (s.kind.as_str(), s.pid, super::switch::mib(s.bytes))).collect::<Vec<_>>(),
+                sources = ?ghost.sources.iter().map(|s| (s.kind.as_str(), s.pid, crate::units::mib(s.bytes))).collect::<Vec<_>>(),
                 "zombie memory detected"
             ),
             Change::Cleared => tracing::info!(gpu = self.info.index, "zombie memory cleared"),

@@ -6,13 +6,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use vramkeeper_crds::{SwitchTrigger, api::SwitchResponse};
 
-use super::{Active, Device};
-use crate::{
-    error::{ApiError, Result},
-    worker::{
-        client::WorkerError,
-        protocol::{Request, Response},
-    },
+use super::{Active, Device, DeviceError, Result};
+use crate::worker::{
+    client::WorkerError,
+    protocol::{Request, Response},
 };
 
 /// Attempts at serving: a worker may die between its load and the request it was loaded for.
@@ -69,9 +66,9 @@ impl Device {
                     model,
                     "auto-switch skipped: its client left while it waited"
                 );
-                return Err(ApiError::Unavailable(format!(
-                    "the client left before the switch to {model} began"
-                )));
+                return Err(DeviceError::ClientLeft {
+                    model: model.to_string(),
+                });
             }
             if serving(&*self.slot.read().await, model).is_none() {
                 self.may_auto_switch(model)?;
@@ -86,9 +83,10 @@ impl Device {
                 return Ok((response, switched));
             }
         }
-        Err(ApiError::Unavailable(format!(
-            "{model}'s worker failed {ATTEMPTS} times right after loading; see the agent's log"
-        )))
+        Err(DeviceError::KeepsFailing {
+            model: model.to_string(),
+            attempts: ATTEMPTS,
+        })
     }
 
     async fn call(&self, active: &Arc<Active>, model: &str, request: Request) -> Result<Response> {
@@ -110,7 +108,7 @@ impl Device {
                 // Unusable now; the next request replaces it. (An exit is the watcher's.)
                 self.mark_hung(active, &e);
             }
-            ApiError::worker(model, e)
+            DeviceError::worker(model, e)
         })
     }
 
@@ -119,13 +117,13 @@ impl Device {
         let slot = self.slot.read().await;
         let active = slot
             .as_ref()
-            .ok_or_else(|| ApiError::Invalid("no model is loaded: nothing to leak into".into()))?;
+            .ok_or(DeviceError::NothingLoaded("nothing to leak into"))?;
         let model = active.spec.name.clone();
         active
             .worker
             .call(Request::Leak { mib, pooled }, self.ctx.config.load_timeout)
             .await
-            .map_err(|e| ApiError::worker(&model, e))?;
+            .map_err(|e| DeviceError::worker(&model, e))?;
         Ok(model)
     }
 }

@@ -1,5 +1,7 @@
 //! What a device reports: status, model records, history.
 
+use std::sync::atomic::Ordering;
+
 use vramkeeper_crds::{
     ModelState,
     api::{
@@ -8,7 +10,8 @@ use vramkeeper_crds::{
     },
 };
 
-use super::{Device, switch::mib};
+use super::Device;
+use crate::units::mib;
 
 impl Device {
     /// The device's whole state.
@@ -53,7 +56,7 @@ impl Device {
                 next_auto_free_at: s.zombie.next_auto_free_at(policy).map(|t| t.to_string()),
                 last_remediation: s.tracker.remediations.back().cloned(),
             },
-            active_model: s.active.as_ref().map(|a| a.model.clone()),
+            active_model: s.active.as_ref().map(|a| a.model().to_string()),
             busy: busy_with.is_some(),
             busy_with,
             queued: self.queued(),
@@ -76,7 +79,7 @@ impl Device {
                     .get(&spec.name)
                     .cloned()
                     .unwrap_or_default();
-                let active = s.active.as_ref().filter(|a| a.model == spec.name);
+                let active = s.active.as_ref().filter(|a| a.model() == spec.name);
                 let state = r.state(active.is_some());
                 ModelRecord {
                     name: spec.name.clone(),
@@ -88,13 +91,13 @@ impl Device {
                     load_ms: r.load_ms,
                     loads: r.loads,
                     crashes: r.crashes,
-                    hung: active.is_some_and(|a| a.hung),
+                    hung: active.is_some_and(|a| a.hung.load(Ordering::Relaxed)),
                     last_loaded: r.last_loaded.map(|t| t.to_string()),
                     last_unloaded: r.last_unloaded.map(|t| t.to_string()),
                     last_trigger: r.last_trigger,
-                    pid: active.map(|a| a.pid),
-                    requests: active.map_or(0, |a| a.requests),
-                    last_used: active.map(|a| a.last_used.to_string()),
+                    pid: active.map(|a| a.pid()),
+                    requests: active.map_or(0, |a| a.requests.load(Ordering::Relaxed)),
+                    last_used: active.map(|a| a.last_used_at().to_string()),
                 }
             })
             .collect()
@@ -103,7 +106,7 @@ impl Device {
     /// The state of one model.
     pub fn model_state(&self, model: &str) -> ModelState {
         let s = self.state.lock().unwrap();
-        let loaded = s.active.as_ref().is_some_and(|a| a.model == model);
+        let loaded = s.active.as_ref().is_some_and(|a| a.model() == model);
         s.tracker
             .models
             .get(model)

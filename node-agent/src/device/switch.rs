@@ -16,28 +16,17 @@ use vramkeeper_crds::{
     },
 };
 
-use super::{Active, ActiveView, Device, OpGuard};
+use super::{Active, Device, DeviceError, OpGuard, Result, SpawnHook};
 use crate::{
-    error::{ApiError, Result},
-    models::{ModelKind, ModelSpec, minilm_fetch},
+    models::ModelSpec,
     probe::{BackendKind, process},
     tracker::SpawnRecord,
+    units::{MIB, mib, ms},
     worker::{
         client::{WorkerError, WorkerHandle},
         protocol::{Request, Response},
     },
 };
-
-const MIB: f64 = (1u64 << 20) as f64;
-
-/// Bytes to MiB.
-pub fn mib(bytes: u64) -> f64 {
-    bytes as f64 / MIB
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// A loaded model: its worker and what the load measured.
 struct Loaded {
@@ -116,15 +105,7 @@ impl Device {
                     device_delta_mb: device_delta as f64 / MIB,
                 };
                 self.with_state(|s| {
-                    s.active = Some(ActiveView {
-                        model: model.to_string(),
-                        pid: active.worker.pid(),
-                        expected_bytes: vram,
-                        pooled_bytes: 0,
-                        requests: 0,
-                        last_used: now,
-                        hung: false,
-                    });
+                    s.active = Some(active.clone());
                     s.loading_pid = None;
                     s.tracker.loaded(model, trigger, vram, ram, load_ms, now);
                     s.tracker.push_switch(record(
@@ -242,7 +223,7 @@ impl Device {
         let now = Timestamp::now();
         self.with_state(|s| {
             s.releasing_pid = None;
-            if s.active.as_ref().is_some_and(|a| a.pid == pid) {
+            if s.active.as_ref().is_some_and(|a| a.pid() == pid) {
                 s.active = None;
             }
             if process::is_alive(pid) {
@@ -314,12 +295,12 @@ impl Device {
             Ok(r) => r.used_bytes,
             Err(_) => self.last_used(),
         };
-        let fail = |reason: String| ApiError::LoadFailed {
+        let fail = |reason: String| DeviceError::LoadFailed {
             model: spec.name.clone(),
             reason,
         };
         let spec = &self.resolve(spec).await.map_err(fail)?;
-        let fault = self.next_fault.lock().unwrap().take();
+        let fault = self.faults.as_ref().and_then(|hook| hook.worker_fault());
         let mut phases = LoadPhases::default();
         let spawn = Instant::now();
         let worker = WorkerHandle::spawn(
@@ -357,6 +338,7 @@ impl Device {
                     requests: AtomicU64::new(0),
                     last_used: Mutex::new(Instant::now()),
                     hung: AtomicBool::new(false),
+                    pooled_bytes: AtomicU64::new(0),
                 });
                 Ok(Loaded {
                     active,
@@ -382,17 +364,16 @@ impl Device {
         }
     }
 
-    /// Fills in what the worker needs and cannot fetch itself: MiniLM's files, downloaded
-    /// into the cache on first use.
+    /// Fills in what the worker needs and cannot fetch itself (MiniLM's files, downloaded
+    /// into the cache on first use).
     async fn resolve(&self, spec: &ModelSpec) -> std::result::Result<ModelSpec, String> {
-        let mut spec = spec.clone();
-        if let ModelKind::Minilm(m) = &mut spec.kind
-            && m.dir.is_none()
-        {
-            self.set_busy(format!("loading {}: fetching its weights", spec.name));
-            m.dir = Some(minilm_fetch::ensure(&self.ctx.launch.cache_dir).await?);
-        }
-        Ok(spec)
+        let mut resolved = spec.clone();
+        let progress = |what: &str| self.set_busy(format!("loading {}: {what}", spec.name));
+        resolved
+            .kind
+            .resolve(&self.ctx.launch.cache_dir, &progress)
+            .await?;
+        Ok(resolved)
     }
 
     /// Load, clean, measure: the model's device memory once it answered, the device's used
@@ -515,7 +496,7 @@ impl Device {
                 Err(e) => TestLoadEntry {
                     model: name,
                     result: None,
-                    error: Some(e.body().error),
+                    error: Some(e.detail()),
                 },
             };
             results.push(entry);

@@ -4,7 +4,7 @@ use std::{collections::HashSet, path::Path};
 
 use serde::Deserialize;
 
-use super::{ModelKind, ModelSpec};
+use super::ModelSpec;
 
 /// The built-in catalog (`default-catalog.toml`).
 const DEFAULT_CATALOG: &str = include_str!("default-catalog.toml");
@@ -90,10 +90,10 @@ impl Catalog {
             if !seen.insert(model.name.as_str()) {
                 return Err(invalid(format!("model {:?} is listed twice", model.name)));
             }
-            if let ModelKind::Synthetic(spec) = &model.kind {
-                spec.check()
-                    .map_err(|m| invalid(format!("model {:?}: {m}", model.name)))?;
-            }
+            model
+                .kind
+                .check()
+                .map_err(|m| invalid(format!("model {:?}: {m}", model.name)))?;
         }
         Ok(Self {
             models: file.models,

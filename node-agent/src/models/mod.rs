@@ -1,19 +1,25 @@
 //! Model kinds the workers can run, and their catalog entries.
+//!
+//! Each kind is one file implementing [`Kind`] (`synthetic.rs`, `minilm.rs`), listed once in
+//! [`ModelKind`] and in [`each_kind!`]; everything else reaches a kind through them.
 
 pub mod catalog;
-pub mod gelu;
-pub mod kernels;
+pub mod kind;
 pub mod minilm;
 pub mod minilm_fetch;
+pub mod minilm_net;
 pub mod synthetic;
 pub mod synthetic_net;
 pub mod weights;
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 pub use catalog::Catalog;
+pub use kind::{Capabilities, Kind, Loaded, Size};
+
+use crate::backend::ModelBackend;
 
 /// One catalog entry: a name and what to build.
 // Unknown fields are refused by the kinds' own structs (serde's `deny_unknown_fields` does not
@@ -27,45 +33,75 @@ pub struct ModelSpec {
     pub kind: ModelKind,
 }
 
-impl ModelSpec {
-    /// The least memory the model can take on a device: the bytes of its weights (a CUDA
-    /// context, activations and allocator slack come on top). A model over a device's total
-    /// by this estimate alone can never load there.
-    pub fn estimated_bytes(&self) -> u64 {
-        match &self.kind {
-            ModelKind::Synthetic(s) => s.architecture().params() * s.dtype.size(),
-            ModelKind::Minilm(_) => minilm::PARAMS * DType::F32.size(),
-        }
-    }
-}
-
-/// The kinds of model vramkeeper runs.
+/// The kinds of model vramkeeper runs. The variant's snake_case name is the kind's
+/// [`Kind::NAME`] (a test checks).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelKind {
     /// A transformer-like stack of a given size, for sizing, load and leak tests.
     Synthetic(synthetic::SyntheticSpec),
     /// all-MiniLM-L6-v2 sentence embeddings.
-    Minilm(MinilmSpec),
+    Minilm(minilm::MinilmSpec),
+}
+
+/// Runs `$body` with `$k` bound to the kind's entry, whichever kind it is: the one `match`
+/// over [`ModelKind`] (exhaustive, so a new variant must be added here).
+macro_rules! each_kind {
+    ($kind:expr, $k:ident => $body:expr) => {
+        match $kind {
+            ModelKind::Synthetic($k) => $body,
+            ModelKind::Minilm($k) => $body,
+        }
+    };
+}
+
+fn name_of<K: Kind>(_: &K) -> &'static str {
+    K::NAME
 }
 
 impl ModelKind {
-    /// The kind's wire name.
+    /// The kind's name.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Synthetic(_) => "synthetic",
-            Self::Minilm(_) => "minilm",
-        }
+        each_kind!(self, k => name_of(k))
+    }
+
+    /// Checks the entry's values; the message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        each_kind!(self, k => k.check())
+    }
+
+    /// Its weights, estimated before a first load.
+    pub fn size(&self) -> Size {
+        each_kind!(self, k => k.size())
+    }
+
+    /// The requests it serves.
+    pub fn capabilities(&self) -> Capabilities {
+        each_kind!(self, k => k.capabilities())
+    }
+
+    /// Fills in what the worker needs and cannot get itself ([`Kind::resolve`]).
+    pub async fn resolve(
+        &mut self,
+        cache_dir: &Path,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), String> {
+        each_kind!(self, k => k.resolve(cache_dir, progress).await)
+    }
+
+    /// Builds the model in a worker ([`Kind::load`]).
+    pub fn load<B: ModelBackend>(&self, device: &B::Device) -> Result<Box<dyn Loaded<B>>, String> {
+        each_kind!(self, k => k.load::<B>(device))
     }
 }
 
-/// Where MiniLM's files are: `model.safetensors`, `config.json`, `tokenizer.json`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MinilmSpec {
-    /// A directory holding the files; absent means the agent's cache, fetched on demand.
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
+impl ModelSpec {
+    /// The least memory the model can take on a device: the bytes of its weights (a CUDA
+    /// context, activations and allocator slack come on top). A model over a device's total
+    /// by this estimate alone can never load there.
+    pub fn estimated_bytes(&self) -> u64 {
+        self.kind.size().bytes()
+    }
 }
 
 /// Element types of model weights.
@@ -96,6 +132,19 @@ impl DType {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_named_as_serde_names_it() {
+        for model in Catalog::builtin().models() {
+            let json = serde_json::to_value(&model.kind).unwrap();
+            assert_eq!(json["kind"], model.kind.name(), "{}", model.name);
         }
     }
 }

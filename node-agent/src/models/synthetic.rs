@@ -2,16 +2,20 @@
 //! drawn from a seeded generator, so that a catalog can hold models of any size without
 //! downloading anything, and their memory, load time and leaks can be measured for real.
 
+use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::DType;
+use super::{
+    DType,
+    kind::{Capabilities, Kind, Loaded, Size, TokenInput},
+    synthetic_net::{Architecture, HEAD_DIM, SyntheticNet},
+};
+use crate::backend::ModelBackend;
 
 /// The smallest synthetic model: below this the fixed overheads dominate every figure.
 pub const MIN_PARAMS: u64 = 100_000;
 /// The largest: 100 billion parameters.
 pub const MAX_PARAMS: u64 = 100_000_000_000;
-/// Width of one attention head.
-pub const HEAD_DIM: u64 = 64;
 
 /// A synthetic model's catalog entry.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -44,21 +48,6 @@ fn default_vocab() -> u32 {
 }
 fn default_context() -> u32 {
     256
-}
-
-/// The shape derived from a spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Architecture {
-    /// Model width (a multiple of [`HEAD_DIM`]).
-    pub d_model: usize,
-    /// Attention heads.
-    pub heads: usize,
-    /// Decoder layers.
-    pub layers: usize,
-    /// Vocabulary size.
-    pub vocab: usize,
-    /// Longest input.
-    pub context: usize,
 }
 
 impl SyntheticSpec {
@@ -99,17 +88,80 @@ impl SyntheticSpec {
     }
 }
 
-impl Architecture {
-    /// The exact parameter count.
-    pub fn params(&self) -> u64 {
-        let d = self.d_model as u64;
-        let per_layer = 2 * d          // attention layer norm
-            + 3 * d * d + 3 * d        // query, key, value
-            + d * d + d                // attention output
-            + 2 * d                    // MLP layer norm
-            + 4 * d * d + 4 * d        // MLP up
-            + 4 * d * d + d; // MLP down
-        (self.vocab as u64 + self.context as u64) * d + self.layers as u64 * per_layer + 2 * d
+impl Kind for SyntheticSpec {
+    const NAME: &'static str = "synthetic";
+
+    fn check(&self) -> Result<(), String> {
+        SyntheticSpec::check(self)
+    }
+
+    fn size(&self) -> Size {
+        Size {
+            params: self.architecture().params(),
+            dtype: self.dtype,
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            infer: Some(TokenInput {
+                vocab: self.vocab,
+                context: self.context,
+            }),
+            ..Capabilities::default()
+        }
+    }
+
+    fn load<B: ModelBackend>(&self, device: &B::Device) -> Result<Box<dyn Loaded<B>>, String> {
+        Ok(Box::new(Synthetic {
+            net: SyntheticNet::new(
+                self.architecture(),
+                self.dtype,
+                self.seed,
+                device,
+                B::ACCELERATOR,
+            )?,
+            size: Kind::size(self),
+            probe: (0..self.context.min(16)).map(|i| i % self.vocab).collect(),
+        }))
+    }
+}
+
+/// A synthetic model built in a worker.
+struct Synthetic<B: Backend> {
+    net: SyntheticNet<B>,
+    size: Size,
+    /// The warm-up's token ids.
+    probe: Vec<u32>,
+}
+
+impl<B: Backend> Loaded<B> for Synthetic<B> {
+    fn params(&self) -> u64 {
+        self.size.params
+    }
+
+    fn param_bytes(&self) -> u64 {
+        self.size.bytes()
+    }
+
+    fn warm_up(&self) -> Result<(), String> {
+        let _ = self.net.forward(&self.probe).sum().into_data();
+        Ok(())
+    }
+
+    fn infer(&self, tokens: &[u32]) -> Result<(Vec<u32>, f64), String> {
+        let logits = self.net.forward(tokens);
+        let [_, s, _] = logits.dims();
+        let next = logits
+            .clone()
+            .argmax(2)
+            .reshape([s])
+            .into_data()
+            .iter::<i64>()
+            .map(|t| t as u32)
+            .collect();
+        let checksum = logits.sum().into_data().iter::<f64>().next().unwrap_or(0.0);
+        Ok((next, checksum))
     }
 }
 

@@ -8,11 +8,39 @@ use burn::{
     tensor::{DType, Distribution, activation},
 };
 
-use super::{
-    DType as WeightType,
-    synthetic::{Architecture, SyntheticSpec},
-    weights,
-};
+use super::{DType as WeightType, weights};
+
+/// Width of one attention head.
+pub const HEAD_DIM: u64 = 64;
+
+/// The model's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Architecture {
+    /// Model width (a multiple of [`HEAD_DIM`]).
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest input.
+    pub context: usize,
+}
+
+impl Architecture {
+    /// The exact parameter count.
+    pub fn params(&self) -> u64 {
+        let d = self.d_model as u64;
+        let per_layer = 2 * d          // attention layer norm
+            + 3 * d * d + 3 * d        // query, key, value
+            + d * d + d                // attention output
+            + 2 * d                    // MLP layer norm
+            + 4 * d * d + 4 * d        // MLP up
+            + 4 * d * d + d; // MLP down
+        (self.vocab as u64 + self.context as u64) * d + self.layers as u64 * per_layer + 2 * d
+    }
+}
 
 /// One decoder block.
 #[derive(Module, Debug)]
@@ -107,12 +135,18 @@ impl<B: Backend> SyntheticNet<B> {
     /// Creates the model on `device` with the weights its seed defines: generated on the host
     /// by a counter-based generator (identical on every backend), or with `on_device` by the
     /// device's own generator (no transfer; identical on one GPU model).
-    pub fn new(spec: &SyntheticSpec, device: &B::Device, on_device: bool) -> Result<Self, String> {
-        let dtype = burn_dtype(spec.dtype);
+    pub fn new(
+        architecture: Architecture,
+        weight_type: WeightType,
+        seed: u64,
+        device: &B::Device,
+        on_device: bool,
+    ) -> Result<Self, String> {
+        let dtype = burn_dtype(weight_type);
         if !B::supports_dtype(device, dtype) {
             return Err(format!(
                 "dtype {} is not supported by the {} backend (use f32 on the CPU)",
-                spec.dtype.as_str(),
+                weight_type.as_str(),
                 B::name(device)
             ));
         }
@@ -122,10 +156,10 @@ impl<B: Backend> SyntheticNet<B> {
             layers,
             vocab,
             context,
-        } = spec.architecture();
+        } = architecture;
         let mut init = Init::<B> {
             device,
-            seed: spec.seed,
+            seed,
             dtype,
             next: 0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),

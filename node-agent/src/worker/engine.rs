@@ -5,10 +5,12 @@
 
 use std::time::Instant;
 
-use burn::{prelude::*, tensor::backend::Backend};
+use burn::prelude::*;
 
-use super::memory::DeviceMemoryOps;
-use crate::models::{ModelKind, ModelSpec, synthetic_net::SyntheticNet};
+use crate::{
+    backend::ModelBackend,
+    models::{Loaded, ModelSpec},
+};
 
 /// A model load's figures.
 pub struct LoadInfo {
@@ -40,7 +42,7 @@ pub trait Engine {
     fn backend(&self) -> &'static str;
     /// Builds a model (replacing any).
     fn load(&mut self, spec: &ModelSpec) -> Result<LoadInfo, String>;
-    /// A forward pass of the synthetic model.
+    /// A forward pass over token ids.
     fn infer(&mut self, tokens: &[u32]) -> Result<Inference, String>;
     /// Sentence embeddings.
     fn embed(&mut self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String>;
@@ -54,21 +56,16 @@ pub trait Engine {
     fn leaked(&self) -> u64;
 }
 
-enum Model<B: Backend> {
-    Synthetic(Box<SyntheticNet<B>>),
-    Minilm(Box<crate::models::minilm::MiniLm<B>>),
-}
-
 /// The engine of backend `B`.
-pub struct BurnEngine<B: Backend + DeviceMemoryOps> {
+pub struct BurnEngine<B: ModelBackend> {
     device: B::Device,
     name: &'static str,
-    model: Option<Model<B>>,
+    model: Option<Box<dyn Loaded<B>>>,
     held: Vec<Tensor<B, 1>>,
     held_bytes: u64,
 }
 
-impl<B: Backend + DeviceMemoryOps> BurnEngine<B> {
+impl<B: ModelBackend> BurnEngine<B> {
     /// An engine on `device`.
     pub fn new(device: B::Device, name: &'static str) -> Self {
         Self {
@@ -79,13 +76,19 @@ impl<B: Backend + DeviceMemoryOps> BurnEngine<B> {
             held_bytes: 0,
         }
     }
+
+    fn model(&self) -> Result<&dyn Loaded<B>, String> {
+        self.model
+            .as_deref()
+            .ok_or_else(|| "no model is loaded in this worker".to_string())
+    }
 }
 
 fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
+    crate::units::ms(since.elapsed())
 }
 
-impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
+impl<B: ModelBackend> Engine for BurnEngine<B> {
     fn backend(&self) -> &'static str {
         self.name
     }
@@ -97,79 +100,40 @@ impl<B: Backend + DeviceMemoryOps> Engine for BurnEngine<B> {
         let _ = Tensor::<B, 1>::zeros([1], &self.device).into_data();
         let context_ms = ms(context);
         let started = Instant::now();
-        match &spec.kind {
-            ModelKind::Synthetic(s) => {
-                // Weights go to the allocator's persistent pool (pages of their exact size):
-                // the sliced pools then hold only temporaries, whose pages the post-load
-                // cleanup can return whole.
-                let net = B::memory_persistent_allocations(&self.device, (), |()| {
-                    SyntheticNet::<B>::new(s, &self.device, B::INIT_ON_DEVICE)
-                })?;
-                B::sync(&self.device).map_err(|e| format!("creating the weights failed: {e}"))?;
-                let weights_ms = ms(started);
-                let params = s.architecture().params();
-                let warm = Instant::now();
-                let probe: Vec<u32> = (0..s.context.min(16)).map(|i| i % s.vocab).collect();
-                let _ = net.forward(&probe).sum().into_data();
-                self.model = Some(Model::Synthetic(Box::new(net)));
-                Ok(LoadInfo {
-                    params,
-                    param_bytes: params * s.dtype.size(),
-                    context_ms,
-                    weights_ms,
-                    warmup_ms: ms(warm),
-                })
-            }
-            ModelKind::Minilm(m) => {
-                let model = B::memory_persistent_allocations(&self.device, (), |()| {
-                    crate::models::minilm::MiniLm::<B>::load(m, &self.device, B::EMBED_BATCH)
-                })?;
-                let weights_ms = ms(started);
-                let warm = Instant::now();
-                model.embed(&["warm-up".to_string()])?;
-                let params = model.params();
-                self.model = Some(Model::Minilm(Box::new(model)));
-                Ok(LoadInfo {
-                    params,
-                    param_bytes: params * 4,
-                    context_ms,
-                    weights_ms,
-                    warmup_ms: ms(warm),
-                })
-            }
-        }
+        // Weights go to the allocator's persistent pool (pages of their exact size): the
+        // sliced pools then hold only temporaries, whose pages the post-load cleanup can
+        // return whole.
+        let model = B::memory_persistent_allocations(&self.device, (), |()| {
+            spec.kind.load::<B>(&self.device)
+        })?;
+        B::sync(&self.device).map_err(|e| format!("creating the weights failed: {e}"))?;
+        let weights_ms = ms(started);
+        let warm = Instant::now();
+        model.warm_up()?;
+        let info = LoadInfo {
+            params: model.params(),
+            param_bytes: model.param_bytes(),
+            context_ms,
+            weights_ms,
+            warmup_ms: ms(warm),
+        };
+        self.model = Some(model);
+        Ok(info)
     }
 
     fn infer(&mut self, tokens: &[u32]) -> Result<Inference, String> {
-        let Some(Model::Synthetic(net)) = &self.model else {
-            return Err("no synthetic model is loaded in this worker".into());
-        };
         let started = Instant::now();
-        let logits = net.forward(tokens);
-        let [_, s, _] = logits.dims();
-        let next: Vec<u32> = logits
-            .clone()
-            .argmax(2)
-            .reshape([s])
-            .into_data()
-            .iter::<i64>()
-            .map(|t| t as u32)
-            .collect();
-        let checksum: f64 = logits.sum().into_data().iter::<f64>().next().unwrap_or(0.0);
+        let (next_tokens, checksum) = self.model()?.infer(tokens)?;
         Ok(Inference {
-            next_tokens: next,
+            next_tokens,
             checksum,
             compute_ms: ms(started),
         })
     }
 
     fn embed(&mut self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
-        let Some(Model::Minilm(model)) = &self.model else {
-            return Err("no embedding model is loaded in this worker".into());
-        };
-        model.embed(texts)
+        self.model()?.embed(texts)
     }
-
     fn allocator(&self) -> (u64, u64) {
         B::allocator_bytes(&self.device)
     }

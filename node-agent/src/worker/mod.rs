@@ -2,6 +2,5 @@
 
 pub mod client;
 pub mod engine;
-pub mod memory;
 pub mod protocol;
 pub mod server;

@@ -11,11 +11,11 @@ use anyhow::Context;
 
 use super::{
     engine::{BurnEngine, Engine},
-    memory::Cpu,
     protocol::{FrameError, Request, Response, WorkerMemory, read_frame, write_frame},
 };
 use crate::{
     args::{Fault, WorkerArgs},
+    backend::Cpu,
     probe::process,
 };
 
@@ -54,7 +54,7 @@ fn engine_for(args: &WorkerArgs) -> anyhow::Result<Box<dyn Engine>> {
         "cuda" => {
             configure_cubecl(&args.cache_dir);
             let device = burn::backend::cuda::CudaDevice::new(args.device_index as usize);
-            Ok(Box::new(BurnEngine::<super::memory::Gpu>::new(
+            Ok(Box::new(BurnEngine::<crate::backend::Gpu>::new(
                 device, "cuda",
             )))
         }

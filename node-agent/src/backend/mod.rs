@@ -1,14 +1,18 @@
-//! Allocator figures and cleanup per backend: cubecl's pool on CUDA, glibc's heap on the CPU
-//! (the CPU's "allocator cache" is what malloc keeps after frees; `malloc_trim` returns it).
+//! The burn backends a worker runs models on, and what vramkeeper needs of each beyond burn:
+//! allocator figures and cleanup (cubecl's pool on CUDA, glibc's heap on the CPU, where the
+//! "allocator cache" is what malloc keeps after frees and `malloc_trim` returns it), and the
+//! kernels a backend runs better than burn's generic composition ([`kernels`]).
+
+pub mod gelu;
+pub mod kernels;
 
 use burn::backend::Flex;
 
-/// Backend-specific memory operations.
-pub trait DeviceMemoryOps: crate::models::kernels::Kernels {
-    /// Whether synthetic weights are generated on the device rather than copied from the host.
-    const INIT_ON_DEVICE: bool;
-    /// Sentences per embedding forward pass.
-    const EMBED_BATCH: usize;
+/// A backend models run on: its kernels and its memory operations.
+pub trait ModelBackend: kernels::Kernels {
+    /// Whether the backend is an accelerator (a GPU): weights are generated on the device
+    /// rather than copied from the host, and batches are wide.
+    const ACCELERATOR: bool;
     /// Bytes (in use by live allocations, reserved from the device or the OS).
     fn allocator_bytes(device: &Self::Device) -> (u64, u64);
     /// Returns pooled memory to the device (or the OS) and waits until it is done.
@@ -20,9 +24,8 @@ pub trait DeviceMemoryOps: crate::models::kernels::Kernels {
 /// The CPU backend.
 pub type Cpu = Flex<f32>;
 
-impl DeviceMemoryOps for Cpu {
-    const INIT_ON_DEVICE: bool = false;
-    const EMBED_BATCH: usize = crate::models::minilm::CPU_BATCH;
+impl ModelBackend for Cpu {
+    const ACCELERATOR: bool = false;
 
     fn allocator_bytes(_: &Self::Device) -> (u64, u64) {
         glibc::usage()
@@ -101,14 +104,13 @@ mod cuda {
         prelude::*,
     };
 
-    use super::DeviceMemoryOps;
+    use super::ModelBackend;
 
     /// The CUDA backend.
     pub type Gpu = Cuda<f32, i32>;
 
-    impl DeviceMemoryOps for Gpu {
-        const INIT_ON_DEVICE: bool = true;
-        const EMBED_BATCH: usize = crate::models::minilm::GPU_BATCH;
+    impl ModelBackend for Gpu {
+        const ACCELERATOR: bool = true;
 
         fn allocator_bytes(device: &CudaDevice) -> (u64, u64) {
             match CudaRuntime::client(device).memory_usage() {

@@ -134,7 +134,7 @@ fn swap_middle(from: &[f32], [b, x, y, d]: [usize; 4]) -> Vec<f32> {
 }
 
 #[cfg(feature = "cuda")]
-impl Kernels for crate::worker::memory::Gpu {}
+impl Kernels for super::Gpu {}
 
 #[cfg(test)]
 mod tests {

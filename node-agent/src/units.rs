@@ -1,0 +1,33 @@
+//! Units the agent reports in: MiB for memory, milliseconds for time.
+
+use std::time::Duration;
+
+/// Bytes in a MiB.
+pub const MIB: f64 = (1u64 << 20) as f64;
+
+/// Bytes to MiB.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB
+}
+
+/// MiB to bytes (rounded down).
+pub fn mib_to_bytes(mib: f64) -> u64 {
+    (mib * MIB) as u64
+}
+
+/// A duration in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions() {
+        assert_eq!(mib(3 << 20), 3.0);
+        assert_eq!(mib_to_bytes(1.5), 3 << 19);
+        assert_eq!(ms(Duration::from_micros(2500)), 2.5);
+    }
+}
