@@ -36,11 +36,15 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod ownership;
+pub mod plan;
 pub mod planner;
 pub mod rbac;
 pub mod reconcile;
 pub mod server;
+pub mod status;
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod scenarios;
 
@@ -51,7 +55,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::Args;
 pub use error::{Error, Result};
-pub use reconcile::{FIELD_MANAGER, FINALIZER};
+pub use reconcile::FINALIZER;
+pub use status::FIELD_MANAGER;
 
 use crate::{
     leader::{LeaderElector, LeaseSettings},

@@ -1,94 +1,31 @@
-//! The operator's part of the status: `phase`, `observedGeneration` and the four conditions,
-//! derived (purely) from the plan, what came of it, and the conditions before.
+//! The operator's part of the status: `phase`, `observedGeneration`, the four conditions and
+//! the typed memory the next reconcile plans on (`ladder`, `unknownModel`, `switchSummary`,
+//! `conflictWith`), derived purely from the plan, what came of it, and the status before.
 //!
-//! When the agent cannot be heard, ZombieMemory and Degraded carry over unchanged: the
-//! Degraded hold must survive an agent restart.
+//! Conditions are output only: nothing here or in the planner decides anything from an
+//! earlier condition's reason or message. An earlier condition is read back only to keep its
+//! `lastTransitionTime` while its status stays, and to carry ZombieMemory and Degraded over
+//! unchanged while the agent cannot be heard (the Degraded hold must survive an agent
+//! restart).
+//!
+//! `derive` composes one function per condition (`ready`, `switching`, `zombie_memory`,
+//! `degraded`) and `phase`; each returns a [`Verdict`] and is tested on its own.
 
 use jiff::Timestamp;
-use vramkeeper_crds::{Condition, GpuModelSpec, GpuModelStatus, LadderStatus, Phase};
+use vramkeeper_crds::{
+    Condition, GpuModelSpec, GpuModelStatus, LadderStatus, Phase, UnknownModelStatus,
+};
 
 pub use vramkeeper_crds::conditions::{DEGRADED, READY, SWITCHING, TERMINATING, ZOMBIE_MEMORY};
 
-use crate::planner::{DegradedWhy, Next, Plan, Step, Wait, Zombie};
+use crate::{
+    plan::{DegradedWhy, Next, Outcome, Plan, Step, Wait, Zombie},
+    status::OperatorStatus,
+};
 
-/// Condition reasons (CamelCase words).
-pub mod reason {
-    /// Ready: the desired model is active.
-    pub const MODEL_ACTIVE: &str = "ModelActive";
-    /// Ready: no model is wanted and none is loaded.
-    pub const NO_MODEL: &str = "NoModelWanted";
-    /// Ready: the desired model was unloaded for idleness and loads on the next request.
-    pub const IDLE_UNLOADED: &str = "IdleUnloaded";
-    /// No agent Pod on the node.
-    pub const AGENT_NOT_FOUND: &str = "AgentNotFound";
-    /// The agent Pod did not answer.
-    pub const AGENT_UNREACHABLE: &str = "AgentUnreachable";
-    /// The agent manages no GPU of that index.
-    pub const UNKNOWN_GPU: &str = "UnknownGpu";
-    /// The agent's report is missing or old.
-    pub const AGENT_SILENT: &str = "AgentSilent";
-    /// The agent is busy with another operation.
-    pub const AGENT_BUSY: &str = "AgentBusy";
-    /// The agent does not know the model.
-    pub const UNKNOWN_MODEL: &str = "UnknownModel";
-    /// An agent call failed.
-    pub const STEP_FAILED: &str = "StepFailed";
-    /// A switch is under way or pending.
-    pub const SWITCHING: &str = "Switching";
-    /// Unloading the active model.
-    pub const UNLOADING: &str = "Unloading";
-    /// Loading the desired model.
-    pub const LOADING: &str = "Loading";
-    /// A step finished.
-    pub const DONE: &str = "Done";
-    /// Waiting for memory to come back before loading.
-    pub const WAITING_FOR_MEMORY: &str = "WaitingForMemory";
-    /// A switch is pending behind zombie memory.
-    pub const BLOCKED: &str = "BlockedByZombieMemory";
-    /// Nothing to do.
-    pub const IDLE: &str = "Idle";
-    /// Ghost under the threshold.
-    pub const BELOW_THRESHOLD: &str = "BelowThreshold";
-    /// Ghost over the threshold, not yet for the persist time.
-    pub const SUSPECTED: &str = "OverThreshold";
-    /// Zombie memory, waiting out a cooldown.
-    pub const COOLING_DOWN: &str = "CoolingDown";
-    /// Zombie memory, freeing.
-    pub const FREEING: &str = "Freeing";
-    /// Zombie memory, resetting.
-    pub const RESETTING: &str = "Resetting";
-    /// Zombie memory the ladder could not clear.
-    pub const ZOMBIE_MEMORY: &str = "ZombieMemory";
-    /// Degraded: free and reset did not clear it.
-    pub const RESET_DID_NOT_CLEAR: &str = "ResetDidNotClear";
-    /// Degraded: the hour's reset budget is spent.
-    pub const RESET_BUDGET_SPENT: &str = "ResetBudgetSpent";
-    /// Degraded: the policy allows no reset and a free did not clear it.
-    pub const NO_RESET_ALLOWED: &str = "NoResetAllowed";
-    /// Not degraded.
-    pub const AS_EXPECTED: &str = "AsExpected";
-    /// Another, older GpuModel owns this (node, GPU).
-    pub const CONFLICT: &str = vramkeeper_crds::ownership::CONFLICT;
-    /// Ready while being deleted: the model is being unloaded.
-    pub const TERMINATING: &str = "Terminating";
-    /// Terminating: the agent could not be reached or refused the unload.
-    pub const UNLOAD_BLOCKED: &str = "UnloadBlocked";
-}
-
-/// What came of the step the executor ran.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The step did not call the agent.
-    NoCall,
-    /// The agent did it; a sentence saying what.
-    Done(String),
-    /// The agent was busy (409).
-    Busy(String),
-    /// The agent does not know the model (404).
-    UnknownModel(String),
-    /// The agent call failed otherwise.
-    Failed(String),
-}
+pub mod reason;
+#[cfg(test)]
+mod tests;
 
 /// Where the reconcile got to.
 #[derive(Clone, Copy, Debug)]
@@ -96,8 +33,15 @@ pub enum Situation<'a> {
     /// The agent could not be heard: no Pod, no answer, or no such GPU.
     Unheard {
         /// A condition reason (`AgentNotFound`, `AgentUnreachable`, `UnknownGpu`).
-        reason: &'a str,
+        reason: &'static str,
         /// What went wrong.
+        message: &'a str,
+    },
+    /// Another, older GpuModel owns this one's (node, GPU): nothing is asked of the agent.
+    Conflict {
+        /// The owner's name.
+        owner: &'a str,
+        /// What to tell people.
         message: &'a str,
     },
     /// The planner ran and the executor carried out its step.
@@ -109,28 +53,22 @@ pub enum Situation<'a> {
     },
 }
 
-/// The fields the operator owns.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OperatorStatus {
-    /// Summary.
-    pub phase: Phase,
-    /// The generation acted on.
-    pub observed_generation: Option<i64>,
-    /// Ready, Switching, ZombieMemory, Degraded (and Terminating while deletion is blocked).
-    pub conditions: Vec<Condition>,
-    /// The zombie ladder's memory; absent when there is nothing to remember.
-    pub ladder: Option<LadderStatus>,
+/// One condition's status, reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// True or False.
+    pub status: bool,
+    /// The reason, one of [`reason`].
+    pub reason: &'static str,
+    /// The sentence for people.
+    pub message: String,
 }
 
-impl OperatorStatus {
-    /// Whether `status` already holds exactly these fields (then nothing is written).
-    pub fn is_in(&self, status: Option<&GpuModelStatus>) -> bool {
-        status.is_some_and(|s| {
-            s.phase == Some(self.phase)
-                && s.observed_generation == self.observed_generation
-                && s.conditions == self.conditions
-                && s.ladder == self.ladder
-        })
+fn verdict(status: bool, reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        status,
+        reason,
+        message: message.into(),
     }
 }
 
@@ -142,8 +80,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
-        let status = if status { "True" } else { "False" };
+    fn set(&mut self, type_: &str, v: Verdict) {
+        let status = if v.status { "True" } else { "False" };
         let prev = self.prev.iter().find(|c| c.type_ == type_);
         let last_transition_time = match prev {
             Some(p) if p.status == status => p.last_transition_time.clone(),
@@ -152,22 +90,31 @@ impl Builder<'_> {
         self.out.push(Condition {
             type_: type_.into(),
             status: status.into(),
-            reason: reason.into(),
-            message,
+            reason: v.reason.into(),
+            message: v.message,
             last_transition_time,
             observed_generation: Some(self.generation),
         });
     }
 
     /// Sets a condition whose `lastTransitionTime` is now even when its status stays: a
-    /// failure that happened again (the planner times its retries from it).
-    fn set_fresh(&mut self, type_: &str, status: bool, reason: &str, message: String) {
-        self.set(type_, status, reason, message);
+    /// failure that happened again.
+    fn set_fresh(&mut self, type_: &str, v: Verdict) {
+        self.set(type_, v);
         if let Some(c) = self.out.last_mut() {
             c.last_transition_time = self.now.clone();
         }
     }
 
+    /// Keeps the earlier condition as it is; `v` when there is none.
+    fn keep(&mut self, type_: &str, v: Verdict) {
+        match self.prev.iter().find(|c| c.type_ == type_) {
+            Some(c) => self.out.push(c.clone()),
+            None => self.set(type_, v),
+        }
+    }
+
+    /// Keeps the earlier condition as it is; Unknown when there is none.
     fn carry(&mut self, type_: &str) {
         match self.prev.iter().find(|c| c.type_ == type_) {
             Some(c) => self.out.push(c.clone()),
@@ -183,7 +130,7 @@ impl Builder<'_> {
     }
 }
 
-/// Derives phase and conditions.
+/// Derives the operator's status fields.
 pub fn derive(
     spec: &GpuModelSpec,
     generation: i64,
@@ -191,209 +138,312 @@ pub fn derive(
     situation: Situation<'_>,
     now: Timestamp,
 ) -> OperatorStatus {
-    let prev = observed.conditions.as_slice();
     let mut b = Builder {
-        prev,
+        prev: &observed.conditions,
         generation,
         now: now.to_string(),
         out: Vec::with_capacity(4),
     };
-    let gpu = format!("GPU {} of node {}", spec.gpu, spec.node_name);
     let (plan, outcome) = match situation {
         Situation::Planned { plan, outcome }
             if !matches!(plan.step, Step::Wait(Wait::AgentSilent { .. })) =>
         {
             (plan, outcome)
         }
-        other => {
-            let (r, m) = match other {
-                Situation::Unheard { reason, message } => (reason, message.to_string()),
-                Situation::Planned { .. } => (
-                    reason::AGENT_SILENT,
-                    "the agent has not reported recently".to_string(),
-                ),
-            };
-            b.set(READY, false, r, m.clone());
-            b.set(SWITCHING, false, r, m);
-            b.carry(ZOMBIE_MEMORY);
-            b.carry(DEGRADED);
-            return OperatorStatus {
-                phase: if r == reason::CONFLICT {
-                    Phase::Failed
-                } else {
-                    Phase::Pending
-                },
-                observed_generation: observed.observed_generation,
-                conditions: b.out,
-                ladder: observed.ladder.clone(),
-            };
+        Situation::Conflict { owner, message } => {
+            let mut op = unheard(&mut b, observed, reason::CONFLICT, message);
+            op.phase = Phase::Failed;
+            op.conflict_with = Some(owner.to_string());
+            return op;
+        }
+        Situation::Unheard { reason, message } => {
+            return unheard(&mut b, observed, reason, message);
+        }
+        Situation::Planned { .. } => {
+            return unheard(
+                &mut b,
+                observed,
+                reason::AGENT_SILENT,
+                "the agent has not reported recently",
+            );
         }
     };
 
-    let desired = spec.model.as_deref();
-    let active = match (&plan.step, outcome) {
-        (Step::Unload { .. } | Step::IdleUnload { .. }, Outcome::Done(_)) => None,
-        (Step::Load { model }, Outcome::Done(_)) => Some(model.as_str()),
-        _ => observed.active_model.as_deref(),
-    };
-    // Unloaded for idleness: the wanted model loads again on the next request that names it.
-    let parked = matches!(plan.step, Step::Parked { .. })
-        || matches!(
-            (&plan.step, outcome),
-            (Step::IdleUnload { .. }, Outcome::Done(_))
-        );
-    let in_sync = active == desired || parked;
-    let degraded = plan.degraded();
-    let unknown = matches!(plan.step, Step::Wait(Wait::Failed))
-        || matches!(outcome, Outcome::UnknownModel(_));
-    let busy =
-        matches!(plan.step, Step::Wait(Wait::AgentBusy)) || matches!(outcome, Outcome::Busy(_));
-    let persisting = matches!(plan.zombie, Zombie::Persisting { .. });
-    let failed_msg = match outcome {
-        Outcome::UnknownModel(m) | Outcome::Failed(m) => Some(m.clone()),
-        _ => None,
-    };
-    let done_msg = match outcome {
-        Outcome::Done(m) | Outcome::Busy(m) => Some(m.clone()),
-        _ => None,
-    };
-    let want = desired.map_or("no model".to_string(), |m| format!("model {m}"));
-    let have = active.map_or("no model".to_string(), |m| format!("model {m}"));
+    let f = Facts::new(spec, observed, plan, outcome);
+    let ready_v = ready(&f, observed.unknown_model.as_ref());
+    let is_ready = ready_v.status;
+    let unknown_model = unknown_model_after(&f, generation, now, observed);
+    if matches!(outcome, Outcome::UnknownModel(_)) {
+        b.set_fresh(READY, ready_v);
+    } else {
+        b.set(READY, ready_v);
+    }
+    let switching_v = switching(&f, observed.switch_summary.as_deref());
+    let is_switching = switching_v.status;
+    let switch_summary = (switching_v.reason == reason::DONE).then(|| switching_v.message.clone());
+    b.set(SWITCHING, switching_v);
+    b.set(ZOMBIE_MEMORY, zombie_memory(&f));
+    match degraded(&f) {
+        Some(v) => b.set(DEGRADED, v),
+        None => b.keep(
+            DEGRADED,
+            verdict(true, reason::ZOMBIE_MEMORY, "zombie memory persists"),
+        ),
+    }
+    OperatorStatus {
+        phase: phase(&f, is_ready, is_switching),
+        observed_generation: Some(generation),
+        conditions: b.out,
+        ladder: Some(plan.ladder.clone()).filter(|l| *l != LadderStatus::default()),
+        unknown_model,
+        switch_summary,
+        conflict_with: None,
+    }
+}
 
-    // Ready.
-    let ready = !degraded && !unknown && failed_msg.is_none() && in_sync && !persisting && !busy;
-    let (r, m) = if degraded {
+/// Ready and Switching say why the agent was not heard; ZombieMemory and Degraded, and the
+/// ladder's memory, carry over.
+fn unheard(
+    b: &mut Builder<'_>,
+    observed: &GpuModelStatus,
+    reason: &'static str,
+    message: &str,
+) -> OperatorStatus {
+    b.set(READY, verdict(false, reason, message));
+    b.set(SWITCHING, verdict(false, reason, message));
+    b.carry(ZOMBIE_MEMORY);
+    b.carry(DEGRADED);
+    OperatorStatus {
+        phase: Phase::Pending,
+        observed_generation: observed.observed_generation,
+        conditions: std::mem::take(&mut b.out),
+        ladder: observed.ladder.clone(),
+        unknown_model: None,
+        switch_summary: None,
+        conflict_with: None,
+    }
+}
+
+/// What the conditions of a planned reconcile rest on.
+struct Facts<'a> {
+    spec: &'a GpuModelSpec,
+    plan: &'a Plan,
+    outcome: &'a Outcome,
+    /// "GPU 0 of node n".
+    gpu: String,
+    /// The ghost the agent measured.
+    ghost_mib: u64,
+    desired: Option<&'a str>,
+    /// Unloaded for idleness: the wanted model loads again on the next request that names it.
+    parked: bool,
+    in_sync: bool,
+    degraded: bool,
+    /// The agent does not know the desired model.
+    unknown: bool,
+    busy: bool,
+    persisting: bool,
+    /// "model m" or "no model".
+    want: String,
+    /// "model m" or "no model".
+    have: String,
+}
+
+impl<'a> Facts<'a> {
+    fn new(
+        spec: &'a GpuModelSpec,
+        observed: &'a GpuModelStatus,
+        plan: &'a Plan,
+        outcome: &'a Outcome,
+    ) -> Self {
+        let desired = spec.model.as_deref();
+        let done = matches!(outcome, Outcome::Done(_));
+        let active = match &plan.step {
+            Step::Unload { .. } | Step::IdleUnload { .. } if done => None,
+            Step::Load { model } if done => Some(model.as_str()),
+            _ => observed.active_model.as_deref(),
+        };
+        let parked = matches!(plan.step, Step::Parked { .. })
+            || (matches!(plan.step, Step::IdleUnload { .. }) && done);
+        let model = |m: Option<&str>| m.map_or("no model".to_string(), |m| format!("model {m}"));
+        Self {
+            spec,
+            plan,
+            outcome,
+            gpu: format!("GPU {} of node {}", spec.gpu, spec.node_name),
+            ghost_mib: observed.device.as_ref().map_or(0, |d| d.ghost_mib),
+            desired,
+            parked,
+            in_sync: active == desired || parked,
+            degraded: plan.degraded(),
+            unknown: matches!(plan.step, Step::Wait(Wait::Failed))
+                || matches!(outcome, Outcome::UnknownModel(_)),
+            busy: matches!(plan.step, Step::Wait(Wait::AgentBusy))
+                || matches!(outcome, Outcome::Busy(_)),
+            persisting: matches!(plan.zombie, Zombie::Persisting { .. }),
+            want: model(desired),
+            have: model(active),
+        }
+    }
+
+    /// The agent's words when its call failed.
+    fn failed(&self) -> Option<&'a str> {
+        match self.outcome {
+            Outcome::UnknownModel(m) | Outcome::Failed(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// Ready: the desired model serves, with no zombie memory and nothing pending.
+fn ready(f: &Facts<'_>, refused: Option<&UnknownModelStatus>) -> Verdict {
+    let (gpu, want) = (&f.gpu, &f.want);
+    let failed = f.failed();
+    let status =
+        !f.degraded && !f.unknown && failed.is_none() && f.in_sync && !f.persisting && !f.busy;
+    let (r, m) = if f.degraded {
         (
             reason::ZOMBIE_MEMORY,
             format!("{gpu} is Degraded: zombie memory persists"),
         )
-    } else if unknown {
-        (
-            reason::UNKNOWN_MODEL,
-            failed_msg
-                .clone()
-                .unwrap_or_else(|| format!("the agent does not know {want}")),
-        )
-    } else if let Some(e) = &failed_msg {
+    } else if f.unknown {
+        // Still the same failure while the retry waits: the agent's words.
+        let waiting = matches!(f.plan.step, Step::Wait(Wait::Failed));
+        let m = failed
+            .or(refused.filter(|_| waiting).map(|u| u.message.as_str()))
+            .map_or_else(|| format!("the agent does not know {want}"), str::to_string);
+        (reason::UNKNOWN_MODEL, m)
+    } else if let Some(e) = failed {
         (
             reason::STEP_FAILED,
-            format!("{} failed: {e}", plan.step.name()),
+            format!("{} failed: {e}", f.plan.step.name()),
         )
-    } else if !in_sync {
+    } else if !f.in_sync {
         (
             reason::SWITCHING,
-            format!("{gpu} holds {have}; {want} is wanted"),
+            format!("{gpu} holds {}; {want} is wanted", f.have),
         )
-    } else if persisting {
+    } else if f.persisting {
         (
             reason::ZOMBIE_MEMORY,
             format!("{gpu} serves {want}, but zombie memory persists"),
         )
-    } else if busy {
+    } else if f.busy {
         (
             reason::AGENT_BUSY,
             format!("{gpu} serves {want}; the agent is busy"),
         )
-    } else if let (true, Some(m)) = (parked, desired) {
+    } else if let (true, Some(m)) = (f.parked, f.desired) {
         (
             reason::IDLE_UNLOADED,
             format!(
                 "{m} was unloaded from {gpu} after serving nothing for a while; the next inference request that names it loads it again"
             ),
         )
-    } else if let Some(m) = desired {
+    } else if let Some(m) = f.desired {
         (reason::MODEL_ACTIVE, format!("{m} is active on {gpu}"))
     } else {
         (reason::NO_MODEL, format!("{gpu} holds no model, as wanted"))
     };
-    match prev
-        .iter()
-        .find(|c| c.type_ == READY && c.reason == reason::UNKNOWN_MODEL)
-    {
-        // Still the same failure: keep its words (the agent's message).
-        Some(c) if matches!(plan.step, Step::Wait(Wait::Failed)) => {
-            let mut c = c.clone();
-            c.observed_generation = Some(generation);
-            b.out.push(c);
-        }
-        _ if matches!(outcome, Outcome::UnknownModel(_)) => b.set_fresh(READY, ready, r, m),
-        _ => b.set(READY, ready, r, m),
-    }
+    verdict(status, r, m)
+}
 
-    // Switching. An idle unload about to run is one too, though the model is still wanted.
+/// The load the agent refused, kept while the planner waits to try it again: recorded when a
+/// load is refused, kept while the planner waits on it, dropped otherwise.
+fn unknown_model_after(
+    f: &Facts<'_>,
+    generation: i64,
+    now: Timestamp,
+    observed: &GpuModelStatus,
+) -> Option<UnknownModelStatus> {
+    match (&f.plan.step, f.outcome) {
+        (Step::Load { model }, Outcome::UnknownModel(message)) => Some(UnknownModelStatus {
+            model: model.clone(),
+            generation,
+            at: now.to_string(),
+            message: message.clone(),
+        }),
+        (Step::Wait(Wait::Failed), _) => observed.unknown_model.clone(),
+        _ => None,
+    }
+}
+
+/// Switching: a switch is under way or pending; or, once over, what the last one did.
+/// `summary` is the last finished switch's words, as the status keeps them.
+fn switching(f: &Facts<'_>, summary: Option<&str>) -> Verdict {
+    // An idle unload about to run is a switch too, though the model is still wanted.
     let idle_unloading = matches!(
-        (&plan.step, outcome),
+        (&f.plan.step, f.outcome),
         (Step::IdleUnload { .. }, Outcome::NoCall)
     );
-    let switching = busy || idle_unloading || (!in_sync && !degraded && !unknown);
-    let (r, m) = if busy {
-        (
-            reason::AGENT_BUSY,
-            done_msg
-                .clone()
-                .unwrap_or_else(|| "the agent is busy with another operation".into()),
-        )
-    } else if !switching {
-        let last_done = prev
-            .iter()
-            .find(|c| c.type_ == SWITCHING && c.status == "False" && c.reason == reason::DONE);
-        match (&plan.step, outcome, last_done) {
+    let status = f.busy || idle_unloading || (!f.in_sync && !f.degraded && !f.unknown);
+    let want = &f.want;
+    if f.busy {
+        let m = match f.outcome {
+            Outcome::Done(m) | Outcome::Busy(m) => m.clone(),
+            _ => "the agent is busy with another operation".into(),
+        };
+        return verdict(status, reason::AGENT_BUSY, m);
+    }
+    if !status {
+        return match (&f.plan.step, f.outcome, summary) {
             (
                 Step::Load { .. } | Step::Unload { .. } | Step::IdleUnload { .. },
                 Outcome::Done(s),
                 _,
-            ) => (reason::DONE, s.clone()),
+            ) => verdict(false, reason::DONE, s.clone()),
             // The last switch's words stay until the next one.
-            (_, _, Some(c)) if in_sync => (reason::DONE, c.message.clone()),
-            _ => (reason::IDLE, "no switch under way".to_string()),
-        }
-    } else {
-        match (&plan.step, outcome) {
-            (Step::Unload { model }, Outcome::Done(s)) => (
-                reason::UNLOADING,
-                format!("{s}; next: {want}, once memory is back (was {model})"),
+            (_, _, Some(s)) if f.in_sync => verdict(false, reason::DONE, s),
+            _ => verdict(false, reason::IDLE, "no switch under way"),
+        };
+    }
+    let (r, m) = match (&f.plan.step, f.outcome) {
+        (Step::Unload { model }, Outcome::Done(s)) => (
+            reason::UNLOADING,
+            format!("{s}; next: {want}, once memory is back (was {model})"),
+        ),
+        (Step::Unload { model }, _) => (reason::UNLOADING, format!("unloading {model}")),
+        (Step::IdleUnload { model, idle_s }, _) => (
+            reason::UNLOADING,
+            format!("unloading {model}: it served nothing for {idle_s} s"),
+        ),
+        (Step::Load { model }, _) => (reason::LOADING, format!("loading {model}")),
+        (Step::Wait(Wait::MemoryNotBack), _) => (
+            reason::WAITING_FOR_MEMORY,
+            format!("{want} loads once the ghost memory is back under the threshold"),
+        ),
+        _ => (
+            reason::BLOCKED,
+            format!(
+                "{want} is wanted; zombie memory on {} is dealt with first",
+                f.gpu
             ),
-            (Step::Unload { model }, _) => (reason::UNLOADING, format!("unloading {model}")),
-            (Step::IdleUnload { model, idle_s }, _) => (
-                reason::UNLOADING,
-                format!("unloading {model}: it served nothing for {idle_s} s"),
-            ),
-            (Step::Load { model }, _) => (reason::LOADING, format!("loading {model}")),
-            (Step::Wait(Wait::MemoryNotBack), _) => (
-                reason::WAITING_FOR_MEMORY,
-                format!("{want} loads once the ghost memory is back under the threshold"),
-            ),
-            _ => (
-                reason::BLOCKED,
-                format!("{want} is wanted; zombie memory on {gpu} is dealt with first"),
-            ),
-        }
+        ),
     };
-    b.set(SWITCHING, switching, r, m);
+    verdict(true, r, m)
+}
 
-    // ZombieMemory.
-    let threshold = spec.zombie.threshold_mib;
-    match &plan.zombie {
-        Zombie::Clear => {
-            let ghost = observed.device.as_ref().map_or(0, |d| d.ghost_mib);
-            b.set(
-                ZOMBIE_MEMORY,
-                false,
-                reason::BELOW_THRESHOLD,
-                format!("ghost memory {ghost} MiB, threshold {threshold} MiB"),
-            );
-        }
-        Zombie::Suspected { ghost_mib, .. } => b.set(
-            ZOMBIE_MEMORY,
+/// ZombieMemory: the ghost has been over the threshold for the persist time.
+fn zombie_memory(f: &Facts<'_>) -> Verdict {
+    let threshold = f.spec.zombie.threshold_mib;
+    match &f.plan.zombie {
+        Zombie::Clear => verdict(
+            false,
+            reason::BELOW_THRESHOLD,
+            format!(
+                "ghost memory {} MiB, threshold {threshold} MiB",
+                f.ghost_mib
+            ),
+        ),
+        Zombie::Suspected { ghost_mib, .. } => verdict(
             false,
             reason::SUSPECTED,
             format!(
                 "ghost memory {ghost_mib} MiB is over the {threshold} MiB threshold, not yet for {} s",
-                spec.zombie.persist_seconds
+                f.spec.zombie.persist_seconds
             ),
         ),
         Zombie::Persisting { ghost_mib, since } => {
-            let (r, what) = match (&plan.step, outcome) {
+            let (r, what) = match (&f.plan.step, f.outcome) {
                 (Step::Free, Outcome::Done(s)) => (reason::FREEING, s.clone()),
                 (Step::Free, _) => (reason::FREEING, "freeing".into()),
                 (Step::Reset, Outcome::Done(s)) => (reason::RESETTING, s.clone()),
@@ -409,83 +459,73 @@ pub fn derive(
                         }
                     ),
                 ),
-                _ if degraded => (reason::ZOMBIE_MEMORY, "no more automatic action".into()),
+                _ if f.degraded => (reason::ZOMBIE_MEMORY, "no more automatic action".into()),
                 _ => (reason::ZOMBIE_MEMORY, "unloading first".into()),
             };
-            b.set(
-                ZOMBIE_MEMORY,
+            verdict(
                 true,
                 r,
                 format!(
                     "ghost memory {ghost_mib} MiB over the {threshold} MiB threshold since {since}: {what}"
                 ),
-            );
+            )
         }
     }
+}
 
-    // Degraded.
-    match &plan.step {
-        Step::MarkDegraded(why) => {
-            let (r, m) = degraded_words(why, spec);
-            b.set(DEGRADED, true, r, m);
-        }
-        Step::Wait(Wait::Degraded) => match prev.iter().find(|c| c.type_ == DEGRADED) {
-            Some(c) => b.out.push(c.clone()),
-            None => b.set(
-                DEGRADED,
-                true,
-                reason::ZOMBIE_MEMORY,
-                "zombie memory persists".into(),
-            ),
-        },
-        _ => b.set(
-            DEGRADED,
-            false,
-            reason::AS_EXPECTED,
-            "automatic remediation has not given up".into(),
-        ),
-    }
-
-    let phase = if degraded {
+/// The summary: Degraded, Failed, Ready, Switching, Remediating or Pending, the first that
+/// holds.
+fn phase(f: &Facts<'_>, ready: bool, switching: bool) -> Phase {
+    let load_failed = matches!(
+        (&f.plan.step, f.outcome),
+        (Step::Load { .. }, Outcome::Failed(_))
+    );
+    if f.degraded {
         Phase::Degraded
-    } else if unknown
-        || matches!(
-            (&plan.step, outcome),
-            (Step::Load { .. }, Outcome::Failed(_))
-        )
-    {
+    } else if f.unknown || load_failed {
         Phase::Failed
     } else if ready {
         Phase::Ready
     } else if switching {
         Phase::Switching
-    } else if persisting {
+    } else if f.persisting {
         Phase::Remediating
     } else {
         Phase::Pending
-    };
-    OperatorStatus {
-        phase,
-        observed_generation: Some(generation),
-        conditions: b.out,
-        ladder: Some(plan.ladder.clone()).filter(|l| *l != LadderStatus::default()),
     }
 }
 
-fn degraded_words(why: &DegradedWhy, spec: &GpuModelSpec) -> (&'static str, String) {
+/// Degraded: the ladder gave up. `None` while it holds from an earlier reconcile: the
+/// condition that said so stays as it is.
+fn degraded(f: &Facts<'_>) -> Option<Verdict> {
+    match &f.plan.step {
+        Step::MarkDegraded(why) => Some(degraded_words(why, f.spec)),
+        Step::Wait(Wait::Degraded) => None,
+        _ => Some(verdict(
+            false,
+            reason::AS_EXPECTED,
+            "automatic remediation has not given up",
+        )),
+    }
+}
+
+fn degraded_words(why: &DegradedWhy, spec: &GpuModelSpec) -> Verdict {
     let tail = "no more automatic action until the ghost clears or the spec changes";
     match why {
-        DegradedWhy::ResetDidNotClear => (
+        DegradedWhy::ResetDidNotClear => verdict(
+            true,
             reason::RESET_DID_NOT_CLEAR,
             format!("zombie memory persists after a free and a reset; {tail}"),
         ),
-        DegradedWhy::ResetBudgetSpent { resets, max } => (
+        DegradedWhy::ResetBudgetSpent { resets, max } => verdict(
+            true,
             reason::RESET_BUDGET_SPENT,
             format!(
                 "zombie memory persists after a free, and {resets} of {max} resets this hour are spent; {tail}"
             ),
         ),
-        DegradedWhy::NoResetAllowed => (
+        DegradedWhy::NoResetAllowed => verdict(
+            true,
             reason::NO_RESET_ALLOWED,
             format!(
                 "zombie memory persists after a free, and the policy allows no reset (resetAfterFree {}, maxResetsPerHour {}); {tail}",
