@@ -249,6 +249,22 @@ pub struct GpuModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ladder: Option<LadderStatus>,
 
+    /// The load the agent last refused because it does not know the model (set by the
+    /// operator): the operator waits before it tries again (see `unknownModel.at`). Absent
+    /// when no such wait is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_model: Option<UnknownModelStatus>,
+
+    /// What the operator's last unload or load did, in words, kept while the GPU serves what
+    /// that switch left it serving (set by the operator); `Switching` shows it, reason `Done`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_summary: Option<String>,
+
+    /// The GpuModel that owns this one's (node, GPU), while another one does (set by the
+    /// operator): this one acts on nothing, and deleting it unloads nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_with: Option<String>,
+
     /// Standard conditions: Ready, Switching, ZombieMemory, Degraded (and Terminating while a
     /// deletion cannot finish).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -283,6 +299,21 @@ pub struct LadderStatus {
     /// `maxResetsPerHour` counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resets: Vec<String>,
+}
+
+/// A load the agent refused because it does not know the model.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnknownModelStatus {
+    /// The model the agent did not know.
+    pub model: String,
+    /// The `metadata.generation` the load was tried at: a spec change ends the wait.
+    pub generation: i64,
+    /// When the agent refused it (RFC 3339): the next try backs off from here.
+    pub at: String,
+    /// What the agent said.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Device memory of one GPU (or of the CPU device), in MiB.

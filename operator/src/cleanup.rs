@@ -8,26 +8,22 @@
 //!   when that starts.
 
 use kube::{Api, ResourceExt, runtime::controller::Action};
-use vramkeeper_crds::{Condition, GpuModel, Phase, SwitchTrigger};
+use vramkeeper_crds::{Condition, GpuModel, SwitchTrigger};
 
 use crate::{
-    conditions::{OperatorStatus, READY, TERMINATING, reason},
+    conditions::{READY, TERMINATING, reason},
     context::Context,
     error::{Error, Result},
     events::EventType,
     executor::{self, event_reason},
-    reconcile::write_status,
+    status::{self, OperatorStatus},
 };
 
 /// Unloads whatever the GPU holds before `gm` goes away, unless another GpuModel owns it.
 pub async fn cleanup(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Action> {
     let name = gm.name_any();
-    let in_conflict = gm.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.reason == reason::CONFLICT)
-    });
-    if let Some(owner) = ctx.owner_other_than(gm).or(in_conflict.then(String::new)) {
+    let conflict_with = gm.status.as_ref().and_then(|s| s.conflict_with.clone());
+    if let Some(owner) = ctx.owner_other_than(gm).or(conflict_with) {
         tracing::info!(gpumodel = %name, owner = %owner, "deleted; another GpuModel owns the GPU, nothing to unload");
         ctx.forget(gm.uid().as_deref().unwrap_or(&name), &name);
         return Ok(Action::await_change());
@@ -143,10 +139,8 @@ async fn blocked(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>, e: &Error) {
         observed_generation: generation,
     });
     let op = OperatorStatus {
-        phase: stored.phase.unwrap_or(Phase::Pending),
-        observed_generation: stored.observed_generation,
         conditions,
-        ladder: stored.ladder.clone(),
+        ..OperatorStatus::of(&stored)
     };
     if !already {
         tracing::warn!(gpumodel = %gm.name_any(), error = %e, "deletion blocked");
@@ -160,7 +154,7 @@ async fn blocked(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>, e: &Error) {
         )
         .await;
     }
-    if let Err(e) = write_status(api, ctx, gm, &op).await {
+    if let Err(e) = status::write(api, ctx, gm, &op).await {
         tracing::warn!(gpumodel = %gm.name_any(), error = %e, "cannot write the Terminating condition");
     }
 }

@@ -149,6 +149,7 @@ impl Context {
     }
 
     /// The same context with another clock.
+    #[cfg(test)]
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self

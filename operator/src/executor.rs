@@ -11,11 +11,11 @@ use vramkeeper_crds::{
 
 use crate::{
     agent_client::AgentTarget,
-    conditions::Outcome,
     context::Context,
     error::Error,
     events::EventType,
-    planner::{DegradedWhy, Plan, Remediation, RemedyKind, Step, parse_time},
+    plan::{DegradedWhy, Outcome, Plan, Step},
+    planner::{Remediation, RemedyKind, parse_time},
 };
 
 /// Event reasons.

@@ -54,11 +54,6 @@ impl LeaderElector {
         }
     }
 
-    /// The identity it campaigns as.
-    pub fn identity(&self) -> &str {
-        &self.settings.identity
-    }
-
     fn spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.settings.identity.clone()),

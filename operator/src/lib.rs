@@ -13,34 +13,43 @@
 //!                                        node agent Pod on spec.nodeName (bearer token)
 //! ```
 //!
-//! - [`planner`]: pure and synchronous; unload before load, load only once memory is back;
-//!   zombie ladder free -> reset -> Degraded.
-//! - [`executor`], [`reconcile`]: the thin I/O layer around it.
-//! - [`ownership`]: one GpuModel per (node, GPU), the oldest; the others show `Conflict`.
-//! - [`leader`]: a Lease, so that two replicas never act at once.
+//! - `planner`: pure and synchronous; unload before load, load only once memory is back;
+//!   zombie ladder free -> reset -> Degraded. Its answer's types are in `plan`.
+//! - `conditions`: the operator's status fields, derived purely from the plan and its
+//!   outcome; `status` writes them.
+//! - `executor`, `reconcile`, `cleanup`: the thin I/O layer around them.
+//! - `ownership`: one GpuModel per (node, GPU), the oldest; the others show `Conflict`.
+//! - `leader`: a Lease, so that two replicas never act at once.
 //! - [`rbac::RBAC_RULES`]: the exact permissions used, for the chart.
+//!
+//! Public API (used by the binary and the end-to-end tests): [`run`], [`Args`], [`Running`],
+//! [`Error`], [`metrics`], [`rbac`]; everything else is private to the crate.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-pub mod agent_client;
-pub mod agents;
+mod agent_client;
+mod agents;
 pub mod args;
-pub mod cleanup;
-pub mod conditions;
-pub mod context;
-pub mod controller;
+mod cleanup;
+mod conditions;
+mod context;
+mod controller;
 pub mod error;
-pub mod events;
-pub mod executor;
-pub mod leader;
+mod events;
+mod executor;
+mod leader;
 pub mod metrics;
-pub mod observe;
-pub mod ownership;
-pub mod planner;
+mod observe;
+mod ownership;
+mod plan;
+mod planner;
 pub mod rbac;
-pub mod reconcile;
-pub mod server;
+mod reconcile;
+mod server;
+mod status;
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod scenarios;
 
@@ -51,7 +60,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::Args;
 pub use error::{Error, Result};
-pub use reconcile::{FIELD_MANAGER, FINALIZER};
+pub use reconcile::FINALIZER;
+pub use status::FIELD_MANAGER;
 
 use crate::{
     leader::{LeaderElector, LeaseSettings},

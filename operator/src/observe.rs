@@ -17,7 +17,8 @@ use vramkeeper_crds::{
 use crate::planner::{Remediation, parse_time};
 
 /// The status the agent would report for `device` at `now`, with the operator's own fields
-/// (`phase`, `observedGeneration`, `conditions`) taken from `stored`.
+/// (`phase`, `observedGeneration`, `conditions`, and its memory: `ladder`, `unknownModel`,
+/// `switchSummary`, `conflictWith`) taken from `stored`.
 pub fn status_from_agent(
     device: &DeviceStatus,
     stored: Option<&GpuModelStatus>,
@@ -29,6 +30,9 @@ pub fn status_from_agent(
         phase: stored.phase,
         conditions: stored.conditions,
         ladder: stored.ladder,
+        unknown_model: stored.unknown_model,
+        switch_summary: stored.switch_summary,
+        conflict_with: stored.conflict_with,
         remediations: merge_remediations(
             stored.remediations,
             device.zombie.last_remediation.as_ref(),

@@ -4,30 +4,28 @@
 use std::sync::Arc;
 
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Api, ResourceExt,
     runtime::{
         controller::Action,
         finalizer::{Event as FinalizerEvent, finalizer},
     },
 };
-use serde::Serialize;
-use vramkeeper_crds::{Condition, GpuModel, GpuModelStatus, LadderStatus, Phase, SwitchTrigger};
+use vramkeeper_crds::{Condition, GpuModel, GpuModelStatus, SwitchTrigger};
 
 use crate::{
-    conditions::{self, DEGRADED, OperatorStatus, Situation, ZOMBIE_MEMORY, reason},
+    conditions::{self, DEGRADED, Situation, ZOMBIE_MEMORY, reason},
     context::Context,
     error::{Error, Result},
     events::EventType,
     executor::{self, event_reason},
     observe,
+    plan::{Outcome, Step},
     planner::{self, Input, RECHECK_BUSY, RECHECK_FAILED, RECHECK_SILENT},
+    status,
 };
 
 /// The finalizer that makes deletion wait for the unload.
 pub const FINALIZER: &str = "vramkeeper.dev/unload";
-/// The field manager of the operator's status writes.
-pub const FIELD_MANAGER: &str = "vramkeeper-operator";
 
 /// Reconciles one GpuModel (wrapped in kube's finalizer helper).
 pub async fn reconcile(gm: Arc<GpuModel>, ctx: Arc<Context>) -> Result<Action> {
@@ -82,7 +80,7 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
             },
             ctx.now(),
         );
-        write_status(api, ctx, gm, &op).await
+        status::write(api, ctx, gm, &op).await
     };
     let target = match ctx.agents.target(&spec.node_name).await {
         Ok(t) => t,
@@ -137,33 +135,28 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
             &observed,
             Situation::Planned {
                 plan: &plan,
-                outcome: &conditions::Outcome::NoCall,
+                outcome: &Outcome::NoCall,
             },
             ctx.now(),
         );
         transition_events(ctx, gm, &observed.conditions, &before.conditions).await;
-        write_status(api, ctx, gm, &before).await?;
-        written = Some(with_operator_fields(&observed, &before));
+        status::write(api, ctx, gm, &before).await?;
+        written = Some(before.over(&observed));
     }
-    // The conditions just written are the ones the outcome transitions from.
+    // The fields just written are the ones the outcome transitions from.
     let observed = match &written {
-        Some(w) if plan.step.acts() => GpuModelStatus {
-            conditions: w.conditions.clone(),
-            ..observed
-        },
+        Some(w) if plan.step.acts() => w.clone(),
         _ => observed,
     };
-    if let planner::Step::Unload { model } = &plan.step {
+    if let Step::Unload { model } = &plan.step {
         drift_event(ctx, gm, &observed, model).await;
     }
     let executed = executor::execute(ctx, gm, &target, &plan).await;
     match (&plan.step, &executed.outcome) {
-        (planner::Step::Load { .. }, conditions::Outcome::UnknownModel(_)) => {
+        (Step::Load { .. }, Outcome::UnknownModel(_)) => {
             ctx.unknown_model.answered(&uid, generation)
         }
-        (planner::Step::Load { .. }, conditions::Outcome::Done(_)) => {
-            ctx.unknown_model.forget(&uid)
-        }
+        (Step::Load { .. }, Outcome::Done(_)) => ctx.unknown_model.forget(&uid),
         _ => {}
     }
     let mut op = conditions::derive(
@@ -185,13 +178,13 @@ async fn apply(gm: &GpuModel, ctx: &Context, api: &Api<GpuModel>) -> Result<Acti
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
     transition_events(ctx, gm, before, &op.conditions).await;
-    write_status_over(api, ctx, gm, written.as_ref(), &op).await?;
+    status::write_over(api, ctx, gm, written.as_ref(), &op).await?;
     if let Some(e) = executed.error {
         return Err(e);
     }
     Ok(Action::requeue(
         match executed.outcome {
-            conditions::Outcome::Busy(_) => RECHECK_BUSY,
+            Outcome::Busy(_) => RECHECK_BUSY,
             _ => plan.recheck,
         }
         .min(ctx.max_recheck),
@@ -241,16 +234,13 @@ async fn conflict(
 ) -> Result<Action> {
     let message = crate::ownership::conflict_message(gm, owner);
     let stored = gm.status.clone().unwrap_or_default();
-    let was = stored
-        .conditions
-        .iter()
-        .any(|c| c.type_ == conditions::READY && c.reason == reason::CONFLICT);
+    let was = stored.conflict_with.is_some();
     let op = conditions::derive(
         &gm.spec,
         gm.metadata.generation.unwrap_or(0),
         &stored,
-        Situation::Unheard {
-            reason: reason::CONFLICT,
+        Situation::Conflict {
+            owner,
             message: &message,
         },
         ctx.now(),
@@ -267,7 +257,7 @@ async fn conflict(
         )
         .await;
     }
-    write_status(api, ctx, gm, &op).await?;
+    status::write(api, ctx, gm, &op).await?;
     Ok(Action::requeue(RECHECK_CONFLICT.min(ctx.max_recheck)))
 }
 
@@ -305,68 +295,4 @@ async fn drift_event(ctx: &Context, gm: &GpuModel, observed: &GpuModelStatus, mo
         ),
     )
     .await;
-}
-
-/// `status` with the operator's fields of `op`.
-fn with_operator_fields(status: &GpuModelStatus, op: &OperatorStatus) -> GpuModelStatus {
-    GpuModelStatus {
-        phase: Some(op.phase),
-        observed_generation: op.observed_generation,
-        conditions: op.conditions.clone(),
-        ladder: op.ladder.clone(),
-        ..status.clone()
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct OwnedStatus<'a> {
-    phase: Phase,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    observed_generation: Option<i64>,
-    conditions: &'a [Condition],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ladder: Option<&'a LadderStatus>,
-}
-
-/// The server-side apply body of the operator's status fields.
-pub fn status_patch(op: &OperatorStatus) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": GpuModel::api_version(&()),
-        "kind": GpuModel::kind(&()),
-        "status": OwnedStatus {
-            phase: op.phase,
-            observed_generation: op.observed_generation,
-            conditions: &op.conditions,
-            ladder: op.ladder.as_ref(),
-        },
-    })
-}
-
-/// Writes the operator's fields by server-side apply, unless they are already so.
-pub(crate) async fn write_status(
-    api: &Api<GpuModel>,
-    ctx: &Context,
-    gm: &GpuModel,
-    op: &OperatorStatus,
-) -> Result<()> {
-    write_status_over(api, ctx, gm, gm.status.as_ref(), op).await
-}
-
-/// Writes the operator's fields unless `current` (the status as last written) holds them.
-async fn write_status_over(
-    api: &Api<GpuModel>,
-    ctx: &Context,
-    gm: &GpuModel,
-    current: Option<&GpuModelStatus>,
-    op: &OperatorStatus,
-) -> Result<()> {
-    if op.is_in(current) {
-        return Ok(());
-    }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&gm.name_any(), &params, &Patch::Apply(status_patch(op)))
-        .await?;
-    ctx.metrics.status_written();
-    Ok(())
 }

@@ -3,12 +3,11 @@
 use jiff::Timestamp;
 use vramkeeper_crds::{
     Condition, DeviceMemory, GpuModelSpec, GpuModelStatus, ModelRecordStatus, ModelState,
-    SwitchStatus, SwitchTrigger, ZombiePolicy,
-    conditions::{DEGRADED, READY},
+    SwitchStatus, SwitchTrigger, UnknownModelStatus, ZombiePolicy, conditions::DEGRADED,
 };
 
-use super::{Input, Plan, Remediation, RemedyKind, plan};
-use crate::conditions::reason;
+use super::{Input, Remediation, RemedyKind, plan};
+use crate::plan::Plan;
 
 /// A fixed instant plus `s` seconds.
 pub fn t(s: i64) -> Timestamp {
@@ -187,11 +186,17 @@ impl StatusBuilder {
     }
     /// Degraded since `t(at)`, set at `generation`.
     pub fn degraded(self, generation: i64, at: i64) -> Self {
-        self.condition(DEGRADED, true, reason::RESET_DID_NOT_CLEAR, generation, at)
+        self.condition(DEGRADED, true, "ResetDidNotClear", generation, at)
     }
-    /// The agent said the model does not exist, at `generation`.
-    pub fn unknown_model(self, generation: i64) -> Self {
-        self.condition(READY, false, reason::UNKNOWN_MODEL, generation, 0)
+    /// The agent said at `t(0)`, at `generation`, that the model `nope` does not exist.
+    pub fn unknown_model(mut self, generation: i64) -> Self {
+        self.0.unknown_model = Some(UnknownModelStatus {
+            model: "nope".into(),
+            generation,
+            at: t(0).to_string(),
+            message: "the agent knows no model nope".into(),
+        });
+        self
     }
     /// The status.
     pub fn build(self) -> GpuModelStatus {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use vramkeeper_crds::{LadderStatus, ZombiePolicy};
 
-use super::{RESET_WINDOW, Remediation, RemedyKind, Zombie, elapsed, parse_time};
+use super::{RESET_WINDOW, Remediation, RemedyKind, elapsed, parse_time};
+use crate::plan::Zombie;
 
 /// The ladder after observing `zombie` at `now`, from `prev` (the stored one).
 pub fn track(

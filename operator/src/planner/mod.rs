@@ -26,21 +26,16 @@ mod zombie;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
-mod proptests;
-#[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
-    Condition, GpuModelSpec, GpuModelStatus, LadderStatus, SwitchTrigger,
-    conditions::{DEGRADED, READY},
+    Condition, GpuModelSpec, GpuModelStatus, SwitchTrigger, conditions::DEGRADED,
 };
 
-use crate::conditions::reason;
-
-pub use zombie::{Zombie, assess as assess_zombie};
+use crate::plan::{Plan, Step, Wait, Zombie};
 
 /// How old an agent report may be before the planner stops trusting it.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
@@ -99,165 +94,6 @@ pub struct Input<'a> {
     /// Loads at this generation that the agent answered `unknown_model`, in a row, as this
     /// operator counted them (0 after a restart, when one failure is assumed).
     pub unknown_failures: u32,
-}
-
-/// Why the ladder gave up.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DegradedWhy {
-    /// The policy allows no reset (`resetAfterFree: false` or `maxResetsPerHour: 0`), and a
-    /// free did not clear the ghost.
-    NoResetAllowed,
-    /// The hour's reset budget is spent.
-    ResetBudgetSpent {
-        /// Resets by the operator in the last hour.
-        resets: u32,
-        /// The budget.
-        max: u32,
-    },
-    /// A free and then a reset did not clear the ghost.
-    ResetDidNotClear,
-}
-
-/// Why the planner waits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// No report from the agent, or only an old one.
-    AgentSilent {
-        /// When it last reported.
-        reported_at: Option<Timestamp>,
-    },
-    /// The agent is in the middle of an operation.
-    AgentBusy,
-    /// Ghost memory over the threshold, not yet for the persist time, and a model should be
-    /// loaded: the memory has not come back.
-    MemoryNotBack,
-    /// Ghost memory over the threshold, not yet for the persist time; the GPU serves what it
-    /// should meanwhile.
-    ZombieSuspected,
-    /// The last free or reset was too recent.
-    Cooldown {
-        /// What runs (or is judged) next.
-        next: Next,
-        /// When the cooldown ends.
-        until: Timestamp,
-    },
-    /// Degraded at this generation: no automatic action until the ghost clears or the spec
-    /// changes.
-    Degraded,
-    /// The agent said the model does not exist; retried when the spec changes, when the
-    /// agent's catalog lists the model, or after [`RETRY_UNKNOWN_MAX`].
-    Failed,
-}
-
-/// What the ladder does once a cooldown ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// A free.
-    Free,
-    /// A reset.
-    Reset,
-    /// Judge: cleared, or Degraded.
-    Judge,
-}
-
-/// The one next step.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Unload the active model.
-    Unload {
-        /// The model active now.
-        model: String,
-    },
-    /// Load the desired model (nothing is active).
-    Load {
-        /// The desired model.
-        model: String,
-    },
-    /// Unload the desired model: it served nothing for `idleUnloadSeconds`.
-    IdleUnload {
-        /// The model active now, which is the desired one.
-        model: String,
-        /// Whole seconds since it last served.
-        idle_s: u64,
-    },
-    /// The desired model was unloaded for idleness and stays so until an inference request
-    /// names it (the agent then loads it on demand).
-    Parked {
-        /// The desired model.
-        model: String,
-    },
-    /// Free zombie memory.
-    Free,
-    /// Reset the device.
-    Reset,
-    /// Give up on zombie memory: Degraded, with a Warning event.
-    MarkDegraded(DegradedWhy),
-    /// Do nothing now.
-    Wait(Wait),
-    /// The GPU serves what it should.
-    InSync,
-}
-
-impl Step {
-    /// A short stable name, for metrics and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Unload { .. } => "unload",
-            Self::Load { .. } => "load",
-            Self::IdleUnload { .. } => "idle_unload",
-            Self::Parked { .. } => "parked",
-            Self::Free => "free",
-            Self::Reset => "reset",
-            Self::MarkDegraded(_) => "mark_degraded",
-            Self::Wait(_) => "wait",
-            Self::InSync => "in_sync",
-        }
-    }
-
-    /// Whether the step calls the agent to act.
-    pub fn acts(&self) -> bool {
-        matches!(
-            self,
-            Self::Unload { .. }
-                | Self::Load { .. }
-                | Self::IdleUnload { .. }
-                | Self::Free
-                | Self::Reset
-        )
-    }
-}
-
-/// The planner's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    /// What to do.
-    pub step: Step,
-    /// The zombie-memory assessment it rests on.
-    pub zombie: Zombie,
-    /// When to look again if nothing else triggers a reconcile.
-    pub recheck: Duration,
-    /// The ladder's memory after this observation (before the step's own free or reset is
-    /// recorded into it).
-    pub ladder: LadderStatus,
-}
-
-impl Plan {
-    fn new(step: Step, zombie: Zombie, recheck: Duration) -> Self {
-        Self {
-            step,
-            zombie,
-            recheck,
-            ladder: LadderStatus::default(),
-        }
-    }
-
-    /// Whether this plan leaves the object Degraded.
-    pub fn degraded(&self) -> bool {
-        matches!(
-            self.step,
-            Step::MarkDegraded(_) | Step::Wait(Wait::Degraded)
-        )
-    }
 }
 
 /// The next step for one GpuModel.
@@ -430,7 +266,6 @@ fn degraded_at(status: &GpuModelStatus, generation: i64) -> bool {
         .is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation))
 }
 
-/// When the agent last said, at this generation, that the desired model does not exist.
 /// How long after the last `unknown_model` answer a load is tried again: when the agent's
 /// catalog lists the model, [`RETRY_UNKNOWN_MIN`] doubled for each failure after the first, up
 /// to [`RETRY_UNKNOWN_MAX`]; when it does not, [`RETRY_UNKNOWN_MAX`] (the agent's Pod may have
@@ -445,12 +280,11 @@ pub fn retry_unknown_after(listed: bool, failures: u32) -> Duration {
         .min(RETRY_UNKNOWN_MAX)
 }
 
+/// When the agent last said, at this generation, that the desired model does not exist.
 fn failed_at(status: &GpuModelStatus, generation: i64) -> Option<Timestamp> {
-    condition(status, READY)
-        .filter(|c| {
-            c.status == "False"
-                && c.reason == reason::UNKNOWN_MODEL
-                && c.observed_generation == Some(generation)
-        })
-        .map(|c| parse_time(&c.last_transition_time).unwrap_or(Timestamp::UNIX_EPOCH))
+    status
+        .unknown_model
+        .as_ref()
+        .filter(|u| u.generation == generation)
+        .map(|u| parse_time(&u.at).unwrap_or(Timestamp::UNIX_EPOCH))
 }

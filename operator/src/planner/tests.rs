@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{fixtures::*, *};
+use crate::plan::{DegradedWhy, Next};
 
 fn step(c: &Case) -> Step {
     c.plan().step

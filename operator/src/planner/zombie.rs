@@ -5,33 +5,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use vramkeeper_crds::{GpuModelStatus, ZombiePolicy, conditions::DEGRADED};
 
-use super::{
-    DegradedWhy, Input, Next, Plan, RESET_WINDOW, RemedyKind, Step, Wait, after, elapsed,
-    parse_time,
-};
-
-/// The zombie-memory assessment of one observation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Zombie {
-    /// Ghost memory at or under the threshold.
-    Clear,
-    /// Ghost memory over the threshold, not yet for the persist time.
-    Suspected {
-        /// The ghost.
-        ghost_mib: u64,
-        /// Since when it has been over the threshold, as the agent reports it.
-        since: Option<Timestamp>,
-        /// When it becomes zombie memory if it stays.
-        until: Option<Timestamp>,
-    },
-    /// Ghost memory over the threshold for the persist time: zombie memory.
-    Persisting {
-        /// The ghost.
-        ghost_mib: u64,
-        /// Since when it has been over the threshold.
-        since: Timestamp,
-    },
-}
+use super::{Input, RESET_WINDOW, RemedyKind, after, elapsed, parse_time};
+use crate::plan::{DegradedWhy, Next, Plan, Step, Wait, Zombie};
 
 /// Assesses the ghost of `status` against `policy`.
 ///

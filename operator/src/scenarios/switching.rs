@@ -19,7 +19,11 @@ const UNLOADED_A: &str = "unloaded tiny-a in 12 ms; memory came back to 100 MiB 
 async fn loads_the_desired_model() {
     let mut w = world(device(), Setup::default()).await;
     let gm = gpumodel("gm-a").model("tiny-a");
-    let status = owned("Ready", 1, calm("tiny-a", ("Done", LOADED_A), T0));
+    let status = with(
+        owned("Ready", 1, calm("Done", T0)),
+        "switchSummary",
+        json!(LOADED_A),
+    );
     let action = w
         .reconcile(
             &gm,
@@ -57,11 +61,12 @@ async fn in_sync_writes_nothing_and_calls_nothing() {
     let mut d = device();
     d.active_model = Some("tiny-a".into());
     let mut w = world(d, Setup::default()).await;
-    let gm = gpumodel("gm-a").model("tiny-a").status_of(&owned(
-        "Ready",
-        1,
-        calm("tiny-a", ("Done", LOADED_A), T0),
-    ));
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let settled = owned("Ready", 1, calm("Idle", T0));
+    w.reconcile(&gm, vec![Call::Status(gm.clone(), settled)])
+        .await
+        .unwrap();
+    let gm = gm.status_of(&w.written());
     w.at("2027-01-15T08:05:00Z");
     let action = w.reconcile(&gm, vec![]).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
@@ -76,7 +81,7 @@ async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
     let gm = gpumodel("gm-a")
         .model("tiny-b")
         .generation(2)
-        .status_of(&owned("Ready", 1, calm("tiny-a", ("Done", LOADED_A), T0)));
+        .status_of(&owned("Ready", 1, calm("Done", T0)));
 
     // First: the unload.
     w.at("2027-01-15T08:01:00Z");
@@ -85,38 +90,10 @@ async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
         "Switching",
         2,
         vec![
-            cond(
-                "Ready",
-                false,
-                "Switching",
-                "GPU 0 of node node-a holds no model; model tiny-b is wanted",
-                t1,
-                2,
-            ),
-            cond(
-                "Switching",
-                true,
-                "Unloading",
-                &format!("{UNLOADED_A}; next: model tiny-b, once memory is back (was tiny-a)"),
-                t1,
-                2,
-            ),
-            cond(
-                "ZombieMemory",
-                false,
-                "BelowThreshold",
-                "ghost memory 0 MiB, threshold 1536 MiB",
-                T0,
-                2,
-            ),
-            cond(
-                "Degraded",
-                false,
-                "AsExpected",
-                "automatic remediation has not given up",
-                T0,
-                2,
-            ),
+            cond("Ready", false, "Switching", t1, 2),
+            cond("Switching", true, "Unloading", t1, 2),
+            cond("ZombieMemory", false, "BelowThreshold", T0, 2),
+            cond("Degraded", false, "AsExpected", T0, 2),
         ],
     );
     w.reconcile(
@@ -149,40 +126,20 @@ async fn a_new_model_is_loaded_only_after_the_old_one_is_unloaded() {
     );
 
     // Then: the load, once the status shows nothing active and no ghost.
-    let gm = gm.status_of(&switching);
+    let gm = gm.status_of(&w.written());
     let t2 = "2027-01-15T08:01:01Z";
     w.at(t2);
     let ready = owned(
         "Ready",
         2,
         vec![
-            cond(
-                "Ready",
-                true,
-                "ModelActive",
-                "tiny-b is active on GPU 0 of node node-a",
-                t2,
-                2,
-            ),
-            cond("Switching", false, "Done", LOADED_B, t2, 2),
-            cond(
-                "ZombieMemory",
-                false,
-                "BelowThreshold",
-                "ghost memory 0 MiB, threshold 1536 MiB",
-                T0,
-                2,
-            ),
-            cond(
-                "Degraded",
-                false,
-                "AsExpected",
-                "automatic remediation has not given up",
-                T0,
-                2,
-            ),
+            cond("Ready", true, "ModelActive", t2, 2),
+            cond("Switching", false, "Done", t2, 2),
+            cond("ZombieMemory", false, "BelowThreshold", T0, 2),
+            cond("Degraded", false, "AsExpected", T0, 2),
         ],
     );
+    let ready = with(ready, "switchSummary", json!(LOADED_B));
     w.reconcile(
         &gm,
         vec![
@@ -226,38 +183,10 @@ async fn waits_for_the_memory_before_loading() {
         "Switching",
         1,
         vec![
-            cond(
-                "Ready",
-                false,
-                "Switching",
-                "GPU 0 of node node-a holds no model; model tiny-a is wanted",
-                T0,
-                1,
-            ),
-            cond(
-                "Switching",
-                true,
-                "WaitingForMemory",
-                "model tiny-a loads once the ghost memory is back under the threshold",
-                T0,
-                1,
-            ),
-            cond(
-                "ZombieMemory",
-                false,
-                "OverThreshold",
-                "ghost memory 2000 MiB is over the 1536 MiB threshold, not yet for 30 s",
-                T0,
-                1,
-            ),
-            cond(
-                "Degraded",
-                false,
-                "AsExpected",
-                "automatic remediation has not given up",
-                T0,
-                1,
-            ),
+            cond("Ready", false, "Switching", T0, 1),
+            cond("Switching", true, "WaitingForMemory", T0, 1),
+            cond("ZombieMemory", false, "OverThreshold", T0, 1),
+            cond("Degraded", false, "AsExpected", T0, 1),
         ],
     );
     let action = w
@@ -275,38 +204,14 @@ async fn a_busy_agent_is_retried_soon_without_an_error() {
     w0.agent.edit(|s| s.busy_answers = 1);
     let mut w = w0;
     let gm = gpumodel("gm-a").model("tiny-a");
-    let busy =
-        "agent http://AGENT answered 409 (busy): device 0 is busy: loading (running for 1.0 s)"
-            .replace("http://AGENT", &w.agent.url);
     let status = owned(
         "Switching",
         1,
         vec![
-            cond(
-                "Ready",
-                false,
-                "Switching",
-                "GPU 0 of node node-a holds no model; model tiny-a is wanted",
-                T0,
-                1,
-            ),
-            cond("Switching", true, "AgentBusy", &busy, T0, 1),
-            cond(
-                "ZombieMemory",
-                false,
-                "BelowThreshold",
-                "ghost memory 0 MiB, threshold 1536 MiB",
-                T0,
-                1,
-            ),
-            cond(
-                "Degraded",
-                false,
-                "AsExpected",
-                "automatic remediation has not given up",
-                T0,
-                1,
-            ),
+            cond("Ready", false, "Switching", T0, 1),
+            cond("Switching", true, "AgentBusy", T0, 1),
+            cond("ZombieMemory", false, "BelowThreshold", T0, 1),
+            cond("Degraded", false, "AsExpected", T0, 1),
         ],
     );
     let action = w
@@ -337,25 +242,16 @@ async fn an_unknown_model_fails_once_and_is_retried_when_the_catalog_lists_it() 
         "Failed",
         1,
         vec![
-            cond("Ready", false, "UnknownModel", message, T0, 1),
-            cond("Switching", false, "Idle", "no switch under way", T0, 1),
-            cond(
-                "ZombieMemory",
-                false,
-                "BelowThreshold",
-                "ghost memory 0 MiB, threshold 1536 MiB",
-                T0,
-                1,
-            ),
-            cond(
-                "Degraded",
-                false,
-                "AsExpected",
-                "automatic remediation has not given up",
-                T0,
-                1,
-            ),
+            cond("Ready", false, "UnknownModel", T0, 1),
+            cond("Switching", false, "Idle", T0, 1),
+            cond("ZombieMemory", false, "BelowThreshold", T0, 1),
+            cond("Degraded", false, "AsExpected", T0, 1),
         ],
+    );
+    let failed = with(
+        failed,
+        "unknownModel",
+        json!({"model": "nope", "generation": 1, "at": T0, "message": message}),
     );
     w.reconcile(
         &gm,
@@ -379,7 +275,7 @@ async fn an_unknown_model_fails_once_and_is_retried_when_the_catalog_lists_it() 
     .await
     .unwrap();
     // Not retried at this generation: no agent call, nothing written.
-    let gm = gm.status_of(&failed);
+    let gm = gm.status_of(&w.written());
     let action = w.reconcile(&gm, vec![]).await.unwrap();
     // Rechecked every 300 s, capped by the longest recheck (30 s by default).
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
@@ -431,36 +327,19 @@ async fn an_unknown_model_fails_once_and_is_retried_when_the_catalog_lists_it() 
             },
             Call::Status(
                 gm.clone(),
-                owned(
-                    "Ready",
-                    1,
-                    vec![
-                        cond(
-                            "Ready",
-                            true,
-                            "ModelActive",
-                            "nope is active on GPU 0 of node node-a",
-                            t5,
-                            1,
-                        ),
-                        cond("Switching", false, "Done", LOADED_NOPE, t5, 1),
-                        cond(
-                            "ZombieMemory",
-                            false,
-                            "BelowThreshold",
-                            "ghost memory 0 MiB, threshold 1536 MiB",
-                            T0,
-                            1,
-                        ),
-                        cond(
-                            "Degraded",
-                            false,
-                            "AsExpected",
-                            "automatic remediation has not given up",
-                            T0,
-                            1,
-                        ),
-                    ],
+                with(
+                    owned(
+                        "Ready",
+                        1,
+                        vec![
+                            cond("Ready", true, "ModelActive", t5, 1),
+                            cond("Switching", false, "Done", t5, 1),
+                            cond("ZombieMemory", false, "BelowThreshold", T0, 1),
+                            cond("Degraded", false, "AsExpected", T0, 1),
+                        ],
+                    ),
+                    "switchSummary",
+                    json!(LOADED_NOPE),
                 ),
             ),
         ],
@@ -493,12 +372,13 @@ async fn an_idle_model_is_unloaded_and_stays_unloaded_until_a_request_names_it()
         last_used: Some("2027-01-15T08:01:00Z".into()),
     }];
     let mut w = world(d, Setup::default()).await;
-    let mut gm = gpumodel("gm-a").model("tiny-a").status_of(&owned(
-        "Ready",
-        1,
-        calm("tiny-a", ("Done", LOADED_A), T0),
-    ));
+    let mut gm = gpumodel("gm-a").model("tiny-a");
     gm.spec.idle_unload_seconds = Some(300);
+    let settled = owned("Ready", 1, calm("Idle", T0));
+    w.reconcile(&gm, vec![Call::Status(gm.clone(), settled)])
+        .await
+        .unwrap();
+    let gm = gm.status_of(&w.written());
 
     // 4 minutes after its last request: in sync, and a look again when it turns idle.
     w.at("2027-01-15T08:05:00Z");
@@ -515,18 +395,11 @@ async fn an_idle_model_is_unloaded_and_stays_unloaded_until_a_request_names_it()
     let note = format!(
         "{UNLOADED_A}; it served nothing for 300 s (idleUnloadSeconds), and the next inference request that names it loads it again"
     );
-    let mut conditions = calm("tiny-a", ("Done", &note), T0);
-    conditions[0] = cond(
-        "Ready",
-        true,
-        "IdleUnloaded",
-        "tiny-a was unloaded from GPU 0 of node node-a after serving nothing for a while; the next inference request that names it loads it again",
-        T0,
-        1,
-    );
+    let mut conditions = calm("Done", T0);
+    conditions[0] = cond("Ready", true, "IdleUnloaded", T0, 1);
     // Switching was True (Unloading) while the agent worked: it changed at t1.
-    conditions[1] = cond("Switching", false, "Done", &note, t1, 1);
-    let parked = owned("Ready", 1, conditions);
+    conditions[1] = cond("Switching", false, "Done", t1, 1);
+    let parked = with(owned("Ready", 1, conditions), "switchSummary", json!(note));
     w.reconcile(
         &gm,
         vec![
@@ -557,7 +430,7 @@ async fn an_idle_model_is_unloaded_and_stays_unloaded_until_a_request_names_it()
     );
 
     // Later: the operator does not load it back by itself, and writes nothing.
-    let gm = gm.status_of(&parked);
+    let gm = gm.status_of(&w.written());
     w.at("2027-01-15T08:30:00Z");
     let action = w.reconcile(&gm, vec![]).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));

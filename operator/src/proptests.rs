@@ -1,6 +1,7 @@
-//! Property tests: random histories of spec changes, leaks, busy agents, silent agents, clock
-//! jumps, inference requests and idle unloads, planned step by step against a simulated agent.
-//! The planner's conditions are fed back as the executor would write them.
+//! Property tests of the pure pipeline (observe -> plan -> derive): random histories of spec
+//! changes, leaks, busy agents, silent agents, clock jumps, inference requests and idle
+//! unloads, planned step by step against a simulated agent. The operator's status fields are
+//! fed back as the reconcile would write them.
 
 use proptest::prelude::*;
 use vramkeeper_crds::{
@@ -9,10 +10,12 @@ use vramkeeper_crds::{
     conditions::{DEGRADED, READY},
 };
 
-use super::{fixtures::t, *};
 use crate::{
-    conditions::{Outcome, Situation, derive, reason},
+    conditions::{Situation, derive, reason},
     observe,
+    plan::{Outcome, Plan, Step, Wait},
+    planner::{Input, Remediation, RemedyKind, fixtures, fixtures::t, ladder, plan},
+    status::OperatorStatus,
 };
 
 const MODELS: [&str; 3] = ["a", "b", "unknown"];
@@ -107,9 +110,8 @@ struct Sim {
     zombie_since: Option<i64>,
     remediations: Vec<RemediationStatus>,
     by_planner: Vec<(i64, RemedyKind)>,
-    conditions: Vec<vramkeeper_crds::Condition>,
-    /// The ladder's memory the operator wrote (fed back, as from the stored status).
-    ladder: Option<vramkeeper_crds::LadderStatus>,
+    /// The operator's fields as last written (fed back, as from the stored status).
+    owned: Option<OperatorStatus>,
     /// When the active model last answered a request or was loaded.
     last_used: i64,
     /// The agent's last switch: from, to, trigger.
@@ -136,8 +138,7 @@ impl Sim {
             zombie_since: None,
             remediations: vec![],
             by_planner: vec![],
-            conditions: vec![],
-            ladder: None,
+            owned: None,
             last_used: 0,
             last_switch: None,
         }
@@ -222,21 +223,23 @@ impl Sim {
         s.switching = busy;
         s.reported_at = Some(t(if silent { self.now - 1000 } else { self.now }).to_string());
         s.remediations = self.remediations.clone();
-        s.conditions = self.conditions.clone();
-        s.ladder = self.ladder.clone();
-        s
+        match &self.owned {
+            Some(o) => o.over(&s),
+            None => s,
+        }
     }
 
     /// Whether the ladder's episode is still open (the ghost has not yet stayed under the
     /// threshold for the persist time).
     fn episode_open(&self) -> bool {
-        self.ladder
+        self.owned
             .as_ref()
+            .and_then(|o| o.ladder.as_ref())
             .is_some_and(|l| l.episode_since.is_some())
     }
 
     fn holds(&self, type_: &str, reason_: Option<&str>) -> bool {
-        self.conditions.iter().any(|c| {
+        self.owned.iter().flat_map(|o| &o.conditions).any(|c| {
             c.type_ == type_
                 && c.observed_generation == Some(self.generation)
                 && reason_.is_none_or(|r| c.reason == r)
@@ -331,6 +334,11 @@ impl Sim {
         }
         // Progress toward the desired model when nothing blocks it.
         let failed = self.holds(READY, Some(reason::UNKNOWN_MODEL));
+        let waits_on_refusal = status
+            .unknown_model
+            .as_ref()
+            .is_some_and(|u| u.generation == self.generation);
+        prop_assert_eq!(failed, waits_on_refusal);
         // Degraded holds through a dip, until the episode ends (hysteresis).
         let held = self.holds(DEGRADED, None) && self.episode_open();
         if !busy && !silent && self.ghost() <= threshold && !failed && !held {
@@ -383,8 +391,8 @@ impl Sim {
             },
             now,
         );
-        self.conditions = op.conditions;
-        let mut ladder = op.ladder.unwrap_or_default();
+        let mut op = op;
+        let mut ladder = op.ladder.take().unwrap_or_default();
         if let Step::Free | Step::Reset = plan.step {
             let kind = if plan.step == Step::Free {
                 RemedyKind::Free
@@ -400,7 +408,8 @@ impl Sim {
                 },
             );
         }
-        self.ladder = Some(ladder).filter(|l| *l != Default::default());
+        op.ladder = Some(ladder).filter(|l| *l != Default::default());
+        self.owned = Some(op);
         self.sample();
         Ok(plan)
     }
