@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// What every route shares.
-pub struct App {
+pub(crate) struct App {
     /// The devices, by index order.
     pub devices: Vec<Arc<Device>>,
     /// The catalog.
@@ -43,17 +43,17 @@ pub struct App {
 }
 
 /// A rate limit that answers how long to wait.
-pub struct Limiter(DefaultDirectRateLimiter);
+pub(crate) struct Limiter(DefaultDirectRateLimiter);
 
 impl Limiter {
     /// `per_second` requests a second, in bursts of as many.
-    pub fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         let n = NonZeroU32::new(per_second.max(1)).expect("at least 1");
         Self(RateLimiter::direct(Quota::per_second(n)))
     }
 
     /// Ok, or the seconds to wait (rounded up).
-    pub fn check(&self) -> std::result::Result<(), u64> {
+    pub(crate) fn check(&self) -> std::result::Result<(), u64> {
         self.0.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
@@ -65,7 +65,7 @@ impl Limiter {
 
 impl App {
     /// The device of index `gpu`, or a 404 naming the ones there are.
-    pub fn device(&self, gpu: u32) -> Result<&Arc<Device>> {
+    pub(crate) fn device(&self, gpu: u32) -> Result<&Arc<Device>> {
         self.devices
             .iter()
             .find(|d| d.info.index == gpu)

@@ -12,7 +12,7 @@ use vramkeeper_crds::api::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::device::DeviceError;
 
 /// `Result` with [`ApiError`].
-pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Everything a route can answer instead of success.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use crate::probe::DeviceReading;
 
 /// What the agent knows about a process that holds device memory.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Holder {
+pub(crate) enum Holder {
     /// The live worker of the active model.
     Active {
         /// Its model.
@@ -34,7 +34,7 @@ pub enum Holder {
 
 /// One holder of ghost memory.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Source {
+pub(crate) struct Source {
     /// Its kind.
     pub kind: GhostSourceKind,
     /// Bytes it holds beyond what is expected of it.
@@ -47,7 +47,7 @@ pub struct Source {
 
 /// Ghost memory and its sources, largest first, the unattributed rest last.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Ghost {
+pub(crate) struct Ghost {
     /// The ghost total.
     pub bytes: u64,
     /// Its sources.
@@ -55,10 +55,10 @@ pub struct Ghost {
 }
 
 /// Sources smaller than this are measurement noise (page-granular RSS, allocator slack).
-pub const NOISE_BYTES: u64 = 1 << 20;
+pub(crate) const NOISE_BYTES: u64 = 1 << 20;
 
 /// Computes the ghost of one reading. `classify` says who a pid is and `name` names it.
-pub fn compute(
+pub(crate) fn compute(
     reading: &DeviceReading,
     baseline_bytes: u64,
     classify: impl Fn(u32) -> Holder,
@@ -126,7 +126,7 @@ pub fn compute(
 
 /// The baseline of a reading: memory in use that no process accounts for (the driver's own,
 /// a display). Processes present at start are not baseline: they are ghost until explained.
-pub fn baseline_of(reading: &DeviceReading) -> u64 {
+pub(crate) fn baseline_of(reading: &DeviceReading) -> u64 {
     reading.used_bytes.saturating_sub(reading.process_bytes())
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// One point: memory of the device, its ghost, and each loaded model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Unix time, milliseconds.
     pub t_ms: i64,
     /// In use.
@@ -21,14 +21,14 @@ pub struct Sample {
 }
 
 /// Fine samples kept: one hour at one per second.
-pub const FINE_CAPACITY: usize = 3600;
+pub(crate) const FINE_CAPACITY: usize = 3600;
 /// Coarse samples kept: one day at one per minute.
-pub const COARSE_CAPACITY: usize = 1440;
+pub(crate) const COARSE_CAPACITY: usize = 1440;
 const MINUTE_MS: i64 = 60_000;
 
 /// Fine and coarse rings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct History {
+pub(crate) struct History {
     fine: VecDeque<Sample>,
     coarse: VecDeque<Sample>,
     #[serde(skip)]
@@ -37,7 +37,7 @@ pub struct History {
 
 impl History {
     /// Adds a sample (times must not go backwards; an earlier one is dropped).
-    pub fn push(&mut self, sample: Sample) {
+    pub(crate) fn push(&mut self, sample: Sample) {
         if self.fine.back().is_some_and(|last| sample.t_ms < last.t_ms) {
             return;
         }
@@ -54,7 +54,7 @@ impl History {
     /// Samples of the last `window_ms` before `now_ms`, oldest first: every fine one for windows
     /// up to the fine ring's span (an hour), else coarse ones followed by the fine ones taken
     /// once a minute.
-    pub fn window(&self, now_ms: i64, window_ms: i64) -> Vec<Sample> {
+    pub(crate) fn window(&self, now_ms: i64, window_ms: i64) -> Vec<Sample> {
         let from = now_ms - window_ms;
         let fine_from = self.fine.front().map_or(i64::MAX, |s| s.t_ms);
         if window_ms <= FINE_CAPACITY as i64 * 1000 {
@@ -83,13 +83,8 @@ impl History {
         out
     }
 
-    /// The newest sample.
-    pub fn latest(&self) -> Option<&Sample> {
-        self.fine.back()
-    }
-
     /// Keeps only the coarse ring (what the state file stores).
-    pub fn coarse_only(&self) -> History {
+    pub(crate) fn coarse_only(&self) -> History {
         History {
             fine: VecDeque::new(),
             coarse: self.coarse.clone(),

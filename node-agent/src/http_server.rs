@@ -24,7 +24,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Limits on clients.
 #[derive(Debug, Clone)]
-pub struct HttpLimits {
+pub(crate) struct HttpLimits {
     /// Time to send a request's headers, and to start the next request on a kept-alive
     /// connection.
     pub header_timeout: Duration,
@@ -41,7 +41,7 @@ const OVER_CAP_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves `router` until `stop` is cancelled, then drains in-flight requests for at most
 /// `limits.shutdown_timeout`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,

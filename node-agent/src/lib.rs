@@ -30,25 +30,38 @@
 //! The API, the switch, the workers and the status page need no change: they ask the kind.
 #![deny(rust_2018_idioms)]
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 
-pub mod access;
-pub mod api;
-pub mod app;
+mod access;
+mod api;
+mod app;
 pub mod args;
-pub mod backend;
-pub mod device;
-pub mod error;
-pub mod ghost;
-pub mod history;
-pub mod http_server;
-pub mod metrics;
-pub mod models;
-pub mod probe;
-pub mod report;
-pub mod serve;
-pub mod state_file;
-pub mod tracker;
-pub mod ui;
-pub mod units;
-pub mod worker;
-pub mod zombie;
+mod backend;
+mod device;
+mod error;
+mod ghost;
+mod history;
+mod http_server;
+mod metrics;
+mod models;
+mod probe;
+mod report;
+mod serve;
+mod state_file;
+mod tracker;
+mod ui;
+mod units;
+mod worker;
+mod zombie;
+
+pub use serve::serve;
+pub use worker::server::run as run_worker;
+
+/// What the protocol and body fuzz tests (`tests/it/fuzz.rs`) exercise directly.
+pub mod fuzzing {
+    pub use crate::{
+        api::{ApiJson, BODY_LIMIT},
+        models::Catalog,
+        worker::protocol,
+    };
+}

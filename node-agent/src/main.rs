@@ -13,10 +13,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Some(Command::Worker(args)) => vramkeeper_node_agent::worker::server::run(args),
+        Some(Command::Worker(args)) => vramkeeper_node_agent::run_worker(args),
         Some(Command::Serve) | None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(vramkeeper_node_agent::serve::serve(cli.serve)),
+            .block_on(vramkeeper_node_agent::serve(cli.serve)),
     }
 }

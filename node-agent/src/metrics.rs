@@ -74,7 +74,7 @@ struct RequestLabels {
 }
 
 /// Every metric of the agent, registered once.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     device_memory: Family<MemoryLabels, FloatGauge>,
     model_memory: Family<ModelLabels, FloatGauge>,
@@ -105,7 +105,7 @@ fn seconds_buckets() -> Histogram {
 
 impl Metrics {
     /// Registers every metric.
-    pub fn new(catalog: &[String], devices: &[u32]) -> Self {
+    pub(crate) fn new(catalog: &[String], devices: &[u32]) -> Self {
         let mut registry = Registry::with_prefix("vramkeeper");
         let m = Self {
             device_memory: Family::default(),
@@ -231,14 +231,14 @@ impl Metrics {
     }
 
     /// The OpenMetrics text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 
     /// Publishes one sampling tick.
-    pub fn observe_device(
+    pub(crate) fn observe_device(
         &self,
         index: u32,
         reading: &DeviceReading,
@@ -300,7 +300,7 @@ impl Metrics {
     }
 
     /// Counts a switch and times its phases.
-    pub fn switched(
+    pub(crate) fn switched(
         &self,
         index: u32,
         trigger: SwitchTrigger,
@@ -327,7 +327,7 @@ impl Metrics {
     }
 
     /// Times a release.
-    pub fn released(&self, index: u32, verified: bool, elapsed_ms: f64) {
+    pub(crate) fn released(&self, index: u32, verified: bool, elapsed_ms: f64) {
         let labels = DeviceLabels { gpu: gpu(index) };
         self.release_seconds
             .get_or_create(&labels)
@@ -338,7 +338,12 @@ impl Metrics {
     }
 
     /// Counts a free or reset.
-    pub fn remediated(&self, index: u32, action: RemediationAction, trigger: RemediationTrigger) {
+    pub(crate) fn remediated(
+        &self,
+        index: u32,
+        action: RemediationAction,
+        trigger: RemediationTrigger,
+    ) {
         let action = match action {
             RemediationAction::Free => "free",
             RemediationAction::Reset => "reset",
@@ -358,7 +363,7 @@ impl Metrics {
     }
 
     /// Counts a request served by a model.
-    pub fn request(&self, index: u32, model: &str, ok: bool) {
+    pub(crate) fn request(&self, index: u32, model: &str, ok: bool) {
         self.requests
             .get_or_create(&RequestLabels {
                 gpu: gpu(index),
@@ -369,7 +374,7 @@ impl Metrics {
     }
 
     /// Counts a worker that crashed or hung (`failure`: `crashed` or `hung`).
-    pub fn worker_failed(&self, index: u32, model: &str, failure: &str) {
+    pub(crate) fn worker_failed(&self, index: u32, model: &str, failure: &str) {
         self.worker_failures
             .get_or_create(&WorkerFailureLabels {
                 gpu: gpu(index),
@@ -380,7 +385,7 @@ impl Metrics {
     }
 
     /// Counts a failed reading.
-    pub fn probe_errors(&self, index: u32) {
+    pub(crate) fn probe_errors(&self, index: u32) {
         self.probe_errors
             .get_or_create(&DeviceLabels { gpu: gpu(index) })
             .inc();

@@ -43,18 +43,20 @@ use vramkeeper_crds::{
 use crate::device::ManagedBy;
 
 /// The field manager of the agent's status writes.
-pub const FIELD_MANAGER: &str = "vramkeeper-agent";
+pub(crate) const FIELD_MANAGER: &str = "vramkeeper-agent";
 
 /// The permissions the reporter uses, as `(apiGroup, resource, verbs)`: the chart grants the
-/// agent exactly these (cluster-wide: GpuModels are cluster-scoped).
-pub const RBAC_RULES: &[(&str, &str, &[&str])] = &[
+/// agent exactly these (cluster-wide: GpuModels are cluster-scoped). Nothing here reads the
+/// list: the chart's test (`tests/tests/chart/rbac.rs`) holds its grant to it.
+#[allow(dead_code)]
+pub(crate) const RBAC_RULES: &[(&str, &str, &[&str])] = &[
     ("vramkeeper.dev", "gpumodels", &["list", "watch"]),
     ("vramkeeper.dev", "gpumodels/status", &["patch"]),
 ];
 
 /// How the reporter runs.
 #[derive(Clone, Debug)]
-pub struct ReportConfig {
+pub(crate) struct ReportConfig {
     /// This node's name (`spec.nodeName` of the GpuModels it reports into).
     pub node_name: String,
     /// Changed figures are written at most this often.
@@ -65,7 +67,7 @@ pub struct ReportConfig {
 
 impl ReportConfig {
     /// Defaults: figures at most every 5 s, a heartbeat every 30 s.
-    pub fn new(node_name: impl Into<String>) -> Self {
+    pub(crate) fn new(node_name: impl Into<String>) -> Self {
         Self {
             node_name: node_name.into(),
             min_interval: Duration::from_secs(5),
@@ -75,7 +77,7 @@ impl ReportConfig {
 }
 
 /// What the reporter reads: the devices' status, their remediations, and change ticks.
-pub trait ReportSource: Send + Sync + 'static {
+pub(crate) trait ReportSource: Send + Sync + 'static {
     /// Every device's status now.
     fn devices(&self) -> Vec<DeviceStatus>;
     /// The remediations of device `gpu` in the last hour, oldest first (read only when the
@@ -89,7 +91,7 @@ pub trait ReportSource: Send + Sync + 'static {
 
 /// Who owns device `gpu` of node `node` among `gpumodels`, by the operator's rule (the
 /// oldest GpuModel naming it; [`vramkeeper_crds::ownership`]).
-pub fn managed_by<'a>(
+pub(crate) fn managed_by<'a>(
     gpumodels: impl IntoIterator<Item = &'a GpuModel>,
     node: &str,
     gpu: u32,
@@ -103,7 +105,11 @@ pub fn managed_by<'a>(
 
 /// The agent's status fields for device `d`, as a server-side apply body. Empty lists and
 /// absent values are left out: server-side apply then removes what the agent wrote before.
-pub fn status_body(d: &DeviceStatus, remediations: &[RemediationReport], now: Timestamp) -> Value {
+pub(crate) fn status_body(
+    d: &DeviceStatus,
+    remediations: &[RemediationReport],
+    now: Timestamp,
+) -> Value {
     let mut status = observed(d, remediations);
     status.reported_at = Some(now.to_string());
     // The operator's fields are empty here, and empty fields are not serialized: the agent
@@ -177,7 +183,7 @@ fn due(
 }
 
 /// Reports until `stop` fires.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     source: Arc<dyn ReportSource>,
     config: ReportConfig,

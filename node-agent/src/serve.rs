@@ -59,7 +59,7 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 
 /// Builds the agent from its arguments: devices with their baselines, the catalog, the
 /// state of earlier runs.
-pub fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
+pub(crate) fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
     let token = access::configured_token(args)?;
     let access = Access::from_args(args)?;
     let catalog = match &args.catalog {
@@ -203,9 +203,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let model = model.clone();
         tokio::spawn(async move {
             // The same refusal an API switch gets for a model that can never fit.
-            let fits = device
-                .spec(&model)
-                .and_then(|spec| device.fits(&spec));
+            let fits = device.spec(&model).and_then(|spec| device.fits(&spec));
             if let Err(e) = fits {
                 tracing::error!(model, error = %e, "cannot load at start");
                 return;

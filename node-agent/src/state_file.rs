@@ -20,12 +20,12 @@ struct StateFile {
 
 /// Where the state lives.
 #[derive(Debug, Clone)]
-pub struct StateStore {
+pub(crate) struct StateStore {
     path: PathBuf,
 }
 
 /// What loading found.
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The tracker (empty on a clean start).
     pub tracker: Tracker,
     /// Why the file was not used, when it was not (a warning, never a failure).
@@ -34,18 +34,18 @@ pub struct Loaded {
 
 impl StateStore {
     /// A store at `path`.
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self { path }
     }
 
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Reads the state. A missing file is a clean start; a corrupt or foreign one is set
     /// aside (renamed `.corrupt`) with a warning.
-    pub fn load(&self) -> Loaded {
+    pub(crate) fn load(&self) -> Loaded {
         let text = match std::fs::read(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -84,7 +84,7 @@ impl StateStore {
     }
 
     /// Writes the state: to a temporary file, synced, then renamed over the old one.
-    pub fn save(&self, tracker: &Tracker) -> std::io::Result<()> {
+    pub(crate) fn save(&self, tracker: &Tracker) -> std::io::Result<()> {
         let file = StateFile {
             version: VERSION,
             tracker: tracker.for_state_file(),
@@ -114,16 +114,16 @@ impl StateStore {
 /// inherit it (Rust opens files close-on-exec). The file holds the holder's pid, for the
 /// message of the agent that is refused.
 #[derive(Debug)]
-pub struct StateDirLock {
+pub(crate) struct StateDirLock {
     file: std::fs::File,
 }
 
 impl StateDirLock {
     /// The lock file's name in the state directory.
-    pub const FILE: &str = "agent.lock";
+    pub(crate) const FILE: &str = "agent.lock";
 
     /// Takes the lock of `dir`, or says which agent holds it.
-    pub fn acquire(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn acquire(dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
         let path = dir.join(Self::FILE);
         let mut file = std::fs::OpenOptions::new()
@@ -161,13 +161,13 @@ impl StateDirLock {
     }
 
     /// Keeps the lock until the process ends.
-    pub fn hold_until_exit(self) {
+    pub(crate) fn hold_until_exit(self) {
         std::mem::forget(self.file);
     }
 }
 
 /// `Ok` when a file can be created, written and removed in `dir`; else why not.
-pub fn check_writable(dir: &Path) -> Result<(), String> {
+pub(crate) fn check_writable(dir: &Path) -> Result<(), String> {
     let probe = dir.join(".writable-check");
     let result = std::fs::write(&probe, b"ok");
     let _ = std::fs::remove_file(&probe);

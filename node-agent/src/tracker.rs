@@ -13,13 +13,13 @@ use vramkeeper_crds::{
 use crate::history::History;
 
 /// Switches kept.
-pub const SWITCH_HISTORY: usize = 200;
+pub(crate) const SWITCH_HISTORY: usize = 200;
 /// Frees and resets kept.
-pub const REMEDIATION_HISTORY: usize = 50;
+pub(crate) const REMEDIATION_HISTORY: usize = 50;
 
 /// What is known of one model on one device.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ModelRecord {
+pub(crate) struct ModelRecord {
     /// Times loaded.
     pub loads: u64,
     /// Device memory measured right after load and cleanup: the model's footprint, fixed at
@@ -44,7 +44,7 @@ pub struct ModelRecord {
 
 impl ModelRecord {
     /// Loaded, Unloaded or NeverLoaded, given whether it is loaded now.
-    pub fn state(&self, loaded: bool) -> ModelState {
+    pub(crate) fn state(&self, loaded: bool) -> ModelState {
         match (loaded, self.loads) {
             (true, _) => ModelState::Loaded,
             (false, 0) => ModelState::NeverLoaded,
@@ -57,7 +57,7 @@ impl ModelRecord {
 /// process for good, so a restarted agent knows its orphans (and the models they served)
 /// without trusting anything the process says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpawnRecord {
+pub(crate) struct SpawnRecord {
     /// Its pid.
     pub pid: u32,
     /// Its start time in clock ticks since boot (`/proc/<pid>/stat`).
@@ -70,7 +70,7 @@ pub struct SpawnRecord {
 
 /// Everything tracked for one device.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     /// Records by model name.
     pub models: BTreeMap<String, ModelRecord>,
     /// Finished switches, oldest first.
@@ -90,12 +90,12 @@ pub struct Tracker {
 
 impl Tracker {
     /// The record of a model (created empty on first use).
-    pub fn record(&mut self, model: &str) -> &mut ModelRecord {
+    pub(crate) fn record(&mut self, model: &str) -> &mut ModelRecord {
         self.models.entry(model.to_string()).or_default()
     }
 
     /// Records a model as loaded with its measured figures.
-    pub fn loaded(
+    pub(crate) fn loaded(
         &mut self,
         model: &str,
         trigger: SwitchTrigger,
@@ -119,13 +119,13 @@ impl Tracker {
     }
 
     /// Records that a loaded model's worker exited on its own: the model is unloaded.
-    pub fn crashed(&mut self, model: &str, now: Timestamp) {
+    pub(crate) fn crashed(&mut self, model: &str, now: Timestamp) {
         self.record(model).crashes += 1;
         self.unloaded(model, now);
     }
 
     /// Records a model as unloaded (its last figures stay).
-    pub fn unloaded(&mut self, model: &str, now: Timestamp) {
+    pub(crate) fn unloaded(&mut self, model: &str, now: Timestamp) {
         self.record(model).last_unloaded = Some(now);
         if self.active_model.as_deref() == Some(model) {
             self.active_model = None;
@@ -133,18 +133,18 @@ impl Tracker {
     }
 
     /// Records a worker just started.
-    pub fn spawned(&mut self, record: SpawnRecord) {
+    pub(crate) fn spawned(&mut self, record: SpawnRecord) {
         self.spawned.retain(|r| r.pid != record.pid);
         self.spawned.push(record);
     }
 
     /// Forgets a worker that was reaped.
-    pub fn reaped(&mut self, pid: u32) {
+    pub(crate) fn reaped(&mut self, pid: u32) {
         self.spawned.retain(|r| r.pid != pid);
     }
 
     /// The record of the process `pid` that started at `start_ticks`, if this agent started it.
-    pub fn spawn_of(&self, pid: u32, start_ticks: Option<u64>) -> Option<&SpawnRecord> {
+    pub(crate) fn spawn_of(&self, pid: u32, start_ticks: Option<u64>) -> Option<&SpawnRecord> {
         let start = start_ticks?;
         self.spawned
             .iter()
@@ -152,7 +152,7 @@ impl Tracker {
     }
 
     /// Appends a switch.
-    pub fn push_switch(&mut self, record: SwitchRecord) {
+    pub(crate) fn push_switch(&mut self, record: SwitchRecord) {
         if self.switches.len() == SWITCH_HISTORY {
             self.switches.pop_front();
         }
@@ -160,7 +160,7 @@ impl Tracker {
     }
 
     /// Appends a free or reset.
-    pub fn push_remediation(&mut self, report: RemediationReport) {
+    pub(crate) fn push_remediation(&mut self, report: RemediationReport) {
         if self.remediations.len() == REMEDIATION_HISTORY {
             self.remediations.pop_front();
         }
@@ -169,14 +169,14 @@ impl Tracker {
 
     /// After a restart: the worker of the model that was active belongs to the earlier run
     /// (an orphan now), so no model is loaded; its record keeps its figures.
-    pub fn restarted(&mut self, now: Timestamp) {
+    pub(crate) fn restarted(&mut self, now: Timestamp) {
         if let Some(model) = self.active_model.take() {
             self.record(&model).last_unloaded = Some(now);
         }
     }
 
     /// What the state file keeps (the fine history is not worth the writes).
-    pub fn for_state_file(&self) -> Tracker {
+    pub(crate) fn for_state_file(&self) -> Tracker {
         Tracker {
             history: self.history.coarse_only(),
             ..self.clone()

@@ -3,20 +3,20 @@
 use std::time::Duration;
 
 /// Bytes in a MiB.
-pub const MIB: f64 = (1u64 << 20) as f64;
+pub(crate) const MIB: f64 = (1u64 << 20) as f64;
 
 /// Bytes to MiB.
-pub fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB
 }
 
 /// MiB to bytes (rounded down).
-pub fn mib_to_bytes(mib: f64) -> u64 {
+pub(crate) fn mib_to_bytes(mib: f64) -> u64 {
     (mib * MIB) as u64
 }
 
 /// A duration in milliseconds.
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

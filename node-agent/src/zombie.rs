@@ -12,7 +12,7 @@ use jiff::Timestamp;
 
 /// The agent's zombie policy.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ZombiePolicy {
+pub(crate) struct ZombiePolicy {
     /// Ghost above this is suspicious.
     pub threshold_bytes: u64,
     /// For this long before it is zombie memory.
@@ -27,7 +27,7 @@ pub struct ZombiePolicy {
 
 /// What one observation changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Nothing.
     None,
     /// The ghost has now been over the threshold for the persist time.
@@ -38,7 +38,7 @@ pub enum Change {
 
 /// Tracks one device's ghost over time.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ZombieDetector {
+pub(crate) struct ZombieDetector {
     over_since: Option<Timestamp>,
     below_since: Option<Timestamp>,
     over_now: bool,
@@ -48,7 +48,12 @@ pub struct ZombieDetector {
 
 impl ZombieDetector {
     /// Feeds one ghost figure.
-    pub fn observe(&mut self, ghost_bytes: u64, policy: &ZombiePolicy, now: Timestamp) -> Change {
+    pub(crate) fn observe(
+        &mut self,
+        ghost_bytes: u64,
+        policy: &ZombiePolicy,
+        now: Timestamp,
+    ) -> Change {
         if ghost_bytes <= policy.threshold_bytes {
             self.over_now = false;
             if self.over_since.is_none() {
@@ -77,18 +82,18 @@ impl ZombieDetector {
     }
 
     /// Whether zombie memory is flagged now.
-    pub fn flagged(&self) -> bool {
+    pub(crate) fn flagged(&self) -> bool {
         self.flagged
     }
 
     /// Since when the ghost has been over the threshold.
-    pub fn over_since(&self) -> Option<Timestamp> {
+    pub(crate) fn over_since(&self) -> Option<Timestamp> {
         self.over_since
     }
 
     /// Whether an automatic free should run now: flagged, over the threshold at the last
     /// sample, allowed, and out of the cooldown.
-    pub fn auto_free_due(&self, policy: &ZombiePolicy, now: Timestamp) -> bool {
+    pub(crate) fn auto_free_due(&self, policy: &ZombiePolicy, now: Timestamp) -> bool {
         policy.auto_free
             && self.flagged
             && self.over_now
@@ -98,7 +103,7 @@ impl ZombieDetector {
     }
 
     /// The earliest time the next automatic free may run, while zombie memory is flagged.
-    pub fn next_auto_free_at(&self, policy: &ZombiePolicy) -> Option<Timestamp> {
+    pub(crate) fn next_auto_free_at(&self, policy: &ZombiePolicy) -> Option<Timestamp> {
         if !policy.auto_free || !self.flagged {
             return None;
         }
@@ -108,7 +113,7 @@ impl ZombieDetector {
     }
 
     /// Records that an automatic free ran.
-    pub fn auto_freed(&mut self, now: Timestamp) {
+    pub(crate) fn auto_freed(&mut self, now: Timestamp) {
         self.last_auto_free = Some(now);
     }
 }

@@ -5,14 +5,14 @@ use std::net::IpAddr;
 
 /// The host names the agent answers for.
 #[derive(Debug, Clone)]
-pub struct HostPolicy {
+pub(crate) struct HostPolicy {
     names: Vec<String>,
 }
 
 impl HostPolicy {
     /// `localhost`, the node name and the allowed names; each allowed name must be a host name
     /// (a port, if given, is dropped).
-    pub fn new(node: Option<&str>, allowed: &[String]) -> anyhow::Result<Self> {
+    pub(crate) fn new(node: Option<&str>, allowed: &[String]) -> anyhow::Result<Self> {
         let mut names = vec!["localhost".to_string()];
         names.extend(node.map(normalise));
         for name in allowed {
@@ -29,7 +29,7 @@ impl HostPolicy {
     }
 
     /// Whether a request addressed to `host` (a `Host` header) is answered.
-    pub fn allows(&self, host: &str) -> bool {
+    pub(crate) fn allows(&self, host: &str) -> bool {
         let name = host_part(host);
         let bare = name.trim_start_matches('[').trim_end_matches(']');
         if bare.parse::<IpAddr>().is_ok() {
@@ -46,7 +46,7 @@ fn normalise(name: &str) -> String {
 }
 
 /// The host of `host[:port]` or `[v6][:port]`.
-pub fn host_part(host: &str) -> &str {
+pub(crate) fn host_part(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }

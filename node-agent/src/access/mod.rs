@@ -15,8 +15,8 @@
 //! is presented), and never logged. An empty or whitespace-only secret refuses to start: it
 //! could never match, and would look like protection.
 
-pub mod host;
-pub mod token_source;
+pub(crate) mod host;
+pub(crate) mod token_source;
 
 use std::num::NonZeroU32;
 
@@ -32,17 +32,17 @@ use crate::args::ServeArgs;
 
 /// A secret that does not print.
 #[derive(Clone)]
-pub struct Token(String);
+pub(crate) struct Token(String);
 
 impl Token {
     /// Wraps a secret, trimmed as presented ones are; `None` when nothing is left.
-    pub fn new(secret: &str) -> Option<Self> {
+    pub(crate) fn new(secret: &str) -> Option<Self> {
         let secret = secret.trim();
         (!secret.is_empty()).then(|| Self(secret.to_string()))
     }
 
     /// Whether `presented` is the token, in time independent of where they differ.
-    pub fn matches(&self, presented: &str) -> bool {
+    pub(crate) fn matches(&self, presented: &str) -> bool {
         self.0.as_bytes().ct_eq(presented.trim().as_bytes()).into()
     }
 }
@@ -63,7 +63,7 @@ fn secret(raw: &str, what: &str) -> anyhow::Result<Token> {
 }
 
 /// The token of `--token` or `--token-file` (followed as the file changes), checked.
-pub fn configured_token(args: &ServeArgs) -> anyhow::Result<Option<TokenSource>> {
+pub(crate) fn configured_token(args: &ServeArgs) -> anyhow::Result<Option<TokenSource>> {
     match (&args.token, &args.token_file) {
         (Some(t), _) => secret(t, "--token (VRAMKEEPER_TOKEN)")
             .map(TokenSource::Fixed)
@@ -75,7 +75,7 @@ pub fn configured_token(args: &ServeArgs) -> anyhow::Result<Option<TokenSource>>
 
 /// Everything about access beyond the token: inference keys and their limits, the host names
 /// the agent answers for.
-pub struct Access {
+pub(crate) struct Access {
     keys: Vec<Token>,
     inference_without_auth: bool,
     inference_limiter: DefaultKeyedRateLimiter<usize>,
@@ -85,7 +85,7 @@ pub struct Access {
 
 impl Access {
     /// From the arguments: checks every key and host name.
-    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
+    pub(crate) fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
         let keys = args
             .api_keys
             .iter()
@@ -110,12 +110,12 @@ impl Access {
     }
 
     /// Whether inference needs a credential.
-    pub fn inference_needs_auth(&self, has_token: bool) -> bool {
+    pub(crate) fn inference_needs_auth(&self, has_token: bool) -> bool {
         !self.inference_without_auth && (has_token || !self.keys.is_empty())
     }
 
     /// Which credential `presented` is: 0 the token (when one is configured), `i + 1` key `i`.
-    pub fn credential(&self, token: Option<&TokenSource>, presented: &str) -> Option<usize> {
+    pub(crate) fn credential(&self, token: Option<&TokenSource>, presented: &str) -> Option<usize> {
         let current = token.map(TokenSource::current);
         let mut found = None;
         // Every secret is compared, so that the time taken does not say which one matched.
@@ -129,7 +129,7 @@ impl Access {
     }
 
     /// Counts an inference request of `credential`: Ok, or the seconds to wait (rounded up).
-    pub fn check_inference_rate(&self, credential: usize) -> Result<(), u64> {
+    pub(crate) fn check_inference_rate(&self, credential: usize) -> Result<(), u64> {
         self.inference_limiter
             .check_key(&credential)
             .map_err(|not_until| {

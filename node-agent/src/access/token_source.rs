@@ -18,7 +18,7 @@ use anyhow::Context;
 use super::Token;
 
 /// The configured token.
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     /// `--token`: never changes.
     Fixed(Token),
     /// `--token-file`: followed as it changes.
@@ -27,7 +27,7 @@ pub enum TokenSource {
 
 impl TokenSource {
     /// The token to check a request against now.
-    pub fn current(&self) -> Token {
+    pub(crate) fn current(&self) -> Token {
         match self {
             Self::Fixed(token) => token.clone(),
             Self::File(file) => file.current(),
@@ -36,7 +36,7 @@ impl TokenSource {
 }
 
 /// A token file and the token last read from it.
-pub struct TokenFile {
+pub(crate) struct TokenFile {
     path: PathBuf,
     last: Mutex<(Stamp, Token)>,
 }
@@ -77,7 +77,7 @@ fn read(path: &Path) -> anyhow::Result<Token> {
 
 impl TokenFile {
     /// Reads the file once; an unreadable or empty file refuses to start.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
         let before = stamp(path)
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
         let token = read(path)?;
@@ -88,7 +88,7 @@ impl TokenFile {
     }
 
     /// The token, read again first when the file changed since the last read.
-    pub fn current(&self) -> Token {
+    pub(crate) fn current(&self) -> Token {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let now = match stamp(&self.path) {
             Ok(now) if now != last.0 => now,

@@ -30,7 +30,11 @@ fn authorized(app: &App, request: &Request) -> bool {
 }
 
 /// Acting routes: the token when one is configured, and the rate limit.
-pub async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !authorized(&app, &request) {
         return ApiError::Unauthorized.into_response();
     }
@@ -46,7 +50,7 @@ pub async fn require_token(State(app): State<Arc<App>>, request: Request, next: 
 
 /// Inference routes: the token or a key when either is configured (and not waived), each
 /// credential rate limited on its own.
-pub async fn require_credential_for_inference(
+pub(crate) async fn require_credential_for_inference(
     State(app): State<Arc<App>>,
     request: Request,
     next: Next,
@@ -69,7 +73,7 @@ pub async fn require_credential_for_inference(
 }
 
 /// Read routes: the token only with `--auth-reads`.
-pub async fn require_token_for_reads(
+pub(crate) async fn require_token_for_reads(
     State(app): State<Arc<App>>,
     request: Request,
     next: Next,

@@ -35,7 +35,7 @@ fn origin_authority(origin: &str) -> Option<String> {
 
 /// 421 for hosts the agent does not answer for; 403 for state-changing requests from a page
 /// of another origin.
-pub async fn check_host_and_origin(
+pub(crate) async fn check_host_and_origin(
     State(app): State<Arc<App>>,
     request: Request,
     next: Next,

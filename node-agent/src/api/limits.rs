@@ -13,7 +13,7 @@ use crate::{
 
 /// Embedding inputs: at most [`MAX_INPUTS`] texts, [`MAX_INPUT_CHARS`] characters in all
 /// (413 naming the bound); none empty (422).
-pub fn embedding_inputs(texts: &[String]) -> Result<()> {
+pub(crate) fn embedding_inputs(texts: &[String]) -> Result<()> {
     if texts.is_empty() {
         return Err(ApiError::Invalid(
             "input must hold at least one text".into(),
@@ -41,7 +41,7 @@ pub fn embedding_inputs(texts: &[String]) -> Result<()> {
 }
 
 /// A test-load list: no longer than the catalog (413), each name once (422).
-pub fn test_load_list(models: &[String], catalog: &Catalog) -> Result<()> {
+pub(crate) fn test_load_list(models: &[String], catalog: &Catalog) -> Result<()> {
     if models.is_empty() {
         return Err(ApiError::Invalid(
             "models, when given, must name at least one model".into(),

@@ -11,18 +11,18 @@
 //!        '--> openapi::document(): each route's operation
 //! ```
 
-pub mod auth;
+pub(crate) mod auth;
 mod debug;
 mod embeddings;
 mod gpu;
 mod health;
-pub mod host;
+pub(crate) mod host;
 mod infer;
 mod json;
-pub mod limits;
+pub(crate) mod limits;
 mod models;
 mod openapi;
-pub mod route;
+pub(crate) mod route;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -48,7 +48,7 @@ pub use json::ApiJson;
 
 /// Every route of the API (the status page's files aside), the test-only `/v1/debug/*` ones
 /// only with `test_ops`.
-pub fn routes(test_ops: bool) -> Vec<Route> {
+pub(crate) fn routes(test_ops: bool) -> Vec<Route> {
     let mut routes: Vec<Route> = [
         health::routes(),
         openapi::routes(),
@@ -68,7 +68,7 @@ pub fn routes(test_ops: bool) -> Vec<Route> {
 }
 
 /// The router of the whole table and the status page.
-pub fn router(app: Arc<App>) -> Router {
+pub(crate) fn router(app: Arc<App>) -> Router {
     LazyLock::force(&openapi::DOCUMENT);
     let mut router = Router::new();
     for route in routes(app.test_ops) {

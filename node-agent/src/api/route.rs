@@ -16,7 +16,7 @@ use crate::app::App;
 
 /// Who may call a route (the checks are `crate::access`'s, applied by `api::auth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthClass {
+pub(crate) enum AuthClass {
     /// Anyone (liveness, readiness, metrics, the OpenAPI document).
     Open,
     /// Anyone, unless the agent runs with `--auth-reads`.
@@ -29,7 +29,7 @@ pub enum AuthClass {
 }
 
 /// One route of the agent's API.
-pub struct Route {
+pub(crate) struct Route {
     /// Its method.
     pub method: Method,
     /// Its path.
@@ -44,7 +44,12 @@ pub struct Route {
 
 impl Route {
     /// A `GET` route (which answers `HEAD` too).
-    pub fn get<H, T>(path: &'static str, handler: H, auth: AuthClass, operation: Operation) -> Self
+    pub(crate) fn get<H, T>(
+        path: &'static str,
+        handler: H,
+        auth: AuthClass,
+        operation: Operation,
+    ) -> Self
     where
         H: Handler<T, Arc<App>>,
         T: 'static,
@@ -59,7 +64,12 @@ impl Route {
     }
 
     /// A `POST` route.
-    pub fn post<H, T>(path: &'static str, handler: H, auth: AuthClass, operation: Operation) -> Self
+    pub(crate) fn post<H, T>(
+        path: &'static str,
+        handler: H,
+        auth: AuthClass,
+        operation: Operation,
+    ) -> Self
     where
         H: Handler<T, Arc<App>>,
         T: 'static,
@@ -74,7 +84,7 @@ impl Route {
     }
 
     /// A test-only `POST` route (`--enable-test-ops`), left out of the document.
-    pub fn test_only_post<H, T>(path: &'static str, handler: H, auth: AuthClass) -> Self
+    pub(crate) fn test_only_post<H, T>(path: &'static str, handler: H, auth: AuthClass) -> Self
     where
         H: Handler<T, Arc<App>>,
         T: 'static,
@@ -90,7 +100,7 @@ impl Route {
 }
 
 /// A schema added to a generator, as a `$ref` (or inline for simple types).
-pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
 fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
@@ -98,7 +108,7 @@ fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
 
 /// What a route answers on success.
 #[derive(Clone, Copy)]
-pub enum Success {
+pub(crate) enum Success {
     /// JSON of a crds type.
     Json(SchemaFn),
     /// Plain text of this content type.
@@ -108,7 +118,7 @@ pub enum Success {
 }
 
 /// A route's OpenAPI operation: what it does, takes and answers.
-pub struct Operation {
+pub(crate) struct Operation {
     /// One line on what it does.
     pub summary: &'static str,
     /// The JSON body it takes (POST routes).
@@ -123,17 +133,17 @@ pub struct Operation {
 
 impl Operation {
     /// Answers JSON of `T`.
-    pub fn json<T: JsonSchema>(summary: &'static str) -> Self {
+    pub(crate) fn json<T: JsonSchema>(summary: &'static str) -> Self {
         Self::new(summary, Success::Json(schema::<T>))
     }
 
     /// Answers plain text of `content_type`.
-    pub fn text(summary: &'static str, content_type: &'static str) -> Self {
+    pub(crate) fn text(summary: &'static str, content_type: &'static str) -> Self {
         Self::new(summary, Success::Text(content_type))
     }
 
     /// Answers an OpenAPI document.
-    pub fn document(summary: &'static str) -> Self {
+    pub(crate) fn document(summary: &'static str) -> Self {
         Self::new(summary, Success::Document)
     }
 
@@ -148,26 +158,26 @@ impl Operation {
     }
 
     /// Takes a JSON body of `T`.
-    pub fn body<T: JsonSchema>(mut self) -> Self {
+    pub(crate) fn body<T: JsonSchema>(mut self) -> Self {
         self.body = Some(schema::<T>);
         self
     }
 
     /// Takes these query parameters.
-    pub fn query(mut self, query: &'static [Param]) -> Self {
+    pub(crate) fn query(mut self, query: &'static [Param]) -> Self {
         self.query = query;
         self
     }
 
     /// May answer these error statuses (beyond those of auth and bodies).
-    pub fn errors(mut self, errors: &'static [u16]) -> Self {
+    pub(crate) fn errors(mut self, errors: &'static [u16]) -> Self {
         self.errors = errors;
         self
     }
 }
 
 /// A query parameter: an unsigned integer with a range and a default.
-pub struct Param {
+pub(crate) struct Param {
     /// Its name.
     pub name: &'static str,
     /// What it means.
@@ -181,7 +191,7 @@ pub struct Param {
 }
 
 /// `?gpu=`: which device.
-pub const GPU: Param = Param {
+pub(crate) const GPU: Param = Param {
     name: "gpu",
     description: "Device index.",
     min: 0,
@@ -190,7 +200,7 @@ pub const GPU: Param = Param {
 };
 
 /// `?window=`: seconds of history.
-pub const WINDOW: Param = Param {
+pub(crate) const WINDOW: Param = Param {
     name: "window",
     description: "Seconds of history, up to a day.",
     min: 1,
@@ -199,6 +209,6 @@ pub const WINDOW: Param = Param {
 };
 
 /// Routes that act on the device: 404 unknown model or device, 409 busy, 502 a load failed.
-pub const ACTING_ERRORS: &[u16] = &[404, 409, 502];
+pub(crate) const ACTING_ERRORS: &[u16] = &[404, 409, 502];
 /// Inference may switch first (as acting routes), or find the device contended (503).
-pub const SERVING_ERRORS: &[u16] = &[404, 409, 502, 503];
+pub(crate) const SERVING_ERRORS: &[u16] = &[404, 409, 502, 503];

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 const CHUNK: usize = 16 * 1024;
 
 /// Applies GELU to every element of `xs`, in place, on all cores.
-pub fn gelu_in_place(xs: &mut [f32]) {
+pub(crate) fn gelu_in_place(xs: &mut [f32]) {
     xs.par_chunks_mut(CHUNK).for_each(simd::gelu_chunk);
 }
 
@@ -43,7 +43,7 @@ mod simd {
         portable(chunk)
     }
 
-    pub fn gelu_chunk(chunk: &mut [f32]) {
+    pub(super) fn gelu_chunk(chunk: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -63,13 +63,13 @@ mod simd {
 
 /// GELU of one value (the exact, erf-based form; not the tanh approximation).
 #[inline(always)]
-pub fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// erf, Abramowitz and Stegun 7.1.26, odd-extended to negative arguments.
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,

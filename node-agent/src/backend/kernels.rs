@@ -34,7 +34,7 @@ pub trait Kernels: Backend {
 }
 
 /// [`Kernels::self_attention`] composed of burn's generic tensor operations.
-pub fn composed_self_attention<B: Backend>(
+pub(crate) fn composed_self_attention<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
     v: Tensor<B, 2>,

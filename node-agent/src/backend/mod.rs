@@ -3,8 +3,8 @@
 //! "allocator cache" is what malloc keeps after frees and `malloc_trim` returns it), and the
 //! kernels a backend runs better than burn's generic composition ([`kernels`]).
 
-pub mod gelu;
-pub mod kernels;
+pub(crate) mod gelu;
+pub(crate) mod kernels;
 
 use burn::backend::Flex;
 
@@ -22,7 +22,7 @@ pub trait ModelBackend: kernels::Kernels {
 }
 
 /// The CPU backend.
-pub type Cpu = Flex<f32>;
+pub(crate) type Cpu = Flex<f32>;
 
 impl ModelBackend for Cpu {
     const ACCELERATOR: bool = false;
@@ -57,7 +57,7 @@ mod glibc {
 
     /// (in use, reserved): allocated chunks plus mmapped blocks; and that plus the free heap
     /// memory that is still resident (freed since the last trim).
-    pub fn usage() -> (u64, u64) {
+    pub(super) fn usage() -> (u64, u64) {
         // SAFETY: as above.
         let info = unsafe { libc::mallinfo2() };
         let in_use = info.uordblks as u64 + info.hblkhd as u64;
@@ -68,7 +68,7 @@ mod glibc {
     }
 
     /// Returns free heap pages to the OS.
-    pub fn trim() {
+    pub(super) fn trim() {
         // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
         unsafe {
             libc::malloc_trim(0);
@@ -79,7 +79,7 @@ mod glibc {
     /// Allocates `bytes` in heap-sized chunks separated by small live pins, touches them, then
     /// frees the chunks: the heap cannot shrink past the pins, so the memory stays resident
     /// and counted as free-but-kept until `trim`. The pins (1/512 of the size) are kept.
-    pub fn fragment(bytes: u64) {
+    pub(super) fn fragment(bytes: u64) {
         const CHUNK: usize = 64 * 1024;
         let mut chunks = Vec::new();
         let mut pins = Vec::new();
@@ -107,7 +107,7 @@ mod cuda {
     use super::ModelBackend;
 
     /// The CUDA backend.
-    pub type Gpu = Cuda<f32, i32>;
+    pub(crate) type Gpu = Cuda<f32, i32>;
 
     impl ModelBackend for Gpu {
         const ACCELERATOR: bool = true;
@@ -135,4 +135,4 @@ mod cuda {
 }
 
 #[cfg(feature = "cuda")]
-pub use cuda::Gpu;
+pub(crate) use cuda::Gpu;

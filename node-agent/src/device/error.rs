@@ -6,7 +6,7 @@ use vramkeeper_crds::api::{ErrorCode, ErrorDetail};
 use crate::worker::client::WorkerError;
 
 /// `Result` with [`DeviceError`].
-pub type Result<T, E = DeviceError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
 fn ahead_text(ahead: &[String]) -> String {
     match ahead.len() {

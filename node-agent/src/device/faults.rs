@@ -13,31 +13,31 @@ use crate::{
 };
 
 /// Asked once per worker start: extra faults the worker starts with.
-pub trait SpawnHook: Send + Sync {
+pub(crate) trait SpawnHook: Send + Sync {
     /// The fault the worker about to start takes (`--fault`), if any.
     fn worker_fault(&self) -> Option<Fault>;
 }
 
 /// The switches of one device's faults.
 #[derive(Default)]
-pub struct FaultHooks {
+pub(crate) struct FaultHooks {
     reads_fail: AtomicBool,
     next_worker: Mutex<Option<Fault>>,
 }
 
 impl FaultHooks {
     /// Makes every reading of the device fail (or work again).
-    pub fn fail_reads(&self, fail: bool) {
+    pub(crate) fn fail_reads(&self, fail: bool) {
         self.reads_fail.store(fail, Ordering::Relaxed);
     }
 
     /// The fault the next worker starts with (`None` clears it).
-    pub fn set_next_worker_fault(&self, fault: Option<Fault>) {
+    pub(crate) fn set_next_worker_fault(&self, fault: Option<Fault>) {
         *self.next_worker.lock().unwrap() = fault;
     }
 
     /// `probe`, with readings that fail while [`Self::fail_reads`] says so.
-    pub fn wrap(self: &Arc<Self>, probe: Arc<dyn DeviceProbe>) -> Arc<dyn DeviceProbe> {
+    pub(crate) fn wrap(self: &Arc<Self>, probe: Arc<dyn DeviceProbe>) -> Arc<dyn DeviceProbe> {
         Arc::new(FailingProbe {
             inner: probe,
             hooks: self.clone(),

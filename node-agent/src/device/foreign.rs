@@ -13,7 +13,7 @@ use regex::Regex;
 
 /// What the agent remembers of a process's use of the device.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Activity {
+pub(crate) struct Activity {
     start_ticks: Option<u64>,
     cpu_ticks: Option<u64>,
     /// When it last used the device (or was first seen: before that nothing is known).
@@ -24,7 +24,7 @@ pub struct Activity {
 /// the device says it used it (`device_busy`, NVML) or, where the device cannot say, when its
 /// CPU time moved. `facts` reads a pid's start time and CPU time. Processes no longer listed
 /// are forgotten; a pid that now names another process starts afresh.
-pub fn track(
+pub(super) fn track(
     activity: &mut HashMap<u32, Activity>,
     pids: &[u32],
     device_busy: Option<&HashSet<u32>>,
@@ -61,7 +61,7 @@ pub fn track(
 
 /// A foreign process holding device memory, as the agent sees it now.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+pub(super) struct Candidate {
     /// Its pid.
     pub pid: u32,
     /// Device memory it holds.
@@ -77,7 +77,7 @@ pub struct Candidate {
 
 /// What the policy says about foreign processes.
 #[derive(Debug, Clone, Default)]
-pub struct ForeignPolicy {
+pub(super) struct ForeignPolicy {
     /// `--kill-foreign-processes` (narrowed by the request).
     pub allowed: bool,
     /// The ghost level to get under.
@@ -90,7 +90,7 @@ pub struct ForeignPolicy {
 
 /// Why a process was spared.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Spared {
+pub(super) enum Spared {
     /// Policy does not allow ending foreign processes.
     PolicyOff,
     /// Its command line does not match `--kill-foreign-matching`.
@@ -105,7 +105,7 @@ pub enum Spared {
 
 impl Spared {
     /// Words for logs, reports and the status page.
-    pub fn describe(&self) -> &'static str {
+    pub(super) fn describe(&self) -> &'static str {
         match self {
             Self::PolicyOff => "foreign processes are never ended without --kill-foreign-processes",
             Self::NotMatching => "its command line does not match --kill-foreign-matching",
@@ -119,7 +119,7 @@ impl Spared {
 /// Chooses which candidates to end given the ghost that remains once this agent's own strays
 /// are gone: the fewest (largest first) that bring it under the threshold. Returns the pids to
 /// end and every other candidate with why it was spared.
-pub fn choose(
+pub(super) fn choose(
     candidates: &[Candidate],
     ghost_bytes: u64,
     policy: &ForeignPolicy,

@@ -11,7 +11,7 @@ use super::Device;
 
 /// The GpuModel that owns a device, as the report loop last saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManagedBy {
+pub(crate) struct ManagedBy {
     /// The owning GpuModel's name.
     pub gpumodel: String,
     /// Its `spec.model`: the one model the GPU should serve (none when absent).
@@ -22,14 +22,14 @@ pub struct ManagedBy {
 
 impl ManagedBy {
     /// Whether an inference request may switch the device to `model`.
-    pub fn admits(&self, model: &str) -> bool {
+    pub(crate) fn admits(&self, model: &str) -> bool {
         !self.deleting && self.desired.as_deref() == Some(model)
     }
 }
 
 impl Device {
     /// Sets (or clears) the GpuModel that owns this device.
-    pub fn set_managed(&self, by: Option<ManagedBy>) {
+    pub(crate) fn set_managed(&self, by: Option<ManagedBy>) {
         let mut managed = self.managed.lock().unwrap();
         if *managed != by {
             match &by {
@@ -43,7 +43,7 @@ impl Device {
     }
 
     /// The GpuModel that owns this device, if one does.
-    pub fn managed(&self) -> Option<ManagedBy> {
+    pub(crate) fn managed(&self) -> Option<ManagedBy> {
         self.managed.lock().unwrap().clone()
     }
 

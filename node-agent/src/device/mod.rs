@@ -44,13 +44,13 @@ use crate::{
     zombie::{ZombieDetector, ZombiePolicy},
 };
 
-pub use error::{DeviceError, Result};
-pub use faults::{FaultHooks, SpawnHook};
-pub use managed::ManagedBy;
+pub(crate) use error::{DeviceError, Result};
+pub(crate) use faults::{FaultHooks, SpawnHook};
+pub(crate) use managed::ManagedBy;
 
 /// Timeouts and tolerances of device operations.
 #[derive(Debug, Clone)]
-pub struct DeviceConfig {
+pub(crate) struct DeviceConfig {
     /// A model load, warm-up included.
     pub load_timeout: Duration,
     /// One inference request.
@@ -79,7 +79,7 @@ pub struct DeviceConfig {
 }
 
 /// Shared by every device of the agent.
-pub struct AgentContext {
+pub(crate) struct AgentContext {
     /// How to start workers.
     pub launch: WorkerLaunch,
     /// Loadable models.
@@ -91,7 +91,7 @@ pub struct AgentContext {
 }
 
 /// The worker of the active model.
-pub struct Active {
+pub(crate) struct Active {
     /// The worker process.
     pub worker: WorkerHandle,
     /// Its model.
@@ -112,22 +112,22 @@ pub struct Active {
 
 impl Active {
     /// Whether it can serve: alive and answering.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         !self.hung.load(Ordering::Relaxed) && self.worker.exit_status().is_none()
     }
 
     /// Its model's name.
-    pub fn model(&self) -> &str {
+    pub(crate) fn model(&self) -> &str {
         &self.spec.name
     }
 
     /// Its worker's pid.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.worker.pid()
     }
 
     /// When it last answered a request (or was loaded), on the wall clock.
-    pub fn last_used_at(&self) -> Timestamp {
+    pub(crate) fn last_used_at(&self) -> Timestamp {
         let ago = self.last_used.lock().unwrap().elapsed();
         jiff::SignedDuration::try_from(ago)
             .ok()
@@ -177,7 +177,7 @@ pub(crate) enum Owner {
 }
 
 /// One device.
-pub struct Device {
+pub(crate) struct Device {
     /// What it is.
     pub info: DeviceInfo,
     probe: Arc<dyn DeviceProbe>,
@@ -198,7 +198,7 @@ pub struct Device {
 }
 
 /// Holds the device for one operation: its turn in the queue.
-pub struct OpGuard<'a> {
+pub(crate) struct OpGuard<'a> {
     device: &'a Device,
     _turn: queue::Turn<'a>,
 }
@@ -212,7 +212,7 @@ impl Drop for OpGuard<'_> {
 impl Device {
     /// A device with its probe; reads the baseline now (no worker of this run exists yet).
     /// With `faults`, its readings and worker starts can be made to fail (`--test-ops`).
-    pub fn new(
+    pub(crate) fn new(
         probe: Arc<dyn DeviceProbe>,
         ctx: Arc<AgentContext>,
         store: StateStore,
@@ -253,17 +253,17 @@ impl Device {
     }
 
     /// Its fault switches, when the agent runs with `--test-ops`.
-    pub fn faults(&self) -> Option<&FaultHooks> {
+    pub(crate) fn faults(&self) -> Option<&FaultHooks> {
         self.faults.as_deref()
     }
 
     /// The shared context.
-    pub fn ctx(&self) -> &AgentContext {
+    pub(crate) fn ctx(&self) -> &AgentContext {
         &self.ctx
     }
 
     /// A receiver that ticks whenever the device's state changes.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
@@ -273,7 +273,7 @@ impl Device {
 
     /// Waits for the device's turn (arrival order, every kind of operation alike); refused
     /// only when the queue is full or the wait passes the queue timeout.
-    pub async fn enter(&self, doing: impl Into<String>) -> Result<OpGuard<'_>> {
+    pub(crate) async fn enter(&self, doing: impl Into<String>) -> Result<OpGuard<'_>> {
         let doing = doing.into();
         let pending = self.queue.enter(doing, self.ctx.config.queue_timeout);
         self.changed();
@@ -317,17 +317,17 @@ impl Device {
     }
 
     /// What the device is doing, if anything.
-    pub fn busy_with(&self) -> Option<String> {
+    pub(crate) fn busy_with(&self) -> Option<String> {
         self.queue.doing()
     }
 
     /// What waits for the device, oldest first.
-    pub fn queued(&self) -> Vec<String> {
+    pub(crate) fn queued(&self) -> Vec<String> {
         self.queue.waiting()
     }
 
     /// The catalog entry of `model`, or a 404 naming the catalog.
-    pub fn spec(&self, model: &str) -> Result<ModelSpec> {
+    pub(crate) fn spec(&self, model: &str) -> Result<ModelSpec> {
         self.ctx
             .catalog
             .get(model)
@@ -347,7 +347,7 @@ impl Device {
 
     /// Refuses a model whose estimate alone exceeds the device's total memory: loading it
     /// could only end with the worker killed by the kernel or the driver.
-    pub fn fits(&self, spec: &ModelSpec) -> Result<()> {
+    pub(crate) fn fits(&self, spec: &ModelSpec) -> Result<()> {
         let total_mb = self.status().memory.total_mb;
         let estimate = spec.estimated_bytes();
         if total_mb > 0.0 && estimate > mib_to_bytes(total_mb) {
@@ -362,7 +362,7 @@ impl Device {
     }
 
     /// The active model's name.
-    pub fn active_model(&self) -> Option<String> {
+    pub(crate) fn active_model(&self) -> Option<String> {
         self.state
             .lock()
             .unwrap()
@@ -372,7 +372,7 @@ impl Device {
     }
 
     /// Reads the probe off the async runtime; failures are recorded for status and readiness.
-    pub async fn read(&self) -> std::result::Result<DeviceReading, ProbeError> {
+    pub(crate) async fn read(&self) -> std::result::Result<DeviceReading, ProbeError> {
         let probe = self.probe.clone();
         let result = tokio::task::spawn_blocking(move || probe.read())
             .await

@@ -24,7 +24,7 @@ struct Entry {
 
 /// Why an operation was turned away.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Refused {
+pub(super) struct Refused {
     /// What the device is doing now.
     pub doing: String,
     /// For how long, in seconds.
@@ -36,7 +36,7 @@ pub struct Refused {
 }
 
 /// A FIFO of device operations (tokio's mutex hands the lock out in request order).
-pub struct OpQueue {
+pub(super) struct OpQueue {
     lock: Arc<tokio::sync::Mutex<()>>,
     running: Mutex<Option<Entry>>,
     waiting: Mutex<VecDeque<Entry>>,
@@ -46,7 +46,7 @@ pub struct OpQueue {
 }
 
 /// The device is held by one operation until this is dropped.
-pub struct Turn<'a> {
+pub(super) struct Turn<'a> {
     queue: &'a OpQueue,
     _lock: OwnedMutexGuard<()>,
 }
@@ -75,7 +75,7 @@ impl Drop for Waiting<'_> {
 
 impl OpQueue {
     /// A queue that lets at most `capacity` operations wait.
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
             lock: Arc::new(tokio::sync::Mutex::new(())),
             running: Mutex::new(None),
@@ -86,7 +86,7 @@ impl OpQueue {
     }
 
     /// Waits for the device in arrival order, up to `bound`.
-    pub async fn enter(&self, doing: String, bound: Duration) -> Result<Turn<'_>, Refused> {
+    pub(super) async fn enter(&self, doing: String, bound: Duration) -> Result<Turn<'_>, Refused> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         {
             let mut waiting = self.waiting.lock().unwrap();
@@ -130,14 +130,14 @@ impl OpQueue {
     }
 
     /// Renames what the running operation is doing (for status and busy answers).
-    pub fn set_doing(&self, doing: String) {
+    pub(super) fn set_doing(&self, doing: String) {
         if let Some(e) = self.running.lock().unwrap().as_mut() {
             e.doing = doing;
         }
     }
 
     /// What the running operation is doing, if one runs.
-    pub fn doing(&self) -> Option<String> {
+    pub(super) fn doing(&self) -> Option<String> {
         self.running
             .lock()
             .unwrap()
@@ -146,7 +146,7 @@ impl OpQueue {
     }
 
     /// What waits, oldest first.
-    pub fn waiting(&self) -> Vec<String> {
+    pub(super) fn waiting(&self) -> Vec<String> {
         let waiting = self.waiting.lock().unwrap();
         waiting.iter().map(|e| e.doing.clone()).collect()
     }

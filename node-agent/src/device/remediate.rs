@@ -26,7 +26,7 @@ impl Device {
     /// Free: release pooled memory in the live worker, end this run's zombie workers and the
     /// orphans of earlier runs (and foreign processes, when policy allows).
     /// `kill_foreign`: the request's say on foreign processes (see `RemediateRequest`).
-    pub async fn free(
+    pub(crate) async fn free(
         self: &Arc<Self>,
         trigger: RemediationTrigger,
         kill_foreign: Option<bool>,
@@ -91,7 +91,7 @@ impl Device {
     /// Reset: end every worker, wait until memory is back at the baseline, reload the model
     /// that was active.
     /// `kill_foreign`: the request's say on foreign processes (see `RemediateRequest`).
-    pub async fn reset(
+    pub(crate) async fn reset(
         self: &Arc<Self>,
         trigger: RemediationTrigger,
         kill_foreign: Option<bool>,

@@ -72,7 +72,7 @@ impl Device {
     }
 
     /// One sampling tick. It never waits on a worker: the allocator poll runs on its own task.
-    pub async fn sample(self: &Arc<Self>, tick: u64) {
+    pub(crate) async fn sample(self: &Arc<Self>, tick: u64) {
         self.poll_worker();
         let Some(Snapshot {
             reading,

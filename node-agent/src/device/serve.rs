@@ -20,7 +20,7 @@ impl Device {
     /// operations queued before it). Returns the answer and the switch made, if any. Runs on
     /// a task of its own: a client that leaves cuts neither the switch nor the exchange with
     /// the worker short (a half-read answer would be read by the next request).
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: &Arc<Self>,
         model: &str,
         request: Request,
@@ -113,7 +113,7 @@ impl Device {
     }
 
     /// Test-only: makes the active worker hold `mib` more memory.
-    pub async fn leak(&self, mib: u64, pooled: bool) -> Result<String> {
+    pub(crate) async fn leak(&self, mib: u64, pooled: bool) -> Result<String> {
         let slot = self.slot.read().await;
         let active = slot
             .as_ref()

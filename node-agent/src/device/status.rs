@@ -15,7 +15,7 @@ use crate::units::mib;
 
 impl Device {
     /// The device's whole state.
-    pub fn status(&self) -> DeviceStatus {
+    pub(crate) fn status(&self) -> DeviceStatus {
         let policy = &self.ctx.config.policy;
         let busy_with = self.busy_with();
         let s = self.state.lock().unwrap();
@@ -104,7 +104,7 @@ impl Device {
     }
 
     /// The state of one model.
-    pub fn model_state(&self, model: &str) -> ModelState {
+    pub(crate) fn model_state(&self, model: &str) -> ModelState {
         let s = self.state.lock().unwrap();
         let loaded = s.active.as_ref().is_some_and(|a| a.model() == model);
         s.tracker
@@ -116,7 +116,7 @@ impl Device {
     }
 
     /// Memory samples, switches and remediations of the last `window_s` seconds.
-    pub fn history(&self, window_s: u64) -> HistoryResponse {
+    pub(crate) fn history(&self, window_s: u64) -> HistoryResponse {
         let now = jiff::Timestamp::now();
         let window_ms = (window_s as i64).saturating_mul(1000);
         let from = now.as_millisecond() - window_ms;

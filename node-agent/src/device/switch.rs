@@ -39,7 +39,7 @@ struct Loaded {
 
 impl Device {
     /// Switches to `model` with the device already held; returns what the API answers.
-    pub async fn switch_held(
+    pub(crate) async fn switch_held(
         self: &Arc<Self>,
         _held: &OpGuard<'_>,
         model: &str,
@@ -148,7 +148,7 @@ impl Device {
     }
 
     /// Switches to `model` on a task of its own, after the operations queued before it.
-    pub async fn switch(
+    pub(crate) async fn switch(
         self: &Arc<Self>,
         model: &str,
         trigger: SwitchTrigger,
@@ -163,7 +163,10 @@ impl Device {
     }
 
     /// Unloads the active model (if any), on a task of its own.
-    pub async fn unload(self: &Arc<Self>, trigger: SwitchTrigger) -> Result<Option<ReleaseReport>> {
+    pub(crate) async fn unload(
+        self: &Arc<Self>,
+        trigger: SwitchTrigger,
+    ) -> Result<Option<ReleaseReport>> {
         self.detached(move |device| async move {
             let held = device.enter("unloading").await?;
             device.unload_held(&held, trigger).await
@@ -172,7 +175,7 @@ impl Device {
     }
 
     /// Unloads the active model with the device already held.
-    pub async fn unload_held(
+    pub(crate) async fn unload_held(
         &self,
         _held: &OpGuard<'_>,
         trigger: SwitchTrigger,
@@ -452,7 +455,7 @@ impl Device {
 
     /// Loads every catalog model (or the given ones) in turn, then makes the model that was
     /// active before active again (or unloads, if none was).
-    pub async fn test_load(
+    pub(crate) async fn test_load(
         self: &Arc<Self>,
         models: Option<Vec<String>>,
     ) -> Result<TestLoadResponse> {

@@ -112,7 +112,7 @@ impl Catalog {
 }
 
 /// Lowercase letters, digits, '-' and '.', starting and ending with a letter or digit.
-pub fn is_dns_label(name: &str) -> bool {
+pub(crate) fn is_dns_label(name: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     !name.is_empty()
         && name.len() <= 63

@@ -70,7 +70,7 @@ pub struct Embeddings {
 }
 
 /// One kind of model: implemented by each kind's catalog entry (`models/<kind>.rs`).
-pub trait Kind {
+pub(crate) trait Kind {
     /// The kind's name in the catalog (`kind = "..."`) and the API.
     const NAME: &'static str;
 

@@ -14,9 +14,9 @@ use super::{
 use crate::backend::{ModelBackend, kernels::Kernels};
 
 /// Sentences per forward pass on the CPU (inputs are sorted by length first, to pad little).
-pub const CPU_BATCH: usize = 64;
+pub(crate) const CPU_BATCH: usize = 64;
 /// Sentences per forward pass on a GPU, which wants wide batches.
-pub const GPU_BATCH: usize = 256;
+pub(crate) const GPU_BATCH: usize = 256;
 
 /// Where MiniLM's files are: `model.safetensors`, `config.json`, `tokenizer.json`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]

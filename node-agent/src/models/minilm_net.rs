@@ -19,11 +19,11 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use crate::backend::kernels::Kernels;
 
 /// Parameters of all-MiniLM-L6-v2 (the pooler excluded).
-pub const PARAMS: u64 = 22_565_376;
+pub(crate) const PARAMS: u64 = 22_565_376;
 /// The longest input, in tokens.
-pub const MAX_TOKENS: usize = 256;
+pub(crate) const MAX_TOKENS: usize = 256;
 /// Embedding width.
-pub const DIM: usize = 384;
+pub(crate) const DIM: usize = 384;
 const VOCAB: usize = 30_522;
 const POSITIONS: usize = 512;
 const HEADS: usize = 12;
@@ -32,11 +32,11 @@ const FFN: usize = 1536;
 const EPS: f64 = 1e-12;
 
 /// The files a MiniLM directory must hold.
-pub const FILES: [&str; 2] = ["model.safetensors", "tokenizer.json"];
+pub(crate) const FILES: [&str; 2] = ["model.safetensors", "tokenizer.json"];
 
 /// One encoder layer.
 #[derive(Module, Debug)]
-pub struct Layer<B: Backend> {
+pub(crate) struct Layer<B: Backend> {
     query: Linear<B>,
     key: Linear<B>,
     value: Linear<B>,
@@ -49,7 +49,7 @@ pub struct Layer<B: Backend> {
 
 /// The BERT encoder.
 #[derive(Module, Debug)]
-pub struct Bert<B: Backend> {
+pub(crate) struct Bert<B: Backend> {
     word_embeddings: Embedding<B>,
     position_embeddings: Embedding<B>,
     token_type_embeddings: Embedding<B>,
@@ -58,7 +58,7 @@ pub struct Bert<B: Backend> {
 }
 
 /// The model with its tokenizer.
-pub struct MiniLm<B: Backend> {
+pub(crate) struct MiniLm<B: Backend> {
     bert: Bert<B>,
     tokenizer: Tokenizer,
     device: B::Device,
@@ -135,7 +135,7 @@ impl<B: Kernels> Layer<B> {
 }
 
 /// The weights file of a MiniLM directory, with a hint on how to get it.
-pub fn missing(dir: &Path) -> Option<String> {
+pub(crate) fn missing(dir: &Path) -> Option<String> {
     FILES
         .iter()
         .map(|f| dir.join(f))
@@ -153,7 +153,7 @@ pub fn missing(dir: &Path) -> Option<String> {
 impl<B: Kernels> MiniLm<B> {
     /// Loads the weights and the tokenizer from `dir`; `batch` sentences go through the
     /// model at once.
-    pub fn load(dir: &Path, device: &B::Device, batch: usize) -> Result<Self, String> {
+    pub(crate) fn load(dir: &Path, device: &B::Device, batch: usize) -> Result<Self, String> {
         if let Some(problem) = missing(dir) {
             return Err(problem);
         }
@@ -216,13 +216,13 @@ impl<B: Kernels> MiniLm<B> {
     }
 
     /// Parameters.
-    pub fn params(&self) -> u64 {
+    pub(crate) fn params(&self) -> u64 {
         self.bert.num_params() as u64
     }
 
     /// Normalised embeddings and token counts (after truncation, [CLS] and [SEP] included),
     /// in the order of `texts`.
-    pub fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
+    pub(crate) fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         // Sort by length so that each batch pads little; answers go back in input order.
         order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));

@@ -3,21 +3,21 @@
 //! Each kind is one file implementing [`Kind`] (`synthetic.rs`, `minilm.rs`), listed once in
 //! [`ModelKind`] and in [`each_kind!`]; everything else reaches a kind through them.
 
-pub mod catalog;
-pub mod kind;
-pub mod minilm;
-pub mod minilm_fetch;
-pub mod minilm_net;
-pub mod synthetic;
-pub mod synthetic_net;
-pub mod weights;
+pub(crate) mod catalog;
+pub(crate) mod kind;
+pub(crate) mod minilm;
+pub(crate) mod minilm_fetch;
+pub(crate) mod minilm_net;
+pub(crate) mod synthetic;
+pub(crate) mod synthetic_net;
+pub(crate) mod weights;
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 pub use catalog::Catalog;
-pub use kind::{Capabilities, Kind, Loaded, Size};
+pub(crate) use kind::{Capabilities, Kind, Loaded, Size};
 
 use crate::backend::ModelBackend;
 

@@ -13,9 +13,9 @@ use super::{
 use crate::backend::ModelBackend;
 
 /// The smallest synthetic model: below this the fixed overheads dominate every figure.
-pub const MIN_PARAMS: u64 = 100_000;
+pub(crate) const MIN_PARAMS: u64 = 100_000;
 /// The largest: 100 billion parameters.
-pub const MAX_PARAMS: u64 = 100_000_000_000;
+pub(crate) const MAX_PARAMS: u64 = 100_000_000_000;
 
 /// A synthetic model's catalog entry.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -11,7 +11,7 @@ use burn::{
 use super::{DType as WeightType, weights};
 
 /// Width of one attention head.
-pub const HEAD_DIM: u64 = 64;
+pub(crate) const HEAD_DIM: u64 = 64;
 
 /// The model's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Architecture {
 
 /// One decoder block.
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
+pub(crate) struct Block<B: Backend> {
     ln_attn: LayerNorm<B>,
     qkv: Linear<B>,
     out: Linear<B>,
@@ -56,7 +56,7 @@ pub struct Block<B: Backend> {
 
 /// The whole model.
 #[derive(Module, Debug)]
-pub struct SyntheticNet<B: Backend> {
+pub(crate) struct SyntheticNet<B: Backend> {
     tokens: Embedding<B>,
     positions: Embedding<B>,
     blocks: Vec<Block<B>>,
@@ -123,7 +123,7 @@ impl<B: Backend> burn::module::ModuleMapper<B> for CastTo {
 }
 
 /// The burn element type of a catalog dtype.
-pub fn burn_dtype(dtype: WeightType) -> DType {
+pub(crate) fn burn_dtype(dtype: WeightType) -> DType {
     match dtype {
         WeightType::F32 => DType::F32,
         WeightType::F16 => DType::F16,
@@ -135,7 +135,7 @@ impl<B: Backend> SyntheticNet<B> {
     /// Creates the model on `device` with the weights its seed defines: generated on the host
     /// by a counter-based generator (identical on every backend), or with `on_device` by the
     /// device's own generator (no transfer; identical on one GPU model).
-    pub fn new(
+    pub(crate) fn new(
         architecture: Architecture,
         weight_type: WeightType,
         seed: u64,
@@ -192,7 +192,7 @@ impl<B: Backend> SyntheticNet<B> {
     }
 
     /// Logits `[1, s, vocab]` for token ids `[s]`.
-    pub fn forward(&self, ids: &[u32]) -> Tensor<B, 3> {
+    pub(crate) fn forward(&self, ids: &[u32]) -> Tensor<B, 3> {
         let device = self.tokens.weight.device();
         let s = ids.len();
         let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();

@@ -11,13 +11,13 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// The seed of one tensor of a model, for generators seeded per tensor.
-pub fn tensor_seed(seed: u64, tensor: u64) -> u64 {
+pub(crate) fn tensor_seed(seed: u64, tensor: u64) -> u64 {
     mix(seed ^ mix(tensor))
 }
 
 /// `n` values uniform in `[-scale, scale)` for tensor `tensor` of the model seeded `seed`,
 /// generated on up to `threads` threads.
-pub fn uniform(seed: u64, tensor: u64, n: usize, scale: f32, threads: usize) -> Vec<f32> {
+pub(crate) fn uniform(seed: u64, tensor: u64, n: usize, scale: f32, threads: usize) -> Vec<f32> {
     let key = tensor_seed(seed, tensor);
     let mut out = vec![0f32; n];
     let chunk = n.div_ceil(threads.max(1)).max(1 << 16);

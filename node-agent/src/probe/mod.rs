@@ -1,9 +1,9 @@
 //! Device memory measurement: NVML on NVIDIA machines, procfs on the CPU. Both are real
 //! readings; the tracker treats them alike.
 
-pub mod nvml;
-pub mod process;
-pub mod procfs;
+pub(crate) mod nvml;
+pub(crate) mod process;
+pub(crate) mod procfs;
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::args::DeviceChoice;
 
 /// The backend a device's workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     /// burn-cuda on an NVIDIA GPU.
     Cuda,
     /// burn-flex on the CPU (burn's own CPU backend: AVX-512 or AVX2 GEMM, chosen at run time).
@@ -20,7 +20,7 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// The backend's name (`cuda`, `flex`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Cuda => "cuda",
             Self::Flex => "flex",
@@ -30,7 +30,7 @@ impl BackendKind {
 
 /// What does not change while the agent runs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DeviceInfo {
+pub(crate) struct DeviceInfo {
     /// Device index (NVML's; 0 for the CPU).
     pub index: u32,
     /// Product name, or `cpu`.
@@ -43,7 +43,7 @@ pub struct DeviceInfo {
 
 /// One process holding device memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessUsage {
+pub(crate) struct ProcessUsage {
     /// Process id (as this agent's /proc sees it).
     pub pid: u32,
     /// Device memory it holds.
@@ -52,7 +52,7 @@ pub struct ProcessUsage {
 
 /// One reading of a device's memory.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DeviceReading {
+pub(crate) struct DeviceReading {
     /// Total memory.
     pub total_bytes: u64,
     /// In use.
@@ -67,12 +67,12 @@ pub struct DeviceReading {
 
 impl DeviceReading {
     /// Memory the listed processes hold.
-    pub fn process_bytes(&self) -> u64 {
+    pub(crate) fn process_bytes(&self) -> u64 {
         self.processes.iter().map(|p| p.used_bytes).sum()
     }
 
     /// The usage of one process, 0 when it holds nothing.
-    pub fn usage_of(&self, pid: u32) -> u64 {
+    pub(crate) fn usage_of(&self, pid: u32) -> u64 {
         self.processes
             .iter()
             .find(|p| p.pid == pid)
@@ -83,10 +83,10 @@ impl DeviceReading {
 /// A failed reading.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct ProbeError(pub String);
+pub(crate) struct ProbeError(pub String);
 
 /// Reads one device's memory.
-pub trait DeviceProbe: Send + Sync {
+pub(crate) trait DeviceProbe: Send + Sync {
     /// The device.
     fn info(&self) -> &DeviceInfo;
     /// Reads memory now. Cheap enough to call every few milliseconds while verifying a release.
@@ -100,7 +100,7 @@ pub trait DeviceProbe: Send + Sync {
 }
 
 /// The devices of this machine and why they were chosen.
-pub struct Detected {
+pub(crate) struct Detected {
     /// One probe per device.
     pub probes: Vec<Arc<dyn DeviceProbe>>,
     /// Said once at start: which device and why.
@@ -111,11 +111,11 @@ pub struct Detected {
 }
 
 /// The oldest CUDA driver API the workers run on: cudarc binds CUDA 13.0 (driver R580+).
-pub const MIN_CUDA_DRIVER: i32 = 13_000;
+pub(crate) const MIN_CUDA_DRIVER: i32 = 13_000;
 
 /// Why `--device cuda` refuses to start.
 #[derive(Debug, thiserror::Error)]
-pub enum DetectError {
+pub(crate) enum DetectError {
     /// NVML cannot be loaded or initialised.
     #[error(
         "--device cuda: NVML is unusable ({0}). The NVIDIA driver's libnvidia-ml.so.1 must be \
@@ -136,7 +136,7 @@ pub enum DetectError {
 /// (NVML, the CUDA driver's version, MIG). GPUs in MIG mode are never managed.
 /// `foreign`: on the CPU device, processes whose command line matches it are listed as holders
 /// of device memory (their resident memory), like other tenants' processes on a GPU.
-pub fn detect(
+pub(crate) fn detect(
     agent_id: &str,
     choice: DeviceChoice,
     foreign: Option<regex::Regex>,

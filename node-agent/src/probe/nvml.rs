@@ -13,7 +13,7 @@ use super::{BackendKind, DeviceInfo, DeviceProbe, DeviceReading, ProbeError, Pro
 const MIG_ENABLED: u32 = 1;
 
 /// Measures one GPU.
-pub struct NvmlProbe {
+pub(crate) struct NvmlProbe {
     nvml: Arc<Nvml>,
     info: DeviceInfo,
     /// NVML's timestamp of the newest utilisation sample seen (µs).
@@ -21,7 +21,7 @@ pub struct NvmlProbe {
 }
 
 /// What NVML found on this machine.
-pub struct Inventory {
+pub(crate) struct Inventory {
     /// One probe per GPU the agent can manage.
     pub gpus: Vec<NvmlProbe>,
     /// GPUs left out, each with the reason (MIG mode).
@@ -34,7 +34,7 @@ pub struct Inventory {
 impl NvmlProbe {
     /// Every GPU NVML lists, GPUs in MIG mode refused; an error when the library or the driver
     /// is missing.
-    pub fn inventory() -> Result<Inventory, NvmlError> {
+    pub(crate) fn inventory() -> Result<Inventory, NvmlError> {
         let nvml = Arc::new(Nvml::init()?);
         let count = nvml.device_count()?;
         let mut gpus = vec![];
@@ -76,7 +76,7 @@ impl NvmlProbe {
     "GPU {index} ({name}) is in MIG mode: vramkeeper manages whole GPUs only; disable MIG \
      (nvidia-smi -i {index} -mig 0) or leave this GPU to another workload"
 )]
-pub struct MigRefused {
+pub(crate) struct MigRefused {
     /// NVML's index.
     pub index: u32,
     /// Product name.

@@ -6,11 +6,11 @@
 use std::{fs, os::unix::fs::MetadataExt};
 
 /// The environment variable that marks a worker: `<agent id>:<instance>`.
-pub const MARKER_ENV: &str = "VRAMKEEPER_WORKER_MARKER";
+pub(crate) const MARKER_ENV: &str = "VRAMKEEPER_WORKER_MARKER";
 
 /// The marker in a worker's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerMarker {
+pub(crate) struct WorkerMarker {
     /// The agent it belongs to (stable across restarts of that agent).
     pub agent_id: String,
     /// The run of that agent that started it.
@@ -18,21 +18,21 @@ pub struct WorkerMarker {
 }
 
 /// The process's name (`comm`), or `?` when it is gone or hidden.
-pub fn name(pid: u32) -> String {
+pub(crate) fn name(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_string())
         .unwrap_or_else(|_| "?".into())
 }
 
 /// Resident set size in bytes, `None` when the process is gone.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())
 }
 
 /// Whether the process exists and is not a zombie waiting to be reaped.
-pub fn is_alive(pid: u32) -> bool {
+pub(crate) fn is_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised name, which may itself hold parentheses.
         Ok(stat) => stat
@@ -45,7 +45,7 @@ pub fn is_alive(pid: u32) -> bool {
 
 /// The worker marker in the process's environment, if it runs as this agent's user and carries
 /// one.
-pub fn worker_marker(pid: u32) -> Option<WorkerMarker> {
+pub(crate) fn worker_marker(pid: u32) -> Option<WorkerMarker> {
     if owner_uid(pid)? != nix::unistd::geteuid().as_raw() {
         return None;
     }
@@ -54,17 +54,17 @@ pub fn worker_marker(pid: u32) -> Option<WorkerMarker> {
 }
 
 /// The user a process runs as (the owner of its /proc entry).
-pub fn owner_uid(pid: u32) -> Option<u32> {
+pub(crate) fn owner_uid(pid: u32) -> Option<u32> {
     fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
 }
 
 /// The marker value for a worker of `agent_id`, run `instance`.
-pub fn marker_value(agent_id: &str, instance: &str) -> String {
+pub(crate) fn marker_value(agent_id: &str, instance: &str) -> String {
     format!("{agent_id}:{instance}")
 }
 
 /// Parses a NUL-separated environment (`/proc/<pid>/environ`).
-pub fn parse_marker(environ: &[u8]) -> Option<WorkerMarker> {
+pub(crate) fn parse_marker(environ: &[u8]) -> Option<WorkerMarker> {
     let prefix = format!("{MARKER_ENV}=");
     let value = environ
         .split(|b| *b == 0)
@@ -79,7 +79,7 @@ pub fn parse_marker(environ: &[u8]) -> Option<WorkerMarker> {
 
 /// When the process started, in clock ticks since boot (`/proc/<pid>/stat` field 22): with the
 /// pid, it names one process for good (a reused pid starts later).
-pub fn start_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised name, which may itself hold spaces and parentheses:
     // state is field 3, so start time (22) is the 20th after the name.
@@ -92,7 +92,7 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 /// CPU time the process has used, in clock ticks (user + system).
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
     // utime and stime are fields 14 and 15: the 12th and 13th after the name.
@@ -102,7 +102,7 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// How long the process has existed.
-pub fn age(pid: u32) -> Option<std::time::Duration> {
+pub(crate) fn age(pid: u32) -> Option<std::time::Duration> {
     let started = start_ticks(pid)? as f64 / procfs::ticks_per_second() as f64;
     let uptime: f64 = fs::read_to_string("/proc/uptime")
         .ok()?
@@ -114,7 +114,7 @@ pub fn age(pid: u32) -> Option<std::time::Duration> {
 }
 
 /// Live processes whose command line matches `pattern`.
-pub fn matching(pattern: &regex::Regex) -> Vec<u32> {
+pub(crate) fn matching(pattern: &regex::Regex) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return vec![];
     };
@@ -125,7 +125,7 @@ pub fn matching(pattern: &regex::Regex) -> Vec<u32> {
 }
 
 /// The process's command line, arguments joined by spaces (empty when gone or hidden).
-pub fn cmdline(pid: u32) -> String {
+pub(crate) fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
             raw.split(|b| *b == 0)
@@ -138,7 +138,7 @@ pub fn cmdline(pid: u32) -> String {
 }
 
 /// Every live process that carries some vramkeeper worker marker and runs as this user.
-pub fn marked_workers() -> Vec<(u32, WorkerMarker)> {
+pub(crate) fn marked_workers() -> Vec<(u32, WorkerMarker)> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return vec![];
     };
@@ -150,7 +150,7 @@ pub fn marked_workers() -> Vec<(u32, WorkerMarker)> {
 }
 
 /// Every live vramkeeper worker of the given agent, with its marker.
-pub fn workers_of(agent_id: &str) -> Vec<(u32, WorkerMarker)> {
+pub(crate) fn workers_of(agent_id: &str) -> Vec<(u32, WorkerMarker)> {
     marked_workers()
         .into_iter()
         .filter(|(_, m)| m.agent_id == agent_id)

@@ -9,7 +9,7 @@ use procfs::Current;
 use regex::Regex;
 
 /// Measures the CPU device of one agent.
-pub struct ProcfsProbe {
+pub(crate) struct ProcfsProbe {
     info: DeviceInfo,
     agent_id: String,
     foreign: Option<Regex>,
@@ -17,7 +17,7 @@ pub struct ProcfsProbe {
 
 impl ProcfsProbe {
     /// The CPU device of the agent `agent_id`; `foreign` picks other processes to list.
-    pub fn new(agent_id: &str, foreign: Option<Regex>) -> Self {
+    pub(crate) fn new(agent_id: &str, foreign: Option<Regex>) -> Self {
         Self {
             foreign,
             info: DeviceInfo {

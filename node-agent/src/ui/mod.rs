@@ -83,7 +83,7 @@ fn serve(asset: &Asset) -> Response {
 }
 
 /// The page's routes.
-pub fn router() -> Router<Arc<App>> {
+pub(crate) fn router() -> Router<Arc<App>> {
     let mut router = Router::new().route("/", get(|| async { serve(&INDEX) }));
     for (path, asset) in ASSETS {
         router = router.route(path, get(move || async move { serve(asset) }));

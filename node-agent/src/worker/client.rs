@@ -18,7 +18,7 @@ use crate::probe::{BackendKind, DeviceInfo, process};
 
 /// How to start workers.
 #[derive(Debug, Clone)]
-pub struct WorkerLaunch {
+pub(crate) struct WorkerLaunch {
     /// The agent binary (workers are the same binary, `worker` subcommand).
     pub exe: PathBuf,
     /// The agent's stable id (the marker orphans are found by).
@@ -87,7 +87,7 @@ pub enum WorkerError {
 /// named by UUID (`CUDA_VISIBLE_DEVICES=GPU-...`), as its device 0; without a UUID, the NVML
 /// index in PCI bus order (`CUDA_DEVICE_ORDER=PCI_BUS_ID`, NVML's order). CPU workers get
 /// nothing.
-pub fn cuda_selection(device: &DeviceInfo) -> (u32, Vec<(&'static str, String)>) {
+pub(crate) fn cuda_selection(device: &DeviceInfo) -> (u32, Vec<(&'static str, String)>) {
     if device.backend != BackendKind::Cuda {
         return (0, vec![]);
     }
@@ -104,7 +104,7 @@ pub fn cuda_selection(device: &DeviceInfo) -> (u32, Vec<(&'static str, String)>)
 /// agent is the parent), publishes how it ended, and is the only one that signals the child,
 /// so a kill can never hit a reused pid. Dropping the handle kills the worker: no path of the
 /// agent's own request handling can orphan one.
-pub struct WorkerHandle {
+pub(crate) struct WorkerHandle {
     pid: u32,
     kill: mpsc::UnboundedSender<()>,
     exit: watch::Receiver<Option<String>>,
@@ -137,14 +137,14 @@ fn spawn_reaper(mut child: Child) -> (mpsc::UnboundedSender<()>, watch::Receiver
 
 /// How a worker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ended {
+pub(crate) struct Ended {
     /// It did not exit when asked and was killed.
     pub killed: bool,
 }
 
 impl WorkerHandle {
     /// Starts a worker for `device` and waits until it answers.
-    pub async fn spawn(
+    pub(crate) async fn spawn(
         launch: &WorkerLaunch,
         device: &DeviceInfo,
         seq: u64,
@@ -241,24 +241,31 @@ impl WorkerHandle {
     }
 
     /// The worker's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
     /// The backend it runs.
-    pub fn backend(&self) -> BackendKind {
+    pub(crate) fn backend(&self) -> BackendKind {
         self.backend
     }
 
     /// Sends one request and waits for the answer. After a timeout or a broken connection
     /// the worker is unusable: the caller ends it.
-    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, WorkerError> {
+    pub(crate) async fn call(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, WorkerError> {
         let mut guard = self.conn.lock().await;
         self.exchange(&mut guard, request, timeout).await
     }
 
     /// Reads the worker's memory figures unless another request holds the connection.
-    pub async fn try_memory(&self, timeout: Duration) -> Option<Result<WorkerMemory, WorkerError>> {
+    pub(crate) async fn try_memory(
+        &self,
+        timeout: Duration,
+    ) -> Option<Result<WorkerMemory, WorkerError>> {
         let mut guard = self.conn.try_lock().ok()?;
         Some(
             match self.exchange(&mut guard, Request::Memory, timeout).await {
@@ -320,7 +327,7 @@ impl WorkerHandle {
     }
 
     /// Reads the worker's memory figures.
-    pub async fn memory(&self, timeout: Duration) -> Result<WorkerMemory, WorkerError> {
+    pub(crate) async fn memory(&self, timeout: Duration) -> Result<WorkerMemory, WorkerError> {
         match self.call(Request::Memory, timeout).await? {
             Response::Memory(m) => Ok(m),
             other => Err(self.unexpected("memory", other)),
@@ -328,7 +335,7 @@ impl WorkerHandle {
     }
 
     /// Asks the worker to release pooled memory; returns the bytes released.
-    pub async fn cleanup(&self, timeout: Duration) -> Result<u64, WorkerError> {
+    pub(crate) async fn cleanup(&self, timeout: Duration) -> Result<u64, WorkerError> {
         match self.call(Request::Cleanup, timeout).await? {
             Response::Cleaned {
                 reserved_before,
@@ -339,7 +346,7 @@ impl WorkerHandle {
     }
 
     /// An answer of the wrong kind.
-    pub fn unexpected(&self, op: &'static str, response: Response) -> WorkerError {
+    pub(crate) fn unexpected(&self, op: &'static str, response: Response) -> WorkerError {
         WorkerError::Protocol {
             pid: self.pid,
             op,
@@ -348,7 +355,7 @@ impl WorkerHandle {
     }
 
     /// Asks the worker to exit, waits up to `grace`, then kills it; returns once it is reaped.
-    pub async fn shutdown(&self, grace: Duration) -> Ended {
+    pub(crate) async fn shutdown(&self, grace: Duration) -> Ended {
         let asked = {
             let mut guard = self.conn.lock().await;
             match guard.as_mut() {
@@ -372,7 +379,7 @@ impl WorkerHandle {
     }
 
     /// Kills the worker at once and returns once it is reaped.
-    pub async fn kill(&self) {
+    pub(crate) async fn kill(&self) {
         *self.conn.lock().await = None;
         let _ = self.kill.send(());
         self.exited().await;
@@ -380,12 +387,12 @@ impl WorkerHandle {
     }
 
     /// How the process ended, once it has (`None` while it runs).
-    pub fn exit_status(&self) -> Option<String> {
+    pub(crate) fn exit_status(&self) -> Option<String> {
         self.exit.borrow().clone()
     }
 
     /// Resolves when the process has exited (and been reaped), with how it ended.
-    pub async fn exited(&self) -> String {
+    pub(crate) async fn exited(&self) -> String {
         let mut exit = self.exit.clone();
         match exit.wait_for(Option::is_some).await {
             Ok(status) => status.clone().unwrap_or_default(),
@@ -395,7 +402,7 @@ impl WorkerHandle {
     }
 
     /// A receiver that sees the exit, for watchers that outlive a borrow of the handle.
-    pub fn exit_watch(&self) -> watch::Receiver<Option<String>> {
+    pub(crate) fn exit_watch(&self) -> watch::Receiver<Option<String>> {
         self.exit.clone()
     }
 
@@ -418,7 +425,7 @@ impl WorkerHandle {
 }
 
 /// `exit status 3`, or `signal 9 (SIGKILL)`.
-pub fn describe_exit(status: std::process::ExitStatus) -> String {
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
@@ -434,7 +441,7 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
 
 /// Kills a process that is not our child (an orphan or a foreign process) and waits, up to
 /// `wait`, until it is gone. True when it is gone.
-pub async fn kill_pid(pid: u32, wait: Duration) -> bool {
+pub(crate) async fn kill_pid(pid: u32, wait: Duration) -> bool {
     use nix::{sys::signal, unistd::Pid};
     let _ = signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGKILL);
     let deadline = Instant::now() + wait;

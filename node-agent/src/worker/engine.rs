@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// A model load's figures.
-pub struct LoadInfo {
+pub(crate) struct LoadInfo {
     /// Parameters.
     pub params: u64,
     /// Bytes of the parameters.
@@ -27,7 +27,7 @@ pub struct LoadInfo {
 }
 
 /// A forward pass's result.
-pub struct Inference {
+pub(crate) struct Inference {
     /// Arg-max per position.
     pub next_tokens: Vec<u32>,
     /// Sum of the logits.
@@ -37,7 +37,7 @@ pub struct Inference {
 }
 
 /// A model runner, independent of the backend.
-pub trait Engine {
+pub(crate) trait Engine {
     /// The backend's name.
     fn backend(&self) -> &'static str;
     /// Builds a model (replacing any).
@@ -57,7 +57,7 @@ pub trait Engine {
 }
 
 /// The engine of backend `B`.
-pub struct BurnEngine<B: ModelBackend> {
+pub(crate) struct BurnEngine<B: ModelBackend> {
     device: B::Device,
     name: &'static str,
     model: Option<Box<dyn Loaded<B>>>,
@@ -67,7 +67,7 @@ pub struct BurnEngine<B: ModelBackend> {
 
 impl<B: ModelBackend> BurnEngine<B> {
     /// An engine on `device`.
-    pub fn new(device: B::Device, name: &'static str) -> Self {
+    pub(crate) fn new(device: B::Device, name: &'static str) -> Self {
         Self {
             device,
             name,

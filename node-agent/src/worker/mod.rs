@@ -1,6 +1,6 @@
 //! Worker processes: one per loaded model, the same binary started with `worker`.
 
-pub mod client;
-pub mod engine;
+pub(crate) mod client;
+pub(crate) mod engine;
 pub mod protocol;
-pub mod server;
+pub(crate) mod server;

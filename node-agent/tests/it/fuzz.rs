@@ -33,10 +33,9 @@ use vramkeeper_crds::{
     },
     openai::EmbeddingRequest,
 };
-use vramkeeper_node_agent::{
-    api::{ApiJson, BODY_LIMIT},
-    models::Catalog,
-    worker::protocol::{self, FrameError, MAX_FRAME, WorkerMemory},
+use vramkeeper_node_agent::fuzzing::{
+    ApiJson, BODY_LIMIT, Catalog,
+    protocol::{self, FrameError, MAX_FRAME, WorkerMemory},
 };
 
 const CASES: u32 = 256;

@@ -20,11 +20,11 @@ use vramkeeper_crds::api;
 use super::route::{AuthClass, Operation, Route};
 
 /// Where the document is served.
-pub const PATH: &str = "/openapi.json";
+pub(super) const PATH: &str = "/openapi.json";
 
 /// The document, built once from the whole table; `api::router` builds it before serving, so
 /// that a schema which cannot be built fails the start rather than a request.
-pub static DOCUMENT: LazyLock<String> =
+pub(super) static DOCUMENT: LazyLock<String> =
     LazyLock::new(|| document(&super::routes(true)).to_string());
 
 pub(super) fn routes() -> Vec<Route> {
@@ -55,7 +55,7 @@ fn generator(serialize: bool) -> SchemaGenerator {
 }
 
 /// The OpenAPI document of `routes` (those with an operation).
-pub fn document(routes: &[Route]) -> Value {
+pub(super) fn document(routes: &[Route]) -> Value {
     // Request bodies as the agent reads them (defaults make fields optional), responses as it
     // writes them: two generators, one set of components.
     let mut requests = generator(false);

@@ -6,12 +6,12 @@ use serde_json::{Map, Value, json};
 use crate::api::route::{AuthClass, Operation, Route, Success};
 
 /// The operation's key in its path item: `get`, `post`.
-pub fn method(route: &Route) -> String {
+pub(super) fn method(route: &Route) -> String {
     route.method.as_str().to_ascii_lowercase()
 }
 
 /// The operation of `route`, its schemas added to the generators.
-pub fn operation(
+pub(super) fn operation(
     route: &Route,
     op: &Operation,
     requests: &mut SchemaGenerator,
