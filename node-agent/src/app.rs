@@ -10,7 +10,6 @@ use vramkeeper_crds::api::{AgentInfo, DeviceStatus, RemediationReport};
 use crate::{
     access::{Access, token_source::TokenSource},
     device::{Device, ManagedBy},
-    error::{ApiError, Result},
     metrics::Metrics,
     models::Catalog,
     report::ReportSource,
@@ -60,24 +59,6 @@ impl Limiter {
             ));
             wait.as_secs() + 1
         })
-    }
-}
-
-impl App {
-    /// The device of index `gpu`, or a 404 naming the ones there are.
-    pub(crate) fn device(&self, gpu: u32) -> Result<&Arc<Device>> {
-        self.devices
-            .iter()
-            .find(|d| d.info.index == gpu)
-            .ok_or_else(|| ApiError::UnknownDevice {
-                gpu,
-                known: self
-                    .devices
-                    .iter()
-                    .map(|d| d.info.index.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
     }
 }
 

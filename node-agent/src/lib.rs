@@ -38,7 +38,6 @@ mod app;
 pub mod args;
 mod backend;
 mod device;
-mod error;
 mod ghost;
 mod history;
 mod http_server;

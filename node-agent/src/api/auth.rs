@@ -11,7 +11,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{app::App, error::ApiError};
+use super::error::ApiError;
+use crate::app::App;
 
 fn presented(request: &Request) -> Option<&str> {
     request

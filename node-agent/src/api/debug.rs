@@ -12,10 +12,10 @@ use super::{
     route::{AuthClass, Route},
 };
 use crate::{
+    api::error::{ApiError, Result},
     app::App,
     args::Fault,
     device::FaultHooks,
-    error::{ApiError, Result},
 };
 
 /// Acting routes (the token whenever one is configured); `api::routes` adds them only with

@@ -14,8 +14,8 @@ use super::{
     route::{AuthClass, Operation, Route, SERVING_ERRORS},
 };
 use crate::{
+    api::error::{ApiError, Result},
     app::App,
-    error::{ApiError, Result},
     worker::protocol::{Request, Response, decode_f32},
 };
 

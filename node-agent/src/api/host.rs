@@ -25,7 +25,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{access::host::host_part, app::App, error::ApiError};
+use crate::{access::host::host_part, api::error::ApiError, app::App};
 
 /// The `host[:port]` of an `Origin` (`scheme://host[:port]`), lower case.
 fn origin_authority(origin: &str) -> Option<String> {

@@ -15,7 +15,7 @@ use axum::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::BODY_LIMIT;
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// A JSON request body or response.
 pub struct ApiJson<T>(pub T);

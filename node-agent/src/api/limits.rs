@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use vramkeeper_crds::openai::{MAX_INPUT_CHARS, MAX_INPUTS};
 
 use crate::{
-    error::{ApiError, Result},
+    api::error::{ApiError, Result},
     models::Catalog,
 };
 

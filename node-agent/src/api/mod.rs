@@ -14,6 +14,7 @@
 pub(crate) mod auth;
 mod debug;
 mod embeddings;
+pub(crate) mod error;
 mod gpu;
 mod health;
 pub(crate) mod host;
@@ -38,8 +39,9 @@ use axum::{
 };
 use tower_http::trace::TraceLayer;
 
+use self::error::{ApiError, Result};
 use self::route::{AuthClass, Route};
-use crate::{app::App, error::ApiError};
+use crate::{app::App, device::Device};
 
 /// The largest request body accepted (embedding batches are the largest).
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -118,5 +120,23 @@ fn guard(
             app,
             auth::require_credential_for_inference,
         )),
+    }
+}
+
+impl App {
+    /// The device of index `gpu`, or a 404 naming the ones there are.
+    pub(crate) fn device(&self, gpu: u32) -> Result<&Arc<Device>> {
+        self.devices
+            .iter()
+            .find(|d| d.info.index == gpu)
+            .ok_or_else(|| ApiError::UnknownDevice {
+                gpu,
+                known: self
+                    .devices
+                    .iter()
+                    .map(|d| d.info.index.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 }

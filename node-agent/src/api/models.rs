@@ -16,8 +16,8 @@ use super::{
     route::{ACTING_ERRORS, AuthClass, Operation, Route},
 };
 use crate::{
+    api::error::{ApiError, Result},
     app::App,
-    error::{ApiError, Result},
 };
 
 pub(super) fn routes() -> Vec<Route> {

@@ -11,8 +11,8 @@ use super::{
     route::{AuthClass, GPU, Operation, Route, WINDOW},
 };
 use crate::{
+    api::error::{ApiError, Result},
     app::App,
-    error::{ApiError, Result},
 };
 
 pub(super) fn routes() -> Vec<Route> {
