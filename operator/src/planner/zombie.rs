@@ -100,7 +100,10 @@ pub(super) fn ladder(input: &Input<'_>, since: Timestamp, zombie: Zombie) -> Pla
 /// Where an earlier episode's steps end, from the ladder's typed memory (never from the
 /// Degraded condition): none while the ladder holds Degraded at this generation; when it gave
 /// up at an earlier generation, since when it has been Degraded (a spec change ends the episode
-/// it judged); when it was lifted, the time of the lift.
+/// it judged); when it was lifted, the time of the lift. Before `ladder.liftedAt` existed the
+/// Degraded condition's `lastTransitionTime` served, which also cut off steps older than the
+/// operator's first reconcile (when the condition was first written False); now only a lift
+/// does, and the episode's start (`ladder.episodeSince`) bounds the rest.
 fn restart_marker(status: &GpuModelStatus, generation: i64) -> Option<Timestamp> {
     let ladder = status.ladder.as_ref()?;
     match &ladder.degraded {
