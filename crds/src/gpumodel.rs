@@ -244,8 +244,9 @@ pub struct GpuModelStatus {
     pub reported_at: Option<String>,
 
     /// The zombie ladder's memory (set by the operator): the episode under way, the steps taken
-    /// in it, and the resets that count against `maxResetsPerHour`. Kept here so that a restart
-    /// of the operator or of the agent never resets a budget.
+    /// in it, the resets that count against `maxResetsPerHour`, and whether it gave up
+    /// (`degraded`, which the `Degraded` condition shows). Kept here so that a restart of the
+    /// operator or of the agent never resets a budget or lifts a hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ladder: Option<LadderStatus>,
 
