@@ -244,8 +244,9 @@ pub struct GpuModelStatus {
     pub reported_at: Option<String>,
 
     /// The zombie ladder's memory (set by the operator): the episode under way, the steps taken
-    /// in it, and the resets that count against `maxResetsPerHour`. Kept here so that a restart
-    /// of the operator or of the agent never resets a budget.
+    /// in it, the resets that count against `maxResetsPerHour`, and whether it gave up
+    /// (`degraded`, which the `Degraded` condition shows). Kept here so that a restart of the
+    /// operator or of the agent never resets a budget or lifts a hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ladder: Option<LadderStatus>,
 
@@ -299,6 +300,53 @@ pub struct LadderStatus {
     /// `maxResetsPerHour` counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resets: Vec<String>,
+    /// Where the ladder gave up (the `Degraded` condition says so): absent while it has not.
+    /// The hold lasts while the ghost persists (or its episode is open) at `generation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<DegradedStatus>,
+    /// When the operator last lifted `degraded` (RFC 3339): frees and resets before it belong
+    /// to the episode that was judged, and the ladder starts again after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_at: Option<String>,
+}
+
+/// The zombie ladder gave up: no more automatic action until the ghost clears or the spec
+/// changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DegradedStatus {
+    /// The `metadata.generation` it gave up at: a spec change ends the hold.
+    pub generation: i64,
+    /// Why it gave up (the `Degraded` condition's reason).
+    pub reason: DegradedReason,
+    /// What the operator said (the `Degraded` condition's message).
+    #[serde(default)]
+    pub message: String,
+    /// Since when it has been Degraded (RFC 3339), kept when it gives up again at a later
+    /// generation without being lifted in between.
+    pub since: String,
+}
+
+/// Why the zombie ladder gave up.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DegradedReason {
+    /// A free and then a reset did not clear the ghost.
+    ResetDidNotClear,
+    /// A free did not clear the ghost, and the hour's reset budget is spent.
+    ResetBudgetSpent,
+    /// A free did not clear the ghost, and the policy allows no reset.
+    NoResetAllowed,
+}
+
+impl DegradedReason {
+    /// The `Degraded` condition's reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ResetDidNotClear => "ResetDidNotClear",
+            Self::ResetBudgetSpent => "ResetBudgetSpent",
+            Self::NoResetAllowed => "NoResetAllowed",
+        }
+    }
 }
 
 /// A load the agent refused because it does not know the model.

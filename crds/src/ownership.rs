@@ -1,14 +1,15 @@
 //! One owner per (node, GPU): when several GpuModels name the same GPU, the oldest owns it
-//! (earliest `creationTimestamp`; within one second, the one already acting on the GPU, whose
-//! `Ready` condition shows no conflict; then the smallest name), so that every operator
-//! replica, every reconcile and the node agent pick the same one. The others get `Ready=False`
-//! reason [`CONFLICT`] and act on nothing.
+//! (earliest `creationTimestamp`; within one second, the incumbent: the one the operator has
+//! reconciled and not found in conflict, by the typed `status.phase` and `status.conflictWith`;
+//! then the smallest name), so that every operator replica, every reconcile and the node agent
+//! pick the same one. The others get `status.conflictWith` naming the owner and `Ready=False`
+//! reason [`CONFLICT`], and act on nothing.
 
 use std::cmp::Ordering;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::{GpuModel, conditions::READY};
+use crate::GpuModel;
 
 /// The `Ready` reason of a GpuModel that does not own its GPU.
 pub const CONFLICT: &str = "Conflict";
@@ -17,16 +18,26 @@ pub const CONFLICT: &str = "Conflict";
 /// yet stored, is the youngest); within the same second (creation times have whole seconds),
 /// the incumbent; then by name.
 fn seniority(gm: &GpuModel) -> (Option<&Time>, bool, &str) {
-    let incumbent = gm.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.reason != CONFLICT)
-    });
     (
         gm.metadata.creation_timestamp.as_ref(),
-        !incumbent,
+        !incumbent(gm),
         gm.metadata.name.as_deref().unwrap_or_default(),
     )
+}
+
+/// Whether `gm` already acts on its GPU: the operator has written its status (`phase`, which
+/// the operator always writes and the agent never does) and did not find it in conflict
+/// (`conflictWith` absent). Read from typed fields only, never from `Ready`'s reason.
+///
+/// A status written before `conflictWith` existed says a conflict only in `Ready`'s reason, so
+/// such an object counts as incumbent here: against an owner created in the same second, the
+/// name then decides, and may hand the GPU over once. This does not fall back to the reason:
+/// that form never shipped (`conflictWith` came with the same unreleased v1alpha1 CRD, before
+/// any release of the chart), and a typed contract is worth more than that one case.
+fn incumbent(gm: &GpuModel) -> bool {
+    gm.status
+        .as_ref()
+        .is_some_and(|s| s.phase.is_some() && s.conflict_with.is_none())
 }
 
 /// Orders by seniority, the most senior first.
@@ -78,7 +89,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::{Condition, GpuModelSpec, GpuModelStatus};
+    use crate::{Condition, GpuModelSpec, GpuModelStatus, Phase};
 
     fn gm(name: &str, node: &str, gpu: u32, created: Option<i64>) -> GpuModel {
         let mut g = GpuModel::new(
@@ -121,22 +132,64 @@ mod tests {
         assert_eq!(owner_other_than(&b, [&fresh, &a]), None);
     }
 
-    #[test]
-    fn within_one_second_the_incumbent_owns() {
-        let mut old = gm("zz-old", "n", 0, Some(1));
-        old.status = Some(GpuModelStatus {
-            conditions: vec![Condition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                reason: "ModelActive".into(),
-                message: String::new(),
-                last_transition_time: "2027-01-01T00:00:00Z".into(),
-                observed_generation: Some(1),
-            }],
+    fn ready(reason: &str) -> Condition {
+        Condition {
+            type_: "Ready".into(),
+            status: if reason == CONFLICT { "False" } else { "True" }.into(),
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: "2027-01-01T00:00:00Z".into(),
+            observed_generation: Some(1),
+        }
+    }
+
+    fn with_status(
+        mut g: GpuModel,
+        phase: Option<Phase>,
+        conflict_with: Option<&str>,
+        ready_reason: &str,
+    ) -> GpuModel {
+        g.status = Some(GpuModelStatus {
+            phase,
+            conflict_with: conflict_with.map(Into::into),
+            conditions: vec![ready(ready_reason)],
             ..Default::default()
         });
+        g
+    }
+
+    #[test]
+    fn within_one_second_the_incumbent_owns() {
+        let old = with_status(
+            gm("zz-old", "n", 0, Some(1)),
+            Some(Phase::Ready),
+            None,
+            "ModelActive",
+        );
         let new = gm("aa-new", "n", 0, Some(1));
         assert_eq!(owner_other_than(&new, [&old, &new]), Some("zz-old".into()));
         assert_eq!(owner_other_than(&old, [&old, &new]), None);
+    }
+
+    #[test]
+    fn incumbency_is_read_from_typed_fields_not_from_ready() {
+        let new = || gm("aa-new", "n", 0, Some(1));
+        let old = |phase, conflict_with, reason| {
+            with_status(gm("zz-old", "n", 0, Some(1)), phase, conflict_with, reason)
+        };
+        let owner = |old: &GpuModel| {
+            owner_of([old, &new()], "n", 0)
+                .and_then(|g| g.metadata.name.clone())
+                .unwrap()
+        };
+        // conflictWith set: not the incumbent, whatever Ready says.
+        let o = old(Some(Phase::Ready), Some("aa-new"), "ModelActive");
+        assert_eq!(owner(&o), "aa-new");
+        // Ready says Conflict but conflictWith is absent: the incumbent.
+        let o = old(Some(Phase::Failed), None, CONFLICT);
+        assert_eq!(owner(&o), "zz-old");
+        // Never written by the operator (no phase; the agent's fields only): not incumbent.
+        let o = old(None, None, "ModelActive");
+        assert_eq!(owner(&o), "aa-new");
     }
 }

@@ -232,3 +232,20 @@ fn bad_fixtures_are_rejected_for_their_reason() {
         );
     }
 }
+
+#[test]
+fn a_ladder_written_before_degraded_existed_parses_without_it() {
+    let old = serde_json::json!({
+        "episodeSince": "2026-11-26T20:00:00Z", "attempts": 1, "lastFree": "2026-11-26T20:00:30Z"
+    });
+    let l: vramkeeper_crds::LadderStatus = serde_json::from_value(old).unwrap();
+    assert_eq!((l.degraded, l.lifted_at, l.attempts), (None, None, 1));
+}
+
+#[test]
+fn degraded_reasons_are_the_condition_reasons() {
+    use vramkeeper_crds::DegradedReason::*;
+    for r in [ResetDidNotClear, ResetBudgetSpent, NoResetAllowed] {
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+    }
+}

@@ -3,17 +3,19 @@
 //! `conflictWith`), derived purely from the plan, what came of it, and the status before.
 //!
 //! Conditions are output only: nothing here or in the planner decides anything from an
-//! earlier condition's reason or message. An earlier condition is read back only to keep its
-//! `lastTransitionTime` while its status stays, and to carry ZombieMemory and Degraded over
-//! unchanged while the agent cannot be heard (the Degraded hold must survive an agent
-//! restart).
+//! earlier condition. An earlier condition is read back only to keep its `lastTransitionTime`
+//! while its status stays, and to carry ZombieMemory and Degraded over unchanged while the
+//! agent cannot be heard. The Degraded hold itself lives in `ladder.degraded` (the generation,
+//! reason, words and since when), which the Degraded condition is built from; lifting it
+//! records `ladder.liftedAt`, where the ladder starts again.
 //!
 //! `derive` composes one function per condition (`ready`, `switching`, `zombie_memory`,
 //! `degraded`) and `phase`; each returns a [`Verdict`] and is tested on its own.
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
-    Condition, GpuModelSpec, GpuModelStatus, LadderStatus, Phase, UnknownModelStatus,
+    Condition, DegradedReason, DegradedStatus, GpuModelSpec, GpuModelStatus, LadderStatus, Phase,
+    UnknownModelStatus,
 };
 
 pub use vramkeeper_crds::conditions::{DEGRADED, READY, SWITCHING, TERMINATING, ZOMBIE_MEMORY};
@@ -106,14 +108,6 @@ impl Builder<'_> {
         }
     }
 
-    /// Keeps the earlier condition as it is; `v` when there is none.
-    fn keep(&mut self, type_: &str, v: Verdict) {
-        match self.prev.iter().find(|c| c.type_ == type_) {
-            Some(c) => self.out.push(c.clone()),
-            None => self.set(type_, v),
-        }
-    }
-
     /// Keeps the earlier condition as it is; Unknown when there is none.
     fn carry(&mut self, type_: &str) {
         match self.prev.iter().find(|c| c.type_ == type_) {
@@ -183,18 +177,13 @@ pub fn derive(
     let switch_summary = (switching_v.reason == reason::DONE).then(|| switching_v.message.clone());
     b.set(SWITCHING, switching_v);
     b.set(ZOMBIE_MEMORY, zombie_memory(&f));
-    match degraded(&f) {
-        Some(v) => b.set(DEGRADED, v),
-        None => b.keep(
-            DEGRADED,
-            verdict(true, reason::ZOMBIE_MEMORY, "zombie memory persists"),
-        ),
-    }
+    let ladder = ladder_after(&f, generation, now);
+    b.set(DEGRADED, degraded(ladder.degraded.as_ref()));
     OperatorStatus {
         phase: phase(&f, is_ready, is_switching),
         observed_generation: Some(generation),
         conditions: b.out,
-        ladder: Some(plan.ladder.clone()).filter(|l| *l != LadderStatus::default()),
+        ladder: Some(ladder).filter(|l| *l != LadderStatus::default()),
         unknown_model,
         switch_summary,
         conflict_with: None,
@@ -495,38 +484,62 @@ fn phase(f: &Facts<'_>, ready: bool, switching: bool) -> Phase {
     }
 }
 
-/// Degraded: the ladder gave up. `None` while it holds from an earlier reconcile: the
-/// condition that said so stays as it is.
-fn degraded(f: &Facts<'_>) -> Option<Verdict> {
+/// The ladder's memory after this reconcile: giving up is recorded (since when carried over
+/// from an earlier generation's, as a condition's `lastTransitionTime` is), a hold stays as it
+/// is, and anything else lifts it.
+fn ladder_after(f: &Facts<'_>, generation: i64, now: Timestamp) -> LadderStatus {
+    let mut l = f.plan.ladder.clone();
     match &f.plan.step {
-        Step::MarkDegraded(why) => Some(degraded_words(why, f.spec)),
-        Step::Wait(Wait::Degraded) => None,
-        _ => Some(verdict(
+        Step::MarkDegraded(why) => {
+            let (reason, message) = degraded_words(why, f.spec);
+            let since = l
+                .degraded
+                .as_ref()
+                .map_or_else(|| now.to_string(), |d| d.since.clone());
+            l.degraded = Some(DegradedStatus {
+                generation,
+                reason,
+                message,
+                since,
+            });
+        }
+        Step::Wait(Wait::Degraded) => {}
+        _ => {
+            if l.degraded.take().is_some() {
+                l.lifted_at = Some(now.to_string());
+            }
+        }
+    }
+    l
+}
+
+/// Degraded: what the ladder's memory says, True while it holds that the ladder gave up.
+fn degraded(held: Option<&DegradedStatus>) -> Verdict {
+    match held {
+        Some(d) => verdict(true, d.reason.as_str(), d.message.clone()),
+        None => verdict(
             false,
             reason::AS_EXPECTED,
             "automatic remediation has not given up",
-        )),
+        ),
     }
 }
 
-fn degraded_words(why: &DegradedWhy, spec: &GpuModelSpec) -> Verdict {
+fn degraded_words(why: &DegradedWhy, spec: &GpuModelSpec) -> (DegradedReason, String) {
     let tail = "no more automatic action until the ghost clears or the spec changes";
     match why {
-        DegradedWhy::ResetDidNotClear => verdict(
-            true,
-            reason::RESET_DID_NOT_CLEAR,
+        DegradedWhy::ResetDidNotClear => (
+            DegradedReason::ResetDidNotClear,
             format!("zombie memory persists after a free and a reset; {tail}"),
         ),
-        DegradedWhy::ResetBudgetSpent { resets, max } => verdict(
-            true,
-            reason::RESET_BUDGET_SPENT,
+        DegradedWhy::ResetBudgetSpent { resets, max } => (
+            DegradedReason::ResetBudgetSpent,
             format!(
                 "zombie memory persists after a free, and {resets} of {max} resets this hour are spent; {tail}"
             ),
         ),
-        DegradedWhy::NoResetAllowed => verdict(
-            true,
-            reason::NO_RESET_ALLOWED,
+        DegradedWhy::NoResetAllowed => (
+            DegradedReason::NoResetAllowed,
             format!(
                 "zombie memory persists after a free, and the policy allows no reset (resetAfterFree {}, maxResetsPerHour {}); {tail}",
                 spec.zombie.reset_after_free, spec.zombie.max_resets_per_hour

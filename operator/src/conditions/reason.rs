@@ -46,12 +46,7 @@ pub const FREEING: &str = "Freeing";
 pub const RESETTING: &str = "Resetting";
 /// Zombie memory the ladder could not clear.
 pub const ZOMBIE_MEMORY: &str = "ZombieMemory";
-/// Degraded: free and reset did not clear it.
-pub const RESET_DID_NOT_CLEAR: &str = "ResetDidNotClear";
-/// Degraded: the hour's reset budget is spent.
-pub const RESET_BUDGET_SPENT: &str = "ResetBudgetSpent";
-/// Degraded: the policy allows no reset and a free did not clear it.
-pub const NO_RESET_ALLOWED: &str = "NoResetAllowed";
+// Degraded's True reasons are `vramkeeper_crds::DegradedReason`, kept in `ladder.degraded`.
 /// Not degraded.
 pub const AS_EXPECTED: &str = "AsExpected";
 /// Another, older GpuModel owns this (node, GPU).

@@ -56,8 +56,11 @@ impl Case {
     fn zombie_memory(&self) -> Verdict {
         zombie_memory(&self.facts())
     }
-    fn degraded(&self) -> Option<Verdict> {
-        degraded(&self.facts())
+    fn ladder_after(&self) -> LadderStatus {
+        ladder_after(&self.facts(), 1, t(NOW))
+    }
+    fn degraded(&self) -> Verdict {
+        degraded(self.ladder_after().degraded.as_ref())
     }
     fn derive(&self) -> OperatorStatus {
         derive(
@@ -430,14 +433,14 @@ fn zombie_memory_words() {
 #[test]
 fn degraded_words() {
     let tail = "no more automatic action until the ghost clears or the spec changes";
-    let marked = |why| case(Step::MarkDegraded(why)).degraded().unwrap();
+    let marked = |why| case(Step::MarkDegraded(why)).degraded();
     check(vec![
         (
             "reset did not clear",
             marked(DegradedWhy::ResetDidNotClear),
             (
                 true,
-                reason::RESET_DID_NOT_CLEAR,
+                DegradedReason::ResetDidNotClear.as_str(),
                 format!("zombie memory persists after a free and a reset; {tail}"),
             ),
         ),
@@ -446,7 +449,7 @@ fn degraded_words() {
             marked(DegradedWhy::ResetBudgetSpent { resets: 2, max: 2 }),
             (
                 true,
-                reason::RESET_BUDGET_SPENT,
+                DegradedReason::ResetBudgetSpent.as_str(),
                 format!(
                     "zombie memory persists after a free, and 2 of 2 resets this hour are spent; {tail}"
                 ),
@@ -457,7 +460,7 @@ fn degraded_words() {
             marked(DegradedWhy::NoResetAllowed),
             (
                 true,
-                reason::NO_RESET_ALLOWED,
+                DegradedReason::NoResetAllowed.as_str(),
                 format!(
                     "zombie memory persists after a free, and the policy allows no reset (resetAfterFree true, maxResetsPerHour 2); {tail}"
                 ),
@@ -465,7 +468,7 @@ fn degraded_words() {
         ),
         (
             "as expected",
-            case(Step::InSync).degraded().unwrap(),
+            case(Step::InSync).degraded(),
             (
                 false,
                 reason::AS_EXPECTED,
@@ -473,7 +476,65 @@ fn degraded_words() {
             ),
         ),
     ]);
-    assert_eq!(case(Step::Wait(Wait::Degraded)).degraded(), None);
+}
+
+/// A plan's ladder starts from the stored one (the planner clones it), so these cases put the
+/// stored memory there too.
+fn with_ladder(mut c: Case, l: &LadderStatus) -> Case {
+    c.status.ladder = Some(l.clone());
+    c.plan.ladder = l.clone();
+    c
+}
+
+#[test]
+fn degraded_comes_from_the_typed_memory_and_keeps_its_words() {
+    let held = fixtures::status().degraded_memory(1, 10).build();
+    let l = held.ladder.clone().unwrap();
+    let d = l.degraded.clone().unwrap();
+    // While it holds: the stored words, and the memory as it is.
+    let c = with_ladder(case(Step::Wait(Wait::Degraded)), &l);
+    assert_eq!(
+        c.degraded(),
+        verdict(true, d.reason.as_str(), d.message.clone())
+    );
+    assert_eq!(c.ladder_after(), l);
+    // Anything else lifts it, and says when.
+    let lifted = with_ladder(case(Step::Free), &l).ladder_after();
+    assert_eq!(lifted.degraded, None);
+    assert_eq!(lifted.lifted_at, Some(t(NOW).to_string()));
+    // Giving up again at a later generation keeps since when.
+    let again = with_ladder(case(Step::MarkDegraded(DegradedWhy::NoResetAllowed)), &l);
+    let again = again.ladder_after().degraded.unwrap();
+    assert_eq!(
+        (again.generation, again.reason, again.since),
+        (1, DegradedReason::NoResetAllowed, d.since)
+    );
+    // Giving up for the first time: since now.
+    let first = case(Step::MarkDegraded(DegradedWhy::ResetDidNotClear)).ladder_after();
+    assert_eq!(first.degraded.unwrap().since, t(NOW).to_string());
+}
+
+#[test]
+fn a_degraded_condition_without_the_typed_memory_is_not_kept() {
+    // A status whose Degraded condition says True (written before `ladder.degraded` existed,
+    // or by hand) but whose ladder holds nothing: derive does not carry the condition.
+    let mut c = case(Step::Wait(Wait::Degraded));
+    c.status = fixtures::status()
+        .active("a")
+        .condition(
+            DEGRADED,
+            true,
+            DegradedReason::ResetDidNotClear.as_str(),
+            1,
+            10,
+        )
+        .build();
+    let out = c.derive();
+    let d = out.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("False", reason::AS_EXPECTED)
+    );
 }
 
 #[test]

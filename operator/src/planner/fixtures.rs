@@ -2,8 +2,9 @@
 
 use jiff::Timestamp;
 use vramkeeper_crds::{
-    Condition, DeviceMemory, GpuModelSpec, GpuModelStatus, ModelRecordStatus, ModelState,
-    SwitchStatus, SwitchTrigger, UnknownModelStatus, ZombiePolicy, conditions::DEGRADED,
+    Condition, DegradedReason, DegradedStatus, DeviceMemory, GpuModelSpec, GpuModelStatus,
+    ModelRecordStatus, ModelState, SwitchStatus, SwitchTrigger, UnknownModelStatus, ZombiePolicy,
+    conditions::DEGRADED,
 };
 
 use super::{Input, Remediation, RemedyKind, plan};
@@ -184,9 +185,33 @@ impl StatusBuilder {
         });
         self
     }
-    /// Degraded since `t(at)`, set at `generation`.
+    /// Degraded since `t(at)`, set at `generation`: the ladder's typed memory and the
+    /// condition that shows it.
     pub fn degraded(self, generation: i64, at: i64) -> Self {
-        self.condition(DEGRADED, true, "ResetDidNotClear", generation, at)
+        self.degraded_memory(generation, at).condition(
+            DEGRADED,
+            true,
+            "ResetDidNotClear",
+            generation,
+            at,
+        )
+    }
+    /// Only the ladder's typed memory of giving up at `generation`, since `t(at)`.
+    pub fn degraded_memory(mut self, generation: i64, at: i64) -> Self {
+        self.0.ladder.get_or_insert_default().degraded = Some(DegradedStatus {
+            generation,
+            reason: DegradedReason::ResetDidNotClear,
+            message: "zombie memory persists after a free and a reset".into(),
+            since: t(at).to_string(),
+        });
+        self
+    }
+    /// The ladder's typed memory of a Degraded lifted at `t(at)`.
+    pub fn lifted(mut self, at: i64) -> Self {
+        let l = self.0.ladder.get_or_insert_default();
+        l.degraded = None;
+        l.lifted_at = Some(t(at).to_string());
+        self
     }
     /// The agent said at `t(0)`, at `generation`, that the model `nope` does not exist.
     pub fn unknown_model(mut self, generation: i64) -> Self {

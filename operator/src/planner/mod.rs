@@ -4,7 +4,8 @@
 //!
 //! Rules, in order:
 //! 1. No fresh report from the agent: wait for one.
-//! 2. Degraded at this generation and the ghost is still there: no automatic action.
+//! 2. Degraded at this generation (`ladder.degraded`, never the condition) and the ghost is
+//!    still there or its episode still open: no automatic action.
 //! 3. The agent is busy (a switch, unload, free or reset runs): wait.
 //! 4. Another model is active: unload it (unload before load).
 //! 5. Zombie memory (ghost over `thresholdMiB` for `persistSeconds`): the ladder, free ->
@@ -31,9 +32,7 @@ mod tests;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use vramkeeper_crds::{
-    Condition, GpuModelSpec, GpuModelStatus, SwitchTrigger, conditions::DEGRADED,
-};
+use vramkeeper_crds::{GpuModelSpec, GpuModelStatus, SwitchTrigger};
 
 use crate::plan::{Plan, Step, Wait, Zombie};
 
@@ -256,14 +255,14 @@ pub fn after(at: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-fn condition<'a>(status: &'a GpuModelStatus, type_: &str) -> Option<&'a Condition> {
-    status.conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Degraded is True and was set against this generation.
+/// The ladder gave up at this generation (its typed memory says so; the Degraded condition is
+/// output only).
 fn degraded_at(status: &GpuModelStatus, generation: i64) -> bool {
-    condition(status, DEGRADED)
-        .is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation))
+    status
+        .ladder
+        .as_ref()
+        .and_then(|l| l.degraded.as_ref())
+        .is_some_and(|d| d.generation == generation)
 }
 
 /// How long after the last `unknown_model` answer a load is tried again: when the agent's

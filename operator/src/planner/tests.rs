@@ -220,6 +220,55 @@ fn a_spec_change_restarts_the_ladder() {
 }
 
 #[test]
+fn the_hold_is_read_from_the_typed_memory_not_the_condition() {
+    let s = || status().active("a").ghost(500, Some(-500));
+    let h = [free_at(-400), reset_at(-300)];
+    // The Degraded condition says True at this generation, but the ladder holds nothing: no
+    // hold (the ladder judges again from its steps).
+    let c = case(
+        spec().model("a"),
+        s().condition("Degraded", true, "ResetDidNotClear", 1, -10),
+    )
+    .history(&h);
+    assert_eq!(step(&c), Step::MarkDegraded(DegradedWhy::ResetDidNotClear));
+    // The ladder holds Degraded, whatever the condition says (absent, or False).
+    let c = case(spec().model("a"), s().degraded_memory(1, -10)).history(&h);
+    assert_eq!(step(&c), Step::Wait(Wait::Degraded));
+    let c = case(
+        spec().model("a"),
+        s().degraded_memory(1, -10)
+            .condition("Degraded", false, "AsExpected", 1, -10),
+    )
+    .history(&h);
+    assert_eq!(step(&c), Step::Wait(Wait::Degraded));
+}
+
+#[test]
+fn the_ladder_starts_again_after_a_lift_not_after_a_condition_change() {
+    let s = || status().active("a").ghost(500, Some(-500));
+    let h = [free_at(-400), reset_at(-300)];
+    // Lifted at -200: the free and reset before it belong to the judged episode.
+    let c = case(spec().model("a"), s().lifted(-200)).history(&h);
+    assert_eq!(step(&c), Step::Free);
+    // A Degraded condition that turned False at -200, with no typed lift: the steps count.
+    let c = case(
+        spec().model("a"),
+        s().condition("Degraded", false, "AsExpected", 1, -200),
+    )
+    .history(&h);
+    assert_eq!(step(&c), Step::MarkDegraded(DegradedWhy::ResetDidNotClear));
+    // Degraded at an earlier generation since -350: only the reset after it counts.
+    let c = case(spec().model("a"), s().degraded_memory(1, -350))
+        .generation(2)
+        .history(&h);
+    assert_eq!(step(&c), Step::MarkDegraded(DegradedWhy::ResetDidNotClear));
+    let c = case(spec().model("a"), s().degraded_memory(1, -250))
+        .generation(2)
+        .history(&h);
+    assert_eq!(step(&c), Step::Free);
+}
+
+#[test]
 fn a_new_episode_starts_with_a_free() {
     // A free and a reset long ago cleared an earlier episode; the ghost is back.
     let h = [free_at(-2000), reset_at(-1900)];

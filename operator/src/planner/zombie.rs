@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use vramkeeper_crds::{GpuModelStatus, ZombiePolicy, conditions::DEGRADED};
+use vramkeeper_crds::{GpuModelStatus, ZombiePolicy};
 
 use super::{Input, RESET_WINDOW, RemedyKind, after, elapsed, parse_time};
 use crate::plan::{DegradedWhy, Next, Plan, Step, Wait, Zombie};
@@ -97,12 +97,18 @@ pub(super) fn ladder(input: &Input<'_>, since: Timestamp, zombie: Zombie) -> Pla
     Plan::new(step, zombie, recheck)
 }
 
-/// When Degraded last changed, unless it holds at this generation: a Degraded of an earlier
-/// generation, or one lifted since, ends the episode it judged.
+/// Where an earlier episode's steps end, from the ladder's typed memory (never from the
+/// Degraded condition): none while the ladder holds Degraded at this generation; when it gave
+/// up at an earlier generation, since when it has been Degraded (a spec change ends the episode
+/// it judged); when it was lifted, the time of the lift. Before `ladder.liftedAt` existed the
+/// Degraded condition's `lastTransitionTime` served, which also cut off steps older than the
+/// operator's first reconcile (when the condition was first written False); now only a lift
+/// does, and the episode's start (`ladder.episodeSince`) bounds the rest.
 fn restart_marker(status: &GpuModelStatus, generation: i64) -> Option<Timestamp> {
-    let c = status.conditions.iter().find(|c| c.type_ == DEGRADED)?;
-    if c.status == "True" && c.observed_generation == Some(generation) {
-        return None;
+    let ladder = status.ladder.as_ref()?;
+    match &ladder.degraded {
+        Some(d) if d.generation == generation => None,
+        Some(d) => parse_time(&d.since),
+        None => ladder.lifted_at.as_deref().and_then(parse_time),
     }
-    parse_time(&c.last_transition_time)
 }

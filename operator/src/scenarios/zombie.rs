@@ -129,6 +129,14 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     let t4 = "2027-01-15T08:02:00Z";
     w.at(t4);
     let degraded = cond("Degraded", true, "ResetDidNotClear", t4, 1);
+    // The ladder remembers that it gave up, and the condition is built from that memory.
+    let mut gave_up = after_reset.clone();
+    gave_up["degraded"] = json!({
+        "generation": 1,
+        "reason": "ResetDidNotClear",
+        "message": "zombie memory persists after a free and a reset; no more automatic action until the ghost clears or the spec changes",
+        "since": t4,
+    });
     let s4 = with_ladder(
         owned(
             "Degraded",
@@ -140,7 +148,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
                 degraded.clone(),
             ],
         ),
-        after_reset.clone(),
+        gave_up.clone(),
     );
     w.reconcile(
         &gm,
@@ -187,7 +195,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
     });
     let t5 = "2027-01-15T08:31:00Z";
     w.at(t5);
-    let mut below = after_reset.clone();
+    let mut below = gave_up.clone();
     below["belowSince"] = json!(t5);
     let s5 = with_ladder(
         owned(
@@ -207,7 +215,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
         .unwrap();
 
     // 08:31:30 - under for persistSeconds: the episode is over. Ready again, Recovered; the
-    // reset budget stays for the hour.
+    // reset budget stays for the hour, and the ladder remembers when Degraded was lifted.
     let gm = gm.status_of(&w.written());
     let t6 = "2027-01-15T08:31:30Z";
     w.at(t6);
@@ -227,6 +235,7 @@ async fn free_then_reset_then_degraded_then_hands_off() {
             "lastFree": T0,
             "lastReset": "2027-01-15T08:01:00Z",
             "resets": ["2027-01-15T08:01:00Z"],
+            "liftedAt": t6,
         }),
     );
     w.reconcile(
