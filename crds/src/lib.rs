@@ -15,6 +15,7 @@ mod gpumodel;
 pub mod observed;
 pub mod openai;
 pub mod ownership;
+pub mod rbac;
 
 pub use common::{GhostSourceKind, ModelState, SwitchTrigger};
 pub use conditions::Condition;

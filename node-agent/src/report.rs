@@ -45,14 +45,8 @@ use crate::device::ManagedBy;
 /// The field manager of the agent's status writes.
 pub(crate) const FIELD_MANAGER: &str = "vramkeeper-agent";
 
-/// The permissions the reporter uses, as `(apiGroup, resource, verbs)`: the chart grants the
-/// agent exactly these (cluster-wide: GpuModels are cluster-scoped). Nothing here reads the
-/// list: the chart's test (`tests/tests/chart/rbac.rs`) holds its grant to it.
-#[allow(dead_code)]
-pub(crate) const RBAC_RULES: &[(&str, &str, &[&str])] = &[
-    ("vramkeeper.dev", "gpumodels", &["list", "watch"]),
-    ("vramkeeper.dev", "gpumodels/status", &["patch"]),
-];
+// The permissions this module's calls need (list and watch GpuModels, patch their status)
+// are `vramkeeper_crds::rbac::AGENT_RBAC_RULES`, which the chart grants: change both together.
 
 /// How the reporter runs.
 #[derive(Clone, Debug)]

@@ -3,7 +3,7 @@
 //! - Helm v3 lints (`--strict`) and renders it with every values file of `tests/chart/`;
 //!   kubernetes-validate checks the output against the Kubernetes API schemas (`--strict`).
 //! - The operator's RBAC equals `vramkeeper_operator::rbac::RBAC_RULES`; the agent's equals
-//!   what its status reporting calls ([`rbac::AGENT_RBAC_RULES`]).
+//!   what its status reporting calls (`vramkeeper_crds::rbac::AGENT_RBAC_RULES`).
 //! - The rendered flags parse: the operator's through its own clap `Args`, the agent's
 //!   through the `vramkeeper-agent` binary; a real agent started with the chart's flags and
 //!   catalog serves every metric the Grafana dashboard queries.

@@ -1,21 +1,13 @@
 //! The chart's RBAC equals what the code uses: the operator's rules come from
-//! `vramkeeper_operator::rbac::RBAC_RULES`; the agent's from [`AGENT_RBAC_RULES`], which
-//! restates `node-agent/src/report.rs` (a reflector over GpuModels: list and watch; server-side
-//! apply of their status: patch) and is checked against that file's own `RBAC_RULES` list.
+//! `vramkeeper_operator::rbac::RBAC_RULES`; the agent's from `vramkeeper_crds::rbac::AGENT_RBAC_RULES`
+//! (a reflector over GpuModels: list and watch; server-side apply of their status: patch).
 
 use std::collections::BTreeSet;
 
+use vramkeeper_crds::rbac::AGENT_RBAC_RULES;
 use vramkeeper_operator::rbac::{RBAC_RULES, Scope};
 
 use crate::helm::{NAMESPACE, Rendered, VALUES, name, render, workspace};
-
-/// What the agent's status reporting calls, as `(apiGroup, resource, verbs)`, cluster-wide
-/// (GpuModels are cluster-scoped). The node agent is not a dependency of this crate: the
-/// list is restated here and compared with the `RBAC_RULES` of `node-agent/src/report.rs`.
-pub const AGENT_RBAC_RULES: &[(&str, &str, &[&str])] = &[
-    ("vramkeeper.dev", "gpumodels", &["list", "watch"]),
-    ("vramkeeper.dev", "gpumodels/status", &["patch"]),
-];
 
 /// One granted permission: where (`cluster` or a namespace), group, resource, verb, names.
 type Grant = (String, String, String, String, Vec<String>);
@@ -202,50 +194,3 @@ fn no_role_is_left_unbound() {
     }
 }
 
-/// The `RBAC_RULES` list of `node-agent/src/report.rs`, read from its source.
-fn report_rs_rules() -> BTreeSet<(String, String, String)> {
-    let path = workspace().join("node-agent/src/report.rs");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the agent's status reporting, whose rules the chart grants)",
-            path.display()
-        )
-    });
-    let start = text
-        .find("pub const RBAC_RULES")
-        .unwrap_or_else(|| panic!("{} declares no RBAC_RULES", path.display()));
-    let body = &text[start..];
-    let body = &body[body.find("= &[").expect("a slice") + 4..body.find("];").expect("its end")];
-    let mut out = BTreeSet::new();
-    for tuple in body.split("),").filter(|t| t.contains('"')) {
-        let strings: Vec<String> = tuple
-            .split('"')
-            .skip(1)
-            .step_by(2)
-            .map(str::to_string)
-            .collect();
-        let (group, resource) = (&strings[0], &strings[1]);
-        for verb in &strings[2..] {
-            out.insert((group.clone(), resource.clone(), verb.clone()));
-        }
-    }
-    out
-}
-
-#[test]
-fn the_agent_rules_restate_report_rs() {
-    let restated: BTreeSet<(String, String, String)> = AGENT_RBAC_RULES
-        .iter()
-        .flat_map(|(g, r, verbs)| {
-            verbs
-                .iter()
-                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
-        })
-        .collect();
-    assert_eq!(
-        restated,
-        report_rs_rules(),
-        "AGENT_RBAC_RULES (here) and RBAC_RULES of node-agent/src/report.rs differ: update this \
-         constant and charts/vramkeeper/templates/agent-rbac.yaml"
-    );
-}
