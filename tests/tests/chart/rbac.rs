@@ -193,4 +193,3 @@ fn no_role_is_left_unbound() {
         }
     }
 }
-
