@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use vramkeeper_crds::rbac::AGENT_RBAC_RULES;
 use vramkeeper_operator::rbac::{RBAC_RULES, Scope};
 
-use crate::helm::{NAMESPACE, Rendered, VALUES, name, render, workspace};
+use crate::helm::{NAMESPACE, Rendered, VALUES, name, render};
 
 /// One granted permission: where (`cluster` or a namespace), group, resource, verb, names.
 type Grant = (String, String, String, String, Vec<String>);
