@@ -1,5 +1,5 @@
-//! Inference: `/v1/infer`, a forward pass of a synthetic model. A model that is not active is
-//! switched to first (trigger `auto`).
+//! Inference: `/v1/infer`, a forward pass over token ids (models whose kind takes them). A
+//! model that is not active is switched to first (trigger `auto`).
 
 use std::sync::Arc;
 
@@ -22,7 +22,8 @@ pub(super) fn routes() -> Vec<Route> {
         infer,
         AuthClass::Inference,
         Operation::json::<InferResponse>(
-            "A forward pass of a synthetic model; switches to it first if needed.",
+            "A forward pass over token ids, for models that take them (`capabilities` in \
+             /v1/models); switches to the model first if needed.",
         )
         .body::<InferRequest>()
         .errors(SERVING_ERRORS),
