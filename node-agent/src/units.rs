@@ -10,11 +10,6 @@ pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB
 }
 
-/// MiB to bytes (rounded down).
-pub(crate) fn mib_to_bytes(mib: f64) -> u64 {
-    (mib * MIB) as u64
-}
-
 /// A duration in milliseconds.
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -27,7 +22,6 @@ mod tests {
     #[test]
     fn conversions() {
         assert_eq!(mib(3 << 20), 3.0);
-        assert_eq!(mib_to_bytes(1.5), 3 << 19);
         assert_eq!(ms(Duration::from_micros(2500)), 2.5);
     }
 }

@@ -54,13 +54,13 @@ impl Route {
         H: Handler<T, Arc<App>>,
         T: 'static,
     {
-        Self {
-            method: Method::GET,
+        Self::new(
+            Method::GET,
             path,
-            handler: routing::get(handler),
+            routing::get(handler),
             auth,
-            operation: Some(operation),
-        }
+            Some(operation),
+        )
     }
 
     /// A `POST` route.
@@ -74,13 +74,13 @@ impl Route {
         H: Handler<T, Arc<App>>,
         T: 'static,
     {
-        Self {
-            method: Method::POST,
+        Self::new(
+            Method::POST,
             path,
-            handler: routing::post(handler),
+            routing::post(handler),
             auth,
-            operation: Some(operation),
-        }
+            Some(operation),
+        )
     }
 
     /// A test-only `POST` route (`--enable-test-ops`), left out of the document.
@@ -89,12 +89,22 @@ impl Route {
         H: Handler<T, Arc<App>>,
         T: 'static,
     {
+        Self::new(Method::POST, path, routing::post(handler), auth, None)
+    }
+
+    fn new(
+        method: Method,
+        path: &'static str,
+        handler: MethodRouter<Arc<App>>,
+        auth: AuthClass,
+        operation: Option<Operation>,
+    ) -> Self {
         Self {
-            method: Method::POST,
+            method,
             path,
-            handler: routing::post(handler),
+            handler,
             auth,
-            operation: None,
+            operation,
         }
     }
 }

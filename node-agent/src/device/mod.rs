@@ -39,7 +39,7 @@ use crate::{
     probe::{DeviceInfo, DeviceProbe, DeviceReading, ProbeError, process},
     state_file::StateStore,
     tracker::Tracker,
-    units::{mib, mib_to_bytes},
+    units::mib,
     worker::client::{WorkerHandle, WorkerLaunch},
     zombie::{ZombieDetector, ZombiePolicy},
 };
@@ -348,14 +348,15 @@ impl Device {
     /// Refuses a model whose estimate alone exceeds the device's total memory: loading it
     /// could only end with the worker killed by the kernel or the driver.
     pub(crate) fn fits(&self, spec: &ModelSpec) -> Result<()> {
-        let total_mb = self.status().memory.total_mb;
+        // The last reading's total: this runs before every request, so it builds no status.
+        let total = self.with_state(|s| s.reading.as_ref().map_or(0, |r| r.total_bytes));
         let estimate = spec.estimated_bytes();
-        if total_mb > 0.0 && estimate > mib_to_bytes(total_mb) {
+        if total > 0 && estimate > total {
             return Err(DeviceError::TooBigForDevice {
                 model: spec.name.clone(),
                 estimate_mb: mib(estimate),
                 gpu: self.info.index,
-                total_mb,
+                total_mb: mib(total),
             });
         }
         Ok(())
