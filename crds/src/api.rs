@@ -471,6 +471,27 @@ pub struct CatalogEntry {
     pub state: ModelState,
 }
 
+/// `GET /v1/models/{name}/logs`: what a server model's process printed, newest last.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServerLogsResponse {
+    /// The model.
+    pub model: String,
+    /// Its last lines (at most 2000, each cut at 4096 bytes), from its current run or, once
+    /// it stopped or failed, its last.
+    pub lines: Vec<ServerLogLine>,
+    /// Older lines the ring dropped.
+    pub dropped: u64,
+}
+
+/// One line a model server printed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServerLogLine {
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub text: String,
+}
+
 /// A kind of request a model serves.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -479,6 +500,9 @@ pub enum Capability {
     Infer,
     /// `POST /v1/embeddings`: one vector per input text.
     Embeddings,
+    /// OpenAI-style `POST /v1/*` requests (`/v1/chat/completions`, `/v1/completions`,
+    /// `/v1/embeddings`, ...), passed through to the model's own server, streams included.
+    Openai,
 }
 
 /// `GET /v1/history?gpu=INDEX&window=SECONDS`.

@@ -172,6 +172,11 @@ pub struct ServeArgs {
     #[arg(long, env = "VRAMKEEPER_SHUTDOWN_GRACE_MS", default_value_t = 1000)]
     pub shutdown_grace_ms: u64,
 
+    /// Seconds an unload or switch waits for requests in flight on the model (streams
+    /// included) before it ends them.
+    #[arg(long, env = "VRAMKEEPER_DRAIN_TIMEOUT_S", default_value_t = 30.0, value_parser = parse_secs)]
+    pub drain_timeout_s: f64,
+
     /// Milliseconds to wait for released memory to show in the readings.
     #[arg(long, env = "VRAMKEEPER_VERIFY_TIMEOUT_MS", default_value_t = 5000)]
     pub verify_timeout_ms: u64,
@@ -243,6 +248,15 @@ pub struct WorkerArgs {
     /// Kernel caches and weights.
     #[arg(long)]
     pub cache_dir: PathBuf,
+    /// The device's index as NVML numbers it (a model server's `{gpu}`).
+    #[arg(long, default_value_t = 0)]
+    pub gpu: u32,
+    /// The GPU's UUID (a model server's `{gpu_uuid}`); absent on the CPU.
+    #[arg(long)]
+    pub gpu_uuid: Option<String>,
+    /// Where a model server's output is mirrored (`<model>.log`).
+    #[arg(long)]
+    pub log_dir: PathBuf,
     /// Allow the test-only ops.
     #[arg(long)]
     pub test_ops: bool,
@@ -274,6 +288,13 @@ impl Fault {
             Self::HangOnInfer => "hang-on-infer",
             Self::IgnoreShutdown => "ignore-shutdown",
         }
+    }
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err("not a number of seconds from 0 to 86400".into()),
     }
 }
 

@@ -95,6 +95,7 @@ pub(crate) fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         infer_timeout: secs(args.infer_timeout_s, "--infer-timeout-s")?,
         control_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout_s),
         verify_timeout: Duration::from_millis(args.verify_timeout_ms),
         release_tolerance: args.release_tolerance_mib << 20,
         idle_unload: args

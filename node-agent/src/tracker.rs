@@ -66,6 +66,10 @@ pub(crate) struct SpawnRecord {
     pub instance: String,
     /// The model it was started for.
     pub model: String,
+    /// Its number in that run: the marker of everything it started (absent in records of
+    /// older agents).
+    #[serde(default)]
+    pub seq: Option<u64>,
 }
 
 /// Everything tracked for one device.

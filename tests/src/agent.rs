@@ -300,6 +300,10 @@ impl Drop for Agent {
             for w in procs::workers_of(&self.agent_id) {
                 procs::kill(w.pid);
             }
+            // Model servers and their children, wherever they moved in the process tree.
+            for (pid, _) in procs::marked_by(&self.agent_id) {
+                procs::kill(pid);
+            }
         }
     }
 }

@@ -52,6 +52,33 @@ pub fn workers_of(agent_id: &str) -> Vec<WorkerProc> {
         .collect()
 }
 
+/// Every live process carrying the marker of agent `agent_id` in its environment: its
+/// workers and everything they started (model servers and their children), with the
+/// model each was started for (`VRAMKEEPER_MODEL`).
+pub fn marked_by(agent_id: &str) -> Vec<(u32, Option<String>)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let prefix = format!("VRAMKEEPER_WORKER_MARKER={agent_id}:");
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let vars: Vec<String> = environ
+                .split(|b| *b == 0)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            if !vars.iter().any(|v| v.starts_with(&prefix)) {
+                return None;
+            }
+            let model = vars
+                .iter()
+                .find_map(|v| v.strip_prefix("VRAMKEEPER_MODEL=").map(str::to_string));
+            Some((pid, model))
+        })
+        .filter(|(pid, _)| alive(*pid))
+        .collect()
+}
+
 /// Resident memory of a process in bytes (0 when it is gone).
 pub fn rss_bytes(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/statm"))

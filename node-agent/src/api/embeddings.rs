@@ -3,15 +3,20 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::{
+    extract::State,
+    http::HeaderMap,
+    response::{self, IntoResponse},
+};
 use base64::Engine as _;
+use serde_json::Value;
 use vramkeeper_crds::openai::{
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, EncodingFormat,
 };
 
 use super::{
-    ApiJson, limits,
-    route::{AuthClass, Operation, Route, SERVING_ERRORS},
+    ApiJson, json, limits, openai,
+    route::{AuthClass, Operation, Route},
 };
 use crate::{
     api::error::{ApiError, Result},
@@ -25,17 +30,35 @@ pub(super) fn routes() -> Vec<Route> {
         embeddings,
         AuthClass::Inference,
         Operation::json::<EmbeddingResponse>(
-            "OpenAI-style sentence embeddings; switches to the model first if needed.",
+            "OpenAI-style sentence embeddings, by the agent's own embedding models or passed \
+             through to a server model's server; switches to the model first if needed.",
         )
         .body::<EmbeddingRequest>()
-        .errors(SERVING_ERRORS),
+        .errors(&[404, 409, 502, 503, 504]),
     )]
 }
 
 async fn embeddings(
     State(app): State<Arc<App>>,
-    ApiJson(req): ApiJson<EmbeddingRequest>,
-) -> Result<ApiJson<EmbeddingResponse>> {
+    headers: HeaderMap,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<response::Response> {
+    // A server model's own server embeds: the request passes through to it.
+    let model = openai::model_of(&body)?;
+    let gpu = body.get("gpu").and_then(Value::as_u64).map(|g| g as u32);
+    let device = openai::device_for(&app, &model, gpu)?;
+    if device.spec(&model)?.kind.capabilities().openai {
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("gpu");
+        }
+        return openai::forward(&app, device, &model, "/v1/embeddings", &headers, &body).await;
+    }
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let req: EmbeddingRequest = json::parse(&bytes)?;
+    Ok(embed(&app, req).await?.into_response())
+}
+
+async fn embed(app: &App, req: EmbeddingRequest) -> Result<ApiJson<EmbeddingResponse>> {
     let device = app.device(req.gpu)?;
     let spec = device.spec(&req.model)?;
     let Some(shape) = spec.kind.capabilities().embeddings else {

@@ -108,6 +108,16 @@ pub enum ApiError {
     /// The agent cannot serve yet (or any more).
     #[error("{0}")]
     Unavailable(String),
+    /// A model's own server failed a request passed through to it, or did not answer.
+    #[error("the server of {model} {detail}")]
+    Upstream {
+        /// The model.
+        model: String,
+        /// What happened.
+        detail: String,
+        /// It did not answer in time (504, else 502).
+        timed_out: bool,
+    },
     /// A bug or an unexpected failure; logged, answered opaquely.
     #[error("internal error")]
     Internal(String),
@@ -133,6 +143,10 @@ impl ApiError {
             Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream {
+                timed_out: true, ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Device(e) => match e {
                 DeviceError::UnknownModel { .. } => StatusCode::NOT_FOUND,
@@ -167,6 +181,7 @@ impl ApiError {
             Self::CrossOrigin { .. } => ErrorCode::CrossOrigin,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Upstream { .. } => ErrorCode::WorkerFailed,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Device(e) => e.code(),
         }

@@ -22,6 +22,7 @@ mod infer;
 mod json;
 pub(crate) mod limits;
 mod models;
+mod openai;
 mod openapi;
 pub(crate) mod route;
 mod status;
@@ -59,6 +60,7 @@ pub(crate) fn routes(test_ops: bool) -> Vec<Route> {
         gpu::routes(),
         infer::routes(),
         embeddings::routes(),
+        openai::routes(),
     ]
     .into_iter()
     .flatten()

@@ -125,6 +125,19 @@ pub(crate) enum Success {
     Text(&'static str),
     /// An OpenAPI document (the agent's own).
     Document,
+    /// Whatever a model's own server answers: JSON, or server-sent events for a stream.
+    PassedThrough,
+}
+
+/// The body of a request passed through to a model's server: any JSON object naming a
+/// model; every other field is the server's business.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct PassedThroughBody {
+    /// The catalog name of a server model.
+    model: String,
+    /// Answer server-sent events, chunk by chunk.
+    stream: Option<bool>,
 }
 
 /// A route's OpenAPI operation: what it does, takes and answers.
@@ -150,6 +163,11 @@ impl Operation {
     /// Answers plain text of `content_type`.
     pub(crate) fn text(summary: &'static str, content_type: &'static str) -> Self {
         Self::new(summary, Success::Text(content_type))
+    }
+
+    /// Takes any JSON object naming a model and answers what the model's server answers.
+    pub(crate) fn passed_through(summary: &'static str) -> Self {
+        Self::new(summary, Success::PassedThrough).body::<PassedThroughBody>()
     }
 
     /// Answers an OpenAPI document.

@@ -115,9 +115,7 @@ impl Device {
             match active.worker.try_memory(timeout).await {
                 // Serving a request: its own deadline covers it.
                 None => {}
-                Some(Ok(memory)) => active
-                    .pooled_bytes
-                    .store(memory.pooled_bytes(), Ordering::Relaxed),
+                Some(Ok(memory)) => active.remember(&memory),
                 // An exit is the exit watcher's to record.
                 Some(Err(WorkerError::Died { .. })) => {}
                 Some(Err(e)) => device.mark_hung(&active, &e),

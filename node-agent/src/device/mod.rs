@@ -13,6 +13,7 @@ mod faults;
 mod foreign;
 mod health;
 mod managed;
+mod process_tree;
 mod queue;
 mod remediate;
 mod sampler;
@@ -32,15 +33,20 @@ use std::{
 use jiff::Timestamp;
 use tokio::sync::{RwLock, watch};
 
+use self::process_tree::fold_trees;
+
 use crate::{
     ghost::{self, Ghost, Holder},
     metrics::Metrics,
-    models::{Catalog, ModelSpec},
+    models::{Catalog, ModelKind, ModelSpec},
     probe::{DeviceInfo, DeviceProbe, DeviceReading, ProbeError, process},
     state_file::StateStore,
     tracker::Tracker,
     units::mib,
-    worker::client::{WorkerHandle, WorkerLaunch},
+    worker::{
+        client::{WorkerHandle, WorkerLaunch},
+        protocol::WorkerMemory,
+    },
     zombie::{ZombieDetector, ZombiePolicy},
 };
 
@@ -57,8 +63,11 @@ pub(crate) struct DeviceConfig {
     pub infer_timeout: Duration,
     /// Small requests (memory, cleanup).
     pub control_timeout: Duration,
-    /// How long a worker may take to exit when asked before it is killed.
+    /// How long a worker may take to exit when asked before it is killed (a server model's
+    /// `stop_grace_s` comes on top).
     pub shutdown_grace: Duration,
+    /// How long an unload waits for in-flight requests (streams) before it ends them.
+    pub drain_timeout: Duration,
     /// How long to wait for released memory to show in the readings.
     pub verify_timeout: Duration,
     /// How far above the pre-load level memory may stay and the release still count.
@@ -94,6 +103,11 @@ pub(crate) struct AgentContext {
 pub(crate) struct Active {
     /// The worker process.
     pub worker: WorkerHandle,
+    /// The port of the model's own server (server models), on 127.0.0.1.
+    pub port: Option<u16>,
+    /// Set when the model is about to be unloaded and its in-flight streams had their
+    /// bounded time to finish: they end now.
+    pub drain: watch::Sender<bool>,
     /// Its model.
     pub spec: ModelSpec,
     /// Device memory right after load and cleanup.
@@ -108,12 +122,21 @@ pub(crate) struct Active {
     pub hung: AtomicBool,
     /// Freed-but-kept allocator bytes at its last memory report.
     pub pooled_bytes: AtomicU64,
+    /// Resident memory of the worker and everything it started, at its last memory report.
+    pub rss_bytes: AtomicU64,
 }
 
 impl Active {
     /// Whether it can serve: alive and answering.
     pub(crate) fn healthy(&self) -> bool {
         !self.hung.load(Ordering::Relaxed) && self.worker.exit_status().is_none()
+    }
+
+    /// Keeps what a memory report of its worker says.
+    pub(crate) fn remember(&self, memory: &WorkerMemory) {
+        self.pooled_bytes
+            .store(memory.pooled_bytes(), Ordering::Relaxed);
+        self.rss_bytes.store(memory.rss_bytes, Ordering::Relaxed);
     }
 
     /// Its model's name.
@@ -185,7 +208,9 @@ pub(crate) struct Device {
     queue: queue::OpQueue,
     /// A worker poll is in flight (one at a time, off the sampling tick).
     polling: AtomicBool,
-    slot: RwLock<Option<Arc<Active>>>,
+    /// The active worker; read-held by every request in flight on it (a stream holds it
+    /// until it ends), write-held by a switch.
+    slot: Arc<RwLock<Option<Arc<Active>>>>,
     pub(crate) state: Mutex<DeviceState>,
     seq: AtomicU64,
     changes: watch::Sender<u64>,
@@ -242,7 +267,7 @@ impl Device {
             queue: queue::OpQueue::new(ctx.config.queue_capacity),
             ctx,
             polling: AtomicBool::new(false),
-            slot: RwLock::new(None),
+            slot: Arc::new(RwLock::new(None)),
             state: Mutex::new(state),
             seq: AtomicU64::new(0),
             changes: watch::channel(0).0,
@@ -375,9 +400,16 @@ impl Device {
     /// Reads the probe off the async runtime; failures are recorded for status and readiness.
     pub(crate) async fn read(&self) -> std::result::Result<DeviceReading, ProbeError> {
         let probe = self.probe.clone();
-        let result = tokio::task::spawn_blocking(move || probe.read())
-            .await
-            .unwrap_or_else(|e| Err(ProbeError(format!("probe task failed: {e}"))));
+        let roots = self.tree_roots();
+        let instance = self.ctx.launch.instance.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            probe.read().map(|mut reading| {
+                fold_trees(&mut reading, &instance, &roots);
+                reading
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(ProbeError(format!("probe task failed: {e}"))));
         let mut state = self.state.lock().unwrap();
         match &result {
             // The reading is stored with the ghost computed from it (`observe`), never alone:
@@ -448,10 +480,35 @@ impl Device {
         }
         match process::worker_marker(pid) {
             Some(m) if m.agent_id == launch.agent_id && m.instance == launch.instance => {
-                Owner::ThisRun { model: None }
+                Owner::ThisRun { model: m.model }
             }
-            Some(m) if m.agent_id == launch.agent_id => Owner::EarlierRun { model: None },
+            Some(m) if m.agent_id == launch.agent_id => Owner::EarlierRun { model: m.model },
             _ => Owner::NotOurs,
+        }
+    }
+
+    /// The live workers of this run, by number: each one's tree is measured as one holder.
+    fn tree_roots(&self) -> Vec<(u64, u32)> {
+        let instance = &self.ctx.launch.instance;
+        self.with_state(|s| {
+            s.tracker
+                .spawned
+                .iter()
+                .filter(|r| &r.instance == instance)
+                .filter_map(|r| Some((r.seq?, r.pid)))
+                .collect()
+        })
+    }
+
+    /// How long a worker of `spec` may take to exit when asked: a model server gets its
+    /// `stop_grace_s` on top (its worker waits that long between SIGTERM and SIGKILL).
+    pub(crate) fn shutdown_grace(&self, spec: &ModelSpec) -> Duration {
+        let own = self.ctx.config.shutdown_grace;
+        match &spec.kind {
+            ModelKind::Server(server) => {
+                own + Duration::from_secs_f64(server.stop_grace_s) + process_tree::KILL_MARGIN
+            }
+            _ => own,
         }
     }
 
@@ -476,6 +533,30 @@ impl Device {
     pub(crate) fn touch(&self, active: &Active) {
         active.requests.fetch_add(1, Ordering::Relaxed);
         *active.last_used.lock().unwrap() = Instant::now();
+    }
+
+    /// The slot for a switch or an unload: waits for the requests in flight on the active
+    /// model, up to the drain timeout, then tells those left (streams) to end, and waits for
+    /// them to let go.
+    pub(crate) async fn drained_slot(
+        &self,
+    ) -> tokio::sync::RwLockWriteGuard<'_, Option<Arc<Active>>> {
+        let drain = self.ctx.config.drain_timeout;
+        match tokio::time::timeout(drain, self.slot.write()).await {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(active) = self.with_state(|s| s.active.clone()) {
+                    tracing::warn!(
+                        gpu = self.info.index,
+                        model = active.model(),
+                        drain_s = drain.as_secs_f64(),
+                        "ending the requests still in flight after the drain timeout"
+                    );
+                    active.drain.send_replace(true);
+                }
+                self.slot.write().await
+            }
+        }
     }
 
     /// The worker in the slot now, without waiting for in-flight requests or a switch.

@@ -60,9 +60,7 @@ impl Device {
                 }
             }
             if let Ok(memory) = active.worker.memory(timeout).await {
-                active
-                    .pooled_bytes
-                    .store(memory.pooled_bytes(), std::sync::atomic::Ordering::Relaxed);
+                active.remember(&memory);
             }
         }
         let reading = self.read().await.ok();
@@ -222,9 +220,15 @@ impl Device {
         }
         let mut killed = vec![];
         for (pid, kind, bytes) in targets {
-            let name = process::name(pid);
             // Proven again right before the signal: the pid may have been reused meanwhile.
             let owner = self.with_state(|s| self.owner(s, pid));
+            // A model server's processes are named by the model they served.
+            let name = match &owner {
+                Owner::ThisRun { model: Some(m) } | Owner::EarlierRun { model: Some(m) } => {
+                    format!("{m} ({})", process::name(pid))
+                }
+                _ => process::name(pid),
+            };
             if !may_end(kind, &owner, policy.allowed) {
                 tracing::warn!(
                     gpu = self.info.index,

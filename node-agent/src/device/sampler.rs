@@ -57,7 +57,10 @@ impl Device {
                 (
                     a.model().to_string(),
                     vram,
-                    process::rss_bytes(a.pid()).unwrap_or(vram),
+                    match a.rss_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+                        0 => process::rss_bytes(a.pid()).unwrap_or(vram),
+                        tree => tree,
+                    },
                 )
             });
         let change = state.zombie.observe(ghost.bytes, policy, now);

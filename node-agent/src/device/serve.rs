@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot::{self, error::TryRecvError};
+use tokio::sync::{
+    OwnedRwLockReadGuard,
+    oneshot::{self, error::TryRecvError},
+};
 use vramkeeper_crds::{SwitchTrigger, api::SwitchResponse};
 
 use super::{Active, Device, DeviceError, Result};
@@ -34,27 +37,54 @@ impl Device {
         let model = model.to_string();
         // Closed when the client goes away (its handler is dropped).
         let (_client, left) = oneshot::channel::<()>();
-        self.detached(
-            move |device| async move { device.serve_on_task(&model, request, left).await },
-        )
+        self.detached(move |device| async move {
+            let held = device.hold(&model, left).await?;
+            let response = device.call(held.active(), &model, request).await?;
+            Ok((response, held.switched))
+        })
         .await
     }
 
-    async fn serve_on_task(
+    /// Holds the server of `model` for one request passed through to it, switching to the
+    /// model first if needed, as [`Device::serve`] does. The model stays loaded while the
+    /// [`Lease`] lives: a switch waits for it, up to the drain timeout.
+    pub(crate) async fn lease(self: &Arc<Self>, model: &str) -> Result<Lease> {
+        self.spec(model)?;
+        if self.active_model().as_deref() != Some(model) {
+            self.may_auto_switch(model)?;
+        }
+        let name = model.to_string();
+        let (_client, left) = oneshot::channel::<()>();
+        let held = self
+            .detached(move |device| async move { device.hold(&name, left).await })
+            .await?;
+        let Some(port) = held.active().port else {
+            return Err(DeviceError::Internal(format!(
+                "{model} is loaded without a server port"
+            )));
+        };
+        Ok(Lease { held, port })
+    }
+
+    /// Records a request answered by (or failed on) the model's server.
+    pub(crate) fn served(&self, active: &Active, model: &str, ok: bool) {
+        self.touch(active);
+        self.ctx.metrics.request(self.info.index, model, ok);
+    }
+
+    /// The slot, read-held, with `model` serving in it: switched to first when it is not.
+    async fn hold(
         self: &Arc<Self>,
         model: &str,
-        request: Request,
         mut client: oneshot::Receiver<()>,
-    ) -> Result<(Response, Option<SwitchResponse>)> {
+    ) -> Result<Held> {
         let mut switched = None;
         for _ in 0..ATTEMPTS {
-            {
-                let slot = self.slot.read().await;
-                if let Some(active) = serving(&slot, model) {
-                    let response = self.call(active, model, request.clone()).await?;
-                    return Ok((response, switched));
-                }
+            let slot = self.slot.clone().read_owned().await;
+            if serving(&slot, model).is_some() {
+                return Ok(Held { slot, switched });
             }
+            drop(slot);
             let held = self
                 .enter(format!("switching to {model} for a request"))
                 .await?;
@@ -76,11 +106,10 @@ impl Device {
             }
             // Hold the model before giving up the turn: an operation queued behind this one
             // waits for this request rather than switching the model away under it.
-            let slot = self.slot.read().await;
+            let slot = self.slot.clone().read_owned().await;
             drop(held);
-            if let Some(active) = serving(&slot, model) {
-                let response = self.call(active, model, request.clone()).await?;
-                return Ok((response, switched));
+            if serving(&slot, model).is_some() {
+                return Ok(Held { slot, switched });
             }
         }
         Err(DeviceError::KeepsFailing {
@@ -94,10 +123,7 @@ impl Device {
             .worker
             .call(request, self.ctx.config.infer_timeout)
             .await;
-        self.touch(active);
-        self.ctx
-            .metrics
-            .request(self.info.index, model, result.is_ok());
+        self.served(active, model, result.is_ok());
         result.map_err(|e| {
             if matches!(
                 e,
@@ -125,6 +151,39 @@ impl Device {
             .await
             .map_err(|e| DeviceError::worker(&model, e))?;
         Ok(model)
+    }
+}
+
+/// The slot, read-held, with a model serving in it.
+pub(crate) struct Held {
+    slot: OwnedRwLockReadGuard<Option<Arc<Active>>>,
+    /// The switch made for the request, if any.
+    pub switched: Option<SwitchResponse>,
+}
+
+impl Held {
+    /// The worker serving.
+    pub(crate) fn active(&self) -> &Arc<Active> {
+        self.slot.as_ref().expect("held only while a model serves")
+    }
+}
+
+/// A request's hold on a model server: the model stays loaded while it lives.
+pub(crate) struct Lease {
+    held: Held,
+    /// The server's port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Lease {
+    /// The worker serving.
+    pub(crate) fn active(&self) -> &Arc<Active> {
+        self.held.active()
+    }
+
+    /// The switch made for the request, if any.
+    pub(crate) fn switched(&self) -> Option<&SwitchResponse> {
+        self.held.switched.as_ref()
     }
 }
 

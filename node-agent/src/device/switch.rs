@@ -9,6 +9,7 @@ use std::{
 };
 
 use jiff::Timestamp;
+use tokio::sync::watch;
 use vramkeeper_crds::{
     SwitchTrigger,
     api::{
@@ -61,7 +62,7 @@ impl Device {
             from.as_deref().unwrap_or("(none)")
         ));
         let started = Instant::now();
-        let mut slot = self.slot.write().await;
+        let mut slot = self.drained_slot().await;
         let release = match slot.take() {
             Some(old) => Some(self.release(old).await),
             None => None,
@@ -89,7 +90,7 @@ impl Device {
                 device_delta,
             }) => {
                 let vram = active.expected_bytes;
-                let ram = process::rss_bytes(active.worker.pid()).unwrap_or(0);
+                let ram = active.rss_bytes.load(std::sync::atomic::Ordering::Relaxed);
                 let response = SwitchResponse {
                     from: from.clone(),
                     to: model.to_string(),
@@ -185,7 +186,7 @@ impl Device {
         };
         self.set_busy(format!("unloading {model}"));
         let started = Instant::now();
-        let mut slot = self.slot.write().await;
+        let mut slot = self.drained_slot().await;
         let Some(old) = slot.take() else {
             return Ok(None);
         };
@@ -218,7 +219,11 @@ impl Device {
         let started = Instant::now();
         let before = self.last_used();
         self.with_state(|s| s.releasing_pid = Some(pid));
-        let ended = old.worker.shutdown(self.ctx.config.shutdown_grace).await;
+        let ended = old.worker.shutdown(self.shutdown_grace(&old.spec)).await;
+        // A model server's processes that outlived even the sweep after its worker's exit.
+        let launch = &self.ctx.launch;
+        let leftovers: Vec<u32> =
+            process::tree_of(&launch.agent_id, &launch.instance, old.worker.seq());
         let target = old.pre_load_used;
         let tolerance = self.ctx.config.release_tolerance;
         let (after, verified) = self.wait_for_level(target + tolerance, |_| 0).await;
@@ -231,6 +236,11 @@ impl Device {
             }
             if process::is_alive(pid) {
                 s.zombies.push((pid, model.clone()));
+            }
+            for left in &leftovers {
+                if *left != pid {
+                    s.zombies.push((*left, model.clone()));
+                }
             }
             s.tracker.unloaded(&model, now);
         });
@@ -310,6 +320,7 @@ impl Device {
             &self.ctx.launch,
             &self.info,
             self.next_seq(),
+            &spec.name,
             fault.map(|f| f.as_arg()),
         )
         .await
@@ -325,16 +336,19 @@ impl Device {
                     start_ticks,
                     instance: self.ctx.launch.instance.clone(),
                     model: spec.name.clone(),
+                    seq: Some(worker.seq()),
                 });
             }
         });
         self.save_state();
         self.watch_worker(&worker, &spec.name);
         match self.load_in(&worker, spec, &mut phases).await {
-            Ok((expected_bytes, used_after)) => {
+            Ok((expected_bytes, used_after, port, rss)) => {
                 let load_ms = ms(started.elapsed());
                 let active = Arc::new(Active {
                     worker,
+                    port,
+                    drain: watch::channel(false).0,
                     spec: spec.clone(),
                     expected_bytes,
                     pre_load_used,
@@ -342,6 +356,7 @@ impl Device {
                     last_used: Mutex::new(Instant::now()),
                     hung: AtomicBool::new(false),
                     pooled_bytes: AtomicU64::new(0),
+                    rss_bytes: AtomicU64::new(rss),
                 });
                 Ok(Loaded {
                     active,
@@ -386,8 +401,9 @@ impl Device {
         worker: &WorkerHandle,
         spec: &ModelSpec,
         phases: &mut LoadPhases,
-    ) -> Result<(u64, u64), WorkerError> {
+    ) -> Result<(u64, u64, Option<u16>, u64), WorkerError> {
         let cfg = &self.ctx.config;
+        let port;
         match worker
             .call(Request::Load { spec: spec.clone() }, cfg.load_timeout)
             .await?
@@ -398,7 +414,9 @@ impl Device {
                 context_ms,
                 weights_ms,
                 warmup_ms,
+                port: server_port,
             } => {
+                port = server_port;
                 phases.params = params;
                 phases.param_bytes = param_bytes;
                 phases.context_ms = context_ms;
@@ -429,7 +447,7 @@ impl Device {
             }
         };
         phases.measure_ms = ms(measure.elapsed());
-        Ok(measured)
+        Ok((measured.0, measured.1, port, memory.rss_bytes))
     }
 
     fn already_active(&self, model: &str, trigger: SwitchTrigger) -> SwitchResponse {

@@ -36,18 +36,28 @@ pub struct Capabilities {
     pub infer: Option<TokenInput>,
     /// `POST /v1/embeddings`: one vector per input text.
     pub embeddings: Option<Embeddings>,
+    /// OpenAI-style `POST /v1/*` requests (chat and text completions, embeddings, ...),
+    /// passed through to the model's own server.
+    pub openai: bool,
 }
 
 impl Capabilities {
     /// The API's names for them.
     pub fn list(&self) -> Vec<Capability> {
-        let Self { infer, embeddings } = self;
+        let Self {
+            infer,
+            embeddings,
+            openai,
+        } = self;
         let mut list = Vec::new();
         if infer.is_some() {
             list.push(Capability::Infer);
         }
         if embeddings.is_some() {
             list.push(Capability::Embeddings);
+        }
+        if *openai {
+            list.push(Capability::Openai);
         }
         list
     }

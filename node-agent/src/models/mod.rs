@@ -1,6 +1,6 @@
 //! Model kinds the workers can run, and their catalog entries.
 //!
-//! Each kind is one file implementing [`Kind`] (`synthetic.rs`, `minilm.rs`), listed once in
+//! Each kind is one file implementing [`Kind`] (`synthetic.rs`, `minilm.rs`, `server.rs`), listed once in
 //! [`ModelKind`] and in [`each_kind!`]; everything else reaches a kind through them.
 
 pub(crate) mod catalog;
@@ -8,6 +8,7 @@ pub(crate) mod kind;
 pub(crate) mod minilm;
 pub(crate) mod minilm_fetch;
 pub(crate) mod minilm_net;
+pub(crate) mod server;
 pub(crate) mod synthetic;
 pub(crate) mod synthetic_net;
 pub(crate) mod weights;
@@ -42,6 +43,8 @@ pub enum ModelKind {
     Synthetic(synthetic::SyntheticSpec),
     /// all-MiniLM-L6-v2 sentence embeddings.
     Minilm(minilm::MinilmSpec),
+    /// A model server of its own (vLLM, llama.cpp, ...), started from a command line.
+    Server(server::ServerSpec),
 }
 
 /// Runs `$body` with `$k` bound to the kind's entry, whichever kind it is: the one `match`
@@ -51,6 +54,7 @@ macro_rules! each_kind {
         match $kind {
             ModelKind::Synthetic($k) => $body,
             ModelKind::Minilm($k) => $body,
+            ModelKind::Server($k) => $body,
         }
     };
 }

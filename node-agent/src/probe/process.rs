@@ -1,12 +1,19 @@
 //! Facts about processes from /proc: names, resident memory, start times, and the marker that
 //! identifies a vramkeeper worker: `VRAMKEEPER_WORKER_MARKER=<agent id>:<instance>` in its
-//! environment. Command lines prove nothing (anyone can write one); a marker counts only on a
-//! process that runs as the agent's own user.
+//! environment, with `VRAMKEEPER_WORKER_SEQ` (which worker of that run) and `VRAMKEEPER_MODEL`
+//! (the model it was started for). Every process a worker starts inherits them, so a model
+//! server's whole tree is attributable, even a descendant that left its process group, and a
+//! restarted agent names each by its model. Command lines prove nothing (anyone can write one);
+//! a marker counts only on a process that runs as the agent's own user.
 
 use std::{fs, os::unix::fs::MetadataExt};
 
 /// The environment variable that marks a worker: `<agent id>:<instance>`.
 pub(crate) const MARKER_ENV: &str = "VRAMKEEPER_WORKER_MARKER";
+/// Which worker of its run a marked process belongs to (a number).
+pub(crate) const SEQ_ENV: &str = "VRAMKEEPER_WORKER_SEQ";
+/// The model the worker was started for.
+pub(crate) const MODEL_ENV: &str = "VRAMKEEPER_MODEL";
 
 /// The marker in a worker's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +22,18 @@ pub(crate) struct WorkerMarker {
     pub agent_id: String,
     /// The run of that agent that started it.
     pub instance: String,
+    /// Which worker of that run (absent on markers of older agents).
+    pub seq: Option<u64>,
+    /// The model it was started for.
+    pub model: Option<String>,
+}
+
+impl WorkerMarker {
+    /// Whether the process belongs to worker `seq` of run `instance` (the worker itself or
+    /// anything it started).
+    pub(crate) fn in_tree(&self, instance: &str, seq: u64) -> bool {
+        self.instance == instance && self.seq == Some(seq)
+    }
 }
 
 /// The process's name (`comm`), or `?` when it is gone or hidden.
@@ -65,15 +84,20 @@ pub(crate) fn marker_value(agent_id: &str, instance: &str) -> String {
 
 /// Parses a NUL-separated environment (`/proc/<pid>/environ`).
 pub(crate) fn parse_marker(environ: &[u8]) -> Option<WorkerMarker> {
-    let prefix = format!("{MARKER_ENV}=");
-    let value = environ
-        .split(|b| *b == 0)
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .find_map(|v| v.strip_prefix(prefix.as_str()))?;
+    let var = |name: &str| {
+        let prefix = format!("{name}=");
+        environ
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find_map(|v| v.strip_prefix(prefix.as_str()).map(str::to_string))
+    };
+    let value = var(MARKER_ENV)?;
     let (agent_id, instance) = value.split_once(':')?;
     (!agent_id.is_empty() && !instance.is_empty()).then(|| WorkerMarker {
         agent_id: agent_id.into(),
         instance: instance.into(),
+        seq: var(SEQ_ENV).and_then(|s| s.parse().ok()),
+        model: var(MODEL_ENV).filter(|m| !m.is_empty()),
     })
 }
 
@@ -157,6 +181,79 @@ pub(crate) fn workers_of(agent_id: &str) -> Vec<(u32, WorkerMarker)> {
         .collect()
 }
 
+/// Every live process of worker `seq` of run `instance` of agent `agent_id`: the worker and
+/// everything it started, wherever it moved in the process tree.
+pub(crate) fn tree_of(agent_id: &str, instance: &str, seq: u64) -> Vec<u32> {
+    workers_of(agent_id)
+        .into_iter()
+        .filter(|(_, m)| m.in_tree(instance, seq))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Sends `signal` to every process of the tree (see [`tree_of`]) but `spare`; returns the
+/// pids signalled.
+pub(crate) fn signal_tree(
+    agent_id: &str,
+    instance: &str,
+    seq: u64,
+    signal: nix::sys::signal::Signal,
+    spare: Option<u32>,
+) -> Vec<u32> {
+    let pids: Vec<u32> = tree_of(agent_id, instance, seq)
+        .into_iter()
+        .filter(|pid| Some(*pid) != spare)
+        .collect();
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), signal);
+    }
+    pids
+}
+
+/// The processes (that this agent may inspect) listening on TCP `port`, any address, IPv4 or
+/// IPv6. Empty when none is visible.
+pub(crate) fn listeners_on(port: u16) -> Vec<u32> {
+    let inodes: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| fs::read_to_string(table).ok())
+        .flat_map(|text| listening_inodes(&text, port))
+        .collect();
+    if inodes.is_empty() {
+        return vec![];
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                return false;
+            };
+            fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+                .any(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
+        })
+        .collect()
+}
+
+/// The socket inodes of a `/proc/net/tcp` table that listen on `port`.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let listening = *fields.get(3)? == LISTEN;
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
 fn page_size() -> u64 {
     procfs::page_size()
 }
@@ -172,9 +269,18 @@ mod tests {
             parse_marker(environ),
             Some(WorkerMarker {
                 agent_id: "abc".into(),
-                instance: "i-1".into()
+                instance: "i-1".into(),
+                seq: None,
+                model: None,
             })
         );
+        let server = b"VRAMKEEPER_MODEL=qwen-chat\0VRAMKEEPER_WORKER_MARKER=abc:i-1\0VRAMKEEPER_WORKER_SEQ=7\0";
+        let marker = parse_marker(server).unwrap();
+        assert_eq!(marker.seq, Some(7));
+        assert_eq!(marker.model.as_deref(), Some("qwen-chat"));
+        assert!(marker.in_tree("i-1", 7));
+        assert!(!marker.in_tree("i-1", 8));
+        assert!(!marker.in_tree("i-2", 7));
         // A command line that imitates a worker's carries no marker.
         assert_eq!(
             parse_marker(b"/bin/vramkeeper-agent\0worker\0--agent-id\0abc\0--instance\0i\0"),
@@ -193,6 +299,20 @@ mod tests {
         assert_eq!(start_ticks(u32::MAX - 1), None);
         assert!(cpu_ticks(me).is_some());
         assert!(age(me).is_some_and(|a| a < std::time::Duration::from_secs(24 * 3600 * 365)));
+    }
+
+    #[test]
+    fn a_listening_socket_is_found_with_its_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listeners_on(port), [std::process::id()]);
+        drop(listener);
+        assert!(listeners_on(port).is_empty());
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+             0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n   \
+             1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0\n";
+        assert_eq!(listening_inodes(table, 8080), [4242]);
+        assert!(listening_inodes(table, 8081).is_empty());
     }
 
     #[test]

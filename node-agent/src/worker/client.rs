@@ -35,6 +35,13 @@ pub(crate) struct WorkerLaunch {
     pub start_timeout: Duration,
 }
 
+impl WorkerLaunch {
+    /// Where model servers' output is mirrored, one `<model>.log` each.
+    pub(crate) fn log_dir(&self) -> PathBuf {
+        self.run_dir.join("logs")
+    }
+}
+
 /// Why talking to a worker failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WorkerError {
@@ -106,6 +113,7 @@ pub(crate) fn cuda_selection(device: &DeviceInfo) -> (u32, Vec<(&'static str, St
 /// agent's own request handling can orphan one.
 pub(crate) struct WorkerHandle {
     pid: u32,
+    seq: u64,
     kill: mpsc::UnboundedSender<()>,
     exit: watch::Receiver<Option<String>>,
     conn: Mutex<Option<UnixStream>>,
@@ -113,8 +121,60 @@ pub(crate) struct WorkerHandle {
     backend: BackendKind,
 }
 
-/// Owns the child: waits for it, kills it when asked or when the handle is dropped.
-fn spawn_reaper(mut child: Child) -> (mpsc::UnboundedSender<()>, watch::Receiver<Option<String>>) {
+/// Which worker a reaper sweeps up after: every process carrying its marker.
+struct Tree {
+    agent_id: String,
+    instance: String,
+    seq: u64,
+}
+
+impl Tree {
+    /// SIGKILLs whatever of the tree outlived the worker (a model server, its engine
+    /// processes, one that left the process group) and waits, up to `wait`, until it is gone.
+    async fn sweep(self, wait: Duration) {
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut killed: Vec<u32> = vec![];
+            let deadline = Instant::now() + wait;
+            loop {
+                let left = process::signal_tree(
+                    &self.agent_id,
+                    &self.instance,
+                    self.seq,
+                    nix::sys::signal::Signal::SIGKILL,
+                    None,
+                );
+                for pid in &left {
+                    if !killed.contains(pid) {
+                        killed.push(*pid);
+                    }
+                }
+                if left.is_empty() || Instant::now() > deadline {
+                    return (killed, left);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .await;
+        if let Ok((killed, left)) = swept {
+            if !killed.is_empty() {
+                tracing::info!(?killed, "ended what a worker left running");
+            }
+            if !left.is_empty() {
+                tracing::warn!(?left, "processes of an ended worker survive SIGKILL");
+            }
+        }
+    }
+}
+
+/// How long the sweep after a worker's exit waits for its leftovers to vanish.
+const SWEEP_WAIT: Duration = Duration::from_secs(5);
+
+/// Owns the child: waits for it, kills it when asked or when the handle is dropped, then
+/// ends whatever of its tree outlived it; the exit is published after that sweep.
+fn spawn_reaper(
+    mut child: Child,
+    tree: Tree,
+) -> (mpsc::UnboundedSender<()>, watch::Receiver<Option<String>>) {
     let (kill_tx, mut kill_rx) = mpsc::unbounded_channel::<()>();
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -130,6 +190,7 @@ fn spawn_reaper(mut child: Child) -> (mpsc::UnboundedSender<()>, watch::Receiver
             Ok(status) => describe_exit(status),
             Err(e) => format!("cannot wait for it: {e}"),
         };
+        tree.sweep(SWEEP_WAIT).await;
         exit_tx.send_replace(Some(how));
     });
     (kill_tx, exit_rx)
@@ -143,11 +204,12 @@ pub(crate) struct Ended {
 }
 
 impl WorkerHandle {
-    /// Starts a worker for `device` and waits until it answers.
+    /// Starts worker `seq` for `model` on `device` and waits until it answers.
     pub(crate) async fn spawn(
         launch: &WorkerLaunch,
         device: &DeviceInfo,
         seq: u64,
+        model: &str,
         fault: Option<&str>,
     ) -> Result<Self, WorkerError> {
         let backend = device.backend;
@@ -160,10 +222,13 @@ impl WorkerHandle {
         let mut cmd = Command::new(&launch.exe);
         // The marker that makes the worker this agent's: in its environment, read back from
         // /proc only for processes of the agent's own user (a command line proves nothing).
+        // Every process the worker starts inherits it, with the worker's number and model.
         cmd.env(
             process::MARKER_ENV,
             process::marker_value(&launch.agent_id, &launch.instance),
         )
+        .env(process::SEQ_ENV, seq.to_string())
+        .env(process::MODEL_ENV, model)
         .arg("worker")
         .args(["--agent-id", &launch.agent_id])
         .args(["--instance", &launch.instance])
@@ -174,12 +239,18 @@ impl WorkerHandle {
         .args(["--device-index", &cuda_ordinal.to_string()])
         .arg("--cache-dir")
         .arg(&launch.cache_dir)
+        .args(["--gpu", &device.index.to_string()])
+        .arg("--log-dir")
+        .arg(launch.log_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         // Its own process group: a Ctrl-C at the agent's terminal is the agent's to handle.
         .process_group(0)
         .kill_on_drop(false);
+        if let Some(uuid) = &device.uuid {
+            cmd.args(["--gpu-uuid", uuid]);
+        }
         if launch.test_ops {
             cmd.arg("--test-ops");
             if let Some(fault) = fault {
@@ -190,9 +261,15 @@ impl WorkerHandle {
             .spawn()
             .map_err(|e| WorkerError::Spawn(format!("{}: {e}", launch.exe.display())))?;
         let pid = child.id().unwrap_or_default();
-        let (kill, exit) = spawn_reaper(child);
+        let tree = Tree {
+            agent_id: launch.agent_id.clone(),
+            instance: launch.instance.clone(),
+            seq,
+        };
+        let (kill, exit) = spawn_reaper(child, tree);
         let mut handle = Self {
             pid,
+            seq,
             kill,
             exit,
             conn: Mutex::new(None),
@@ -243,6 +320,11 @@ impl WorkerHandle {
     /// The worker's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its number among the workers of this run (its processes' marker).
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// The backend it runs.

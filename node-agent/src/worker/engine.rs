@@ -24,6 +24,8 @@ pub(crate) struct LoadInfo {
     pub weights_ms: f64,
     /// Milliseconds of the warm-up pass.
     pub warmup_ms: f64,
+    /// The port a model server listens on (server models).
+    pub port: Option<u16>,
 }
 
 /// A forward pass's result.
@@ -54,6 +56,12 @@ pub(crate) trait Engine {
     fn leak(&mut self, bytes: u64, pooled: bool) -> Result<(), String>;
     /// Bytes the test-only leak op holds referenced.
     fn leaked(&self) -> u64;
+    /// Resident memory of the worker and everything it started.
+    fn tree_rss(&self) -> u64 {
+        crate::probe::process::rss_bytes(std::process::id()).unwrap_or(0)
+    }
+    /// Ends what the worker started, before it exits.
+    fn stop(&mut self) {}
 }
 
 /// The engine of backend `B`.
@@ -116,6 +124,7 @@ impl<B: ModelBackend> Engine for BurnEngine<B> {
             context_ms,
             weights_ms,
             warmup_ms: ms(warm),
+            port: None,
         };
         self.model = Some(model);
         Ok(info)

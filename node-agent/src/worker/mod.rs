@@ -4,3 +4,5 @@ pub(crate) mod client;
 pub(crate) mod engine;
 pub mod protocol;
 pub(crate) mod server;
+pub(crate) mod server_logs;
+pub(crate) mod server_process;

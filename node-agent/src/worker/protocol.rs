@@ -93,6 +93,9 @@ pub enum Response {
         weights_ms: f64,
         /// Milliseconds of the warm-up forward pass.
         warmup_ms: f64,
+        /// The port the model's own server listens on (server models; on 127.0.0.1).
+        #[serde(default)]
+        port: Option<u16>,
     },
     /// A forward pass.
     Inferred {

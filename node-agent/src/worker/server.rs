@@ -12,11 +12,12 @@ use anyhow::Context;
 use super::{
     engine::{BurnEngine, Engine},
     protocol::{FrameError, Request, Response, WorkerMemory, read_frame, write_frame},
+    server_process::ServerEngine,
 };
 use crate::{
     args::{Fault, WorkerArgs},
     backend::Cpu,
-    probe::process,
+    models::ModelKind,
 };
 
 /// Runs a worker until it is told to shut down (or killed).
@@ -28,7 +29,9 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::debug!(socket = %args.socket.display(), backend = engine.backend(), "worker ready");
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        if serve(stream, engine.as_mut(), &args) == Flow::Exit {
+        if serve(stream, &mut engine, &args) == Flow::Exit {
+            // A model server ends before its worker does: nothing of the tree outlives it.
+            engine.stop();
             let _ = std::fs::remove_file(&args.socket);
             exit_now();
         }
@@ -82,7 +85,7 @@ enum Flow {
     Exit,
 }
 
-fn serve(mut stream: UnixStream, engine: &mut dyn Engine, args: &WorkerArgs) -> Flow {
+fn serve(mut stream: UnixStream, engine: &mut Box<dyn Engine>, args: &WorkerArgs) -> Flow {
     loop {
         let request: Request = match read_frame(&mut stream) {
             Ok(r) => r,
@@ -141,7 +144,7 @@ fn serve(mut stream: UnixStream, engine: &mut dyn Engine, args: &WorkerArgs) -> 
     }
 }
 
-fn handle(request: Request, engine: &mut dyn Engine, args: &WorkerArgs) -> Response {
+fn handle(request: Request, engine: &mut Box<dyn Engine>, args: &WorkerArgs) -> Response {
     let error = |message: String| Response::Error {
         message,
         fatal: false,
@@ -152,16 +155,23 @@ fn handle(request: Request, engine: &mut dyn Engine, args: &WorkerArgs) -> Respo
             instance: args.instance.clone(),
             backend: engine.backend().to_string(),
         },
-        Request::Load { spec } => match engine.load(&spec) {
-            Ok(info) => Response::Loaded {
-                params: info.params,
-                param_bytes: info.param_bytes,
-                context_ms: info.context_ms,
-                weights_ms: info.weights_ms,
-                warmup_ms: info.warmup_ms,
-            },
-            Err(message) => error(message),
-        },
+        Request::Load { spec } => {
+            if matches!(spec.kind, ModelKind::Server(_)) {
+                // A model server is supervised, not built: no burn backend, no device context.
+                *engine = Box::new(ServerEngine::new(args));
+            }
+            match engine.load(&spec) {
+                Ok(info) => Response::Loaded {
+                    params: info.params,
+                    param_bytes: info.param_bytes,
+                    context_ms: info.context_ms,
+                    weights_ms: info.weights_ms,
+                    warmup_ms: info.warmup_ms,
+                    port: info.port,
+                },
+                Err(message) => error(message),
+            }
+        }
         Request::Infer { tokens } => match engine.infer(&tokens) {
             Ok(i) => Response::Inferred {
                 next_tokens: i.next_tokens,
@@ -181,7 +191,7 @@ fn handle(request: Request, engine: &mut dyn Engine, args: &WorkerArgs) -> Respo
         Request::Memory => {
             let (in_use, reserved) = engine.allocator();
             Response::Memory(WorkerMemory {
-                rss_bytes: process::rss_bytes(std::process::id()).unwrap_or(0),
+                rss_bytes: engine.tree_rss(),
                 in_use_bytes: in_use,
                 reserved_bytes: reserved,
                 leaked_bytes: engine.leaked(),

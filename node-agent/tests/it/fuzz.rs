@@ -422,6 +422,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
             context_ms: 0.5,
             weights_ms: 1.0,
             warmup_ms: 2.0,
+            port: Some(8000),
         },
         Rs::Inferred {
             next_tokens: vec![1],

@@ -12,5 +12,6 @@ mod isolation;
 mod restart;
 mod rude_clients;
 mod security;
+mod servers;
 mod sick_workers;
 mod switching;

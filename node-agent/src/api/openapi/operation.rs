@@ -87,6 +87,13 @@ pub(super) fn operation(
             "description": "Success.",
             "content": {content_type: {"schema": {"type": "string"}}},
         }),
+        Success::PassedThrough => json!({
+            "description": "The model server's answer, passed through.",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }),
         Success::Document => json!({
             "description": "Success.",
             "content": {"application/json": {"schema": {
