@@ -24,12 +24,31 @@ use crate::{app::App, args::Cli};
 const TOKEN: &str = "the-token";
 const KEY: &str = "an-inference-key";
 
+/// A catalog with a model of each kind that needs no file (`{name}` in a route's path is the
+/// server model).
+const CATALOG: &str = r#"
+[[model]]
+name = "tiny"
+kind = "synthetic"
+params = 1_000_000
+
+[[model]]
+name = "srv"
+kind = "server"
+command = ["some-server", "--port", "{port}"]
+"#;
+
 /// An agent's state on the CPU with test ops and `flags`, in a state directory of its own.
 fn app(flags: &[&str]) -> (Arc<App>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let catalog = catalog.to_str().unwrap().to_string();
     let mut argv = vec![
         "vramkeeper-agent",
+        "--catalog",
+        &catalog,
         "--device",
         "cpu",
         "--enable-test-ops",
@@ -50,7 +69,7 @@ fn app(flags: &[&str]) -> (Arc<App>, tempfile::TempDir) {
 fn request(method: &Method, path: &str, bearer: Option<&str>) -> Request<Body> {
     let mut builder = Request::builder()
         .method(method)
-        .uri(path)
+        .uri(path.replace("{name}", "srv"))
         .header(HOST, "127.0.0.1");
     if let Some(bearer) = bearer {
         builder = builder.header(AUTHORIZATION, format!("Bearer {bearer}"));

@@ -42,6 +42,11 @@ pub struct ServerSpec {
     /// Seconds between SIGTERM and SIGKILL when it is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_s: f64,
+    /// A path the server offers (`POST`) to return memory it caches without using it (the
+    /// agent's post-load cleanup and its Free VRAM call it); without one, only a reset
+    /// (a restart of the server) returns such memory.
+    #[serde(default)]
+    pub free_path: Option<String>,
 }
 
 fn default_health() -> String {
@@ -106,6 +111,16 @@ fn unknown_placeholder(text: &str) -> Option<String> {
     None
 }
 
+fn check_path(field: &str, path: &str) -> Result<(), String> {
+    if path.starts_with('/') && !path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} = {path:?} must be a path starting with '/' (on the server's port)"
+        ))
+    }
+}
+
 fn check_wait(field: &str, secs: f64) -> Result<(), String> {
     if secs.is_finite() && secs > 0.0 && secs <= MAX_WAIT_S {
         Ok(())
@@ -142,11 +157,21 @@ impl Kind for ServerSpec {
         {
             return Err("command and env values must not hold NUL bytes".into());
         }
-        if !self.health.starts_with('/') || self.health.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "health = {:?} must be a path starting with '/' (GET on the server's port)",
-                self.health
-            ));
+        if !self
+            .command
+            .iter()
+            .chain(self.env.values())
+            .any(|t| t.contains("{port}"))
+        {
+            return Err(
+                "command (or an env value) must pass {port} to the server: the agent \
+                        picks the port and sends requests there"
+                    .into(),
+            );
+        }
+        check_path("health", &self.health)?;
+        if let Some(free) = &self.free_path {
+            check_path("free_path", free)?;
         }
         check_wait("ready_timeout_s", self.ready_timeout_s)?;
         check_wait("stop_grace_s", self.stop_grace_s)?;
@@ -205,6 +230,7 @@ mod tests {
             ready_timeout_s: 600.0,
             env: BTreeMap::new(),
             stop_grace_s: 10.0,
+            free_path: None,
         }
     }
 
@@ -230,26 +256,33 @@ mod tests {
     fn bad_entries_name_the_field() {
         let err = |s: ServerSpec| s.check().unwrap_err();
         assert!(err(spec(&[])).contains("command"));
+        assert!(err(spec(&["srv", "--port", "8000"])).contains("{port}"));
         assert!(err(spec(&["srv", "--port", "{prot}"])).contains("{prot}"));
         assert!(err(spec(&["srv", "{port"])).contains("{port"));
-        let mut s = spec(&["srv"]);
+        let ok = || spec(&["srv", "--port", "{port}"]);
+        let mut s = ok();
         s.health = "health".into();
         assert!(err(s).contains("health"));
-        let mut s = spec(&["srv"]);
+        let mut s = ok();
+        s.free_path = Some("x y".into());
+        assert!(err(s).contains("free_path"));
+        let mut s = ok();
         s.ready_timeout_s = 0.0;
         assert!(err(s).contains("ready_timeout_s"));
-        let mut s = spec(&["srv"]);
+        let mut s = ok();
         s.stop_grace_s = f64::NAN;
         assert!(err(s).contains("stop_grace_s"));
-        let mut s = spec(&["srv"]);
+        let mut s = ok();
         s.env.insert("CUDA_VISIBLE_DEVICES".into(), "1".into());
         assert!(err(s).contains("CUDA_VISIBLE_DEVICES"));
-        let mut s = spec(&["srv"]);
-        s.env
-            .insert("VRAMKEEPER_WORKER_MARKER".into(), "x:y".into());
+        let mut s = ok();
+        s.env.insert("VRAMKEEPER_WORKER_MARKER".into(), "x:y".into());
         assert!(err(s).contains("VRAMKEEPER_WORKER_MARKER"));
-        let mut s = spec(&["srv"]);
+        let mut s = ok();
         s.env.insert("A=B".into(), "1".into());
         assert!(err(s).contains("A=B"));
+        let mut s = spec(&["srv"]);
+        s.env.insert("PORT".into(), "{port}".into());
+        assert!(s.check().is_ok());
     }
 }

@@ -212,6 +212,18 @@ function cells(m) {
   const kind = document.createElement('span');
   kind.className = 'model-kind';
   kind.textContent = m.kind;
+  const nameCell = [name, kind];
+  if (m.kind === 'server') {
+    // What the model's own server printed: its last lines, also after it failed to start.
+    const logs = document.createElement('a');
+    logs.className = 'model-logs';
+    logs.href = `/v1/models/${encodeURIComponent(m.name)}/logs`;
+    logs.target = '_blank';
+    logs.rel = 'noopener';
+    logs.textContent = 'logs';
+    logs.setAttribute('aria-label', `${m.name}: server logs`);
+    nameCell.push(logs);
+  }
 
   const badge = document.createElement('span');
   badge.className = 'state';
@@ -230,7 +242,7 @@ function cells(m) {
     last.push(t);
     if (m.last_loaded) last.push(timeEl(m.last_loaded, 'loaded'));
   } else last.push(dash());
-  return [[name, kind], [badge], vram, ram, loads, last, testCell(m.name)];
+  return [nameCell, [badge], vram, ram, loads, last, testCell(m.name)];
 }
 
 export function renderModels(d) {

@@ -30,6 +30,8 @@ use crate::{
 
 /// Lines of stderr quoted in an error.
 const QUOTED_LINES: usize = 12;
+/// How long the server's free path may take.
+const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long processes may take to vanish after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -52,6 +54,8 @@ pub(crate) struct ServerEngine {
 struct Running {
     child: Child,
     grace: Duration,
+    /// `http://127.0.0.1:<port><free_path>`, when the server offers one.
+    free_url: Option<String>,
 }
 
 impl ServerEngine {
@@ -166,6 +170,10 @@ impl ServerEngine {
         self.running = Some(Running {
             child,
             grace: Duration::from_secs_f64(spec.stop_grace_s),
+            free_url: spec
+                .free_path
+                .as_ref()
+                .map(|p| format!("http://127.0.0.1:{port}{p}")),
         });
         let spawn_ms = crate::units::ms(started.elapsed());
         let url = format!("http://127.0.0.1:{port}{}", spec.health);
@@ -300,7 +308,35 @@ impl Engine for ServerEngine {
         (0, 0)
     }
 
-    fn cleanup(&mut self) {}
+    fn cleanup(&mut self) {
+        // The server's own way to return what it caches, if it offers one.
+        let Some(url) = self.running.as_ref().and_then(|r| r.free_url.clone()) else {
+            return;
+        };
+        let asked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|runtime| {
+                let _inside = runtime.enter();
+                let client = reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(FREE_TIMEOUT)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let answer = runtime
+                    .block_on(client.post(&url).send())
+                    .map_err(|e| e.to_string())?;
+                answer
+                    .status()
+                    .is_success()
+                    .then_some(())
+                    .ok_or_else(|| format!("HTTP {}", answer.status()))
+            });
+        if let Err(e) = asked {
+            tracing::warn!(url, error = %e, "the server's free path failed");
+        }
+    }
 
     fn leak(&mut self, _bytes: u64, _pooled: bool) -> Result<(), String> {
         Err("the test-only leak op is for burn workers; a server leaks on its own".into())
