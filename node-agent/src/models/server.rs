@@ -276,7 +276,8 @@ mod tests {
         s.env.insert("CUDA_VISIBLE_DEVICES".into(), "1".into());
         assert!(err(s).contains("CUDA_VISIBLE_DEVICES"));
         let mut s = ok();
-        s.env.insert("VRAMKEEPER_WORKER_MARKER".into(), "x:y".into());
+        s.env
+            .insert("VRAMKEEPER_WORKER_MARKER".into(), "x:y".into());
         assert!(err(s).contains("VRAMKEEPER_WORKER_MARKER"));
         let mut s = ok();
         s.env.insert("A=B".into(), "1".into());

@@ -178,14 +178,18 @@ impl ServerEngine {
         let spawn_ms = crate::units::ms(started.elapsed());
         let url = format!("http://127.0.0.1:{port}{}", spec.health);
         match self.wait_healthy(&url, Duration::from_secs_f64(spec.ready_timeout_s), port) {
-            Ok(()) => Ok(LoadInfo {
-                params: 0,
-                param_bytes: 0,
-                context_ms: spawn_ms,
-                weights_ms: 0.0,
-                warmup_ms: crate::units::ms(started.elapsed()) - spawn_ms,
-                port: Some(port),
-            }),
+            Ok(()) => {
+                // What it printed while starting is readable the moment its load returns.
+                logs.flush();
+                Ok(LoadInfo {
+                    params: 0,
+                    param_bytes: 0,
+                    context_ms: spawn_ms,
+                    weights_ms: 0.0,
+                    warmup_ms: crate::units::ms(started.elapsed()) - spawn_ms,
+                    port: Some(port),
+                })
+            }
             Err(why) => {
                 self.stop_server();
                 // Whatever the server printed up to its end.

@@ -58,19 +58,25 @@ fn processes_of(agent: &Agent, model: &str) -> Vec<u32> {
 
 /// The fixture's port, from the line it printed (`GET /v1/models/{name}/logs`).
 async fn fixture_port(agent: &Agent, model: &str) -> u16 {
-    let (code, logs) = agent.get(&format!("/v1/models/{model}/logs")).await;
-    assert_eq!(code, StatusCode::OK, "{logs}");
-    logs["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["text"].as_str())
-        .rev()
-        .find_map(|t| {
-            let rest = t.strip_prefix("fixture: listening on 127.0.0.1:")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no listening line in {logs}"))
+    wait_for(
+        "the fixture's listening line in its log",
+        DEADLINE,
+        || async {
+            let (code, logs) = agent.get(&format!("/v1/models/{model}/logs")).await;
+            assert_eq!(code, StatusCode::OK, "{logs}");
+            logs["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l["text"].as_str())
+                .rev()
+                .find_map(|t| {
+                    let rest = t.strip_prefix("fixture: listening on 127.0.0.1:")?;
+                    rest.split_whitespace().next()?.parse().ok()
+                })
+        },
+    )
+    .await
 }
 
 async fn fixture_stats(port: u16) -> Value {
@@ -510,34 +516,62 @@ async fn an_agent_killed_with_a_server_loaded_finds_it_named_by_its_model_and_fr
     .await;
 }
 
+/// The seed's leak: the server "unloads" internally but keeps its cache.
+async fn leak(port: u16, mib: u64) {
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/admin/leak"))
+        .json(&json!({ "mib": mib }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+async fn growth_shows(agent: &Agent, at_least_mb: f64) {
+    wait_until("the growth shows as ghost", DEADLINE, || async {
+        agent
+            .device()
+            .await
+            .ghost
+            .sources
+            .iter()
+            .any(|s| s.kind == GhostSourceKind::WorkerGrowth && s.mb >= at_least_mb)
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_server_that_keeps_its_cache_is_worker_growth_and_a_reset_clears_it() {
-    let agent = agent_with(&[server("srv-a", &["--hold-mib", "20"], "")]).await;
+async fn a_server_that_keeps_its_cache_is_worker_growth_cleared_by_free_then_by_reset() {
+    let agent = agent_with(&[server(
+        "srv-a",
+        &["--hold-mib", "20"],
+        "free_path = \"/admin/empty_cache\"",
+    )])
+    .await;
     let (code, _) = agent
         .post("/v1/models/switch", json!({"model": "srv-a"}))
         .await;
     assert_eq!(code, StatusCode::OK);
     let port = fixture_port(&agent, "srv-a").await;
-    // The seed's leak: the server "unloads" internally but keeps its cache.
-    reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/admin/leak"))
-        .json(&json!({"mib": 300}))
-        .send()
-        .await
-        .unwrap();
-    wait_until("the growth shows as ghost", DEADLINE, || async {
-        let device = agent.device().await;
-        device
-            .ghost
-            .sources
-            .iter()
-            .any(|s| s.kind == GhostSourceKind::WorkerGrowth && s.mb >= 250.0)
+
+    // Free VRAM asks the server, through its free_path, to return its cache.
+    leak(port, 300).await;
+    growth_shows(&agent, 250.0).await;
+    let (code, freed) = agent.post("/v1/gpu/free", json!({})).await;
+    assert_eq!(code, StatusCode::OK, "{freed}");
+    wait_until("free returned the cache", DEADLINE, || async {
+        agent.device().await.ghost.total_mb < 100.0
     })
     .await;
+    assert_eq!(agent.device().await.active_model.as_deref(), Some("srv-a"));
+
+    // Reset restarts the server, which returns everything.
+    leak(port, 300).await;
+    growth_shows(&agent, 250.0).await;
     let (code, reset) = agent.post("/v1/gpu/reset", json!({})).await;
     assert_eq!(code, StatusCode::OK, "{reset}");
     assert_eq!(reset["reloaded"], "srv-a", "{reset}");
-    wait_until("the growth is gone", DEADLINE, || async {
+    wait_until("the reset returned the cache", DEADLINE, || async {
         agent.device().await.ghost.total_mb < 100.0
     })
     .await;
@@ -607,4 +641,107 @@ async fn concurrent_requests_for_two_servers_never_put_both_up() {
     );
     let models: Vec<_> = procs::marked_by(&agent.agent_id);
     assert!(models.len() <= 2, "{models:?}");
+}
+
+/// The virtual environment `scripts/install-test-tools` puts llama-cpp-python in.
+fn llama_python() -> std::path::PathBuf {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/llama/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-test-tools (scripts/test does)",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn a_real_llama_cpp_server_is_switched_against_burn_and_the_fixture() {
+    let python = llama_python();
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny-llama.gguf");
+    let made = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/make-tiny-gguf.py"
+        ))
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let command = json!([
+        python,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        gguf,
+        "--model_alias",
+        "llama",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--n_ctx",
+        "256",
+        "--interrupt_requests",
+        "False",
+        "--verbose",
+        "False"
+    ]);
+    let llama = format!(
+        "\n[[model]]\nname = \"llama\"\nkind = \"server\"\ncommand = {command}\nhealth = \"/v1/models\"\nready_timeout_s = 300\n"
+    );
+    let agent = agent_with(&[llama, server("srv-a", &["--hold-mib", "20"], "")]).await;
+
+    // burn -> llama.cpp: measured, and its streamed answer passes through.
+    let (code, _) = agent
+        .post("/v1/models/switch", json!({"model": "tiny-a"}))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, switched) = agent
+        .post("/v1/models/switch", json!({"model": "llama"}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{switched}\n{}", agent.log());
+    assert_eq!(switched["release"]["verified"], true, "{switched}");
+    assert!(switched["vram_mb"].as_f64().unwrap() >= 20.0, "{switched}");
+    let tree = processes_of(&agent, "llama");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", agent.url))
+        .json(&chat("llama", 16, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    let chunks = text
+        .lines()
+        .filter(|l| l.starts_with("data: {") && l.contains("\"content\""))
+        .count();
+    assert!(chunks >= 8, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // llama.cpp -> fixture: its memory is released, its process gone.
+    let (code, switched) = agent
+        .post("/v1/models/switch", json!({"model": "srv-a"}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{switched}");
+    assert_eq!(switched["release"]["verified"], true, "{switched}");
+    assert!(tree.iter().all(|p| !procs::is_alive(*p)), "{tree:?}");
+
+    // A completion for it switches back (trigger auto).
+    let (code, completion) = agent
+        .post(
+            "/v1/completions",
+            json!({"model": "llama", "prompt": "hello", "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{completion}");
+    assert!(completion["choices"][0]["text"].is_string(), "{completion}");
+    let (code, _) = agent.post("/v1/models/unload", json!({})).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(procs::marked_by(&agent.agent_id).is_empty());
 }
