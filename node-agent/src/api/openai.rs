@@ -77,7 +77,7 @@ pub(super) fn routes() -> Vec<Route> {
         Operation::json::<ServerLogsResponse>(
             "What a server model's process printed (stdout and stderr), its last 2000 lines.",
         )
-        .errors(&[404]),
+        .errors(&[404, 422]),
     ));
     routes
 }
