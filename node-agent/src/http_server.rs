@@ -66,6 +66,9 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // Answers go out as they are written (a streamed body is several writes): without
+        // this, the second write of a small answer waits for the client's delayed ACK (~40 ms).
+        let _ = stream.set_nodelay(true);
         let permit = open.clone().try_acquire_owned().ok();
         // HTTP/1.1 only: version detection would wait for a first byte with no timeout.
         let mut builder = http1::Builder::new();

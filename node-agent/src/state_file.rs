@@ -22,6 +22,9 @@ struct StateFile {
 #[derive(Debug, Clone)]
 pub(crate) struct StateStore {
     path: PathBuf,
+    /// One writer at a time: writers share the temporary file, and a snapshot taken under
+    /// this lock is never overwritten by an older one.
+    writing: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// What loading found.
@@ -35,7 +38,16 @@ pub(crate) struct Loaded {
 impl StateStore {
     /// A store at `path`.
     pub(crate) fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self {
+            path,
+            writing: Default::default(),
+        }
+    }
+
+    /// Takes a snapshot with `snapshot` and writes it, one writer at a time.
+    pub(crate) fn save_snapshot(&self, snapshot: impl FnOnce() -> Tracker) -> std::io::Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.save(&snapshot())
     }
 
     /// The file's path.

@@ -85,9 +85,9 @@ pub(super) fn routes() -> Vec<Route> {
 /// Passing through may also find the server failing (502) or silent (504).
 const PASS_THROUGH_ERRORS: &[u16] = &[404, 409, 502, 503, 504];
 
-/// `?gpu=`: the device, when the model is not already loaded on one.
+/// `?gpu=`: the device, when the model is not already loaded on one. Other parameters are the
+/// server's business (and not passed on).
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(super) struct DeviceQuery {
     gpu: Option<u32>,
 }

@@ -512,14 +512,30 @@ impl Device {
         }
     }
 
+    /// How long a load of `spec` may take: a model server gets at least its own
+    /// `ready_timeout_s` (its worker gives up at that point and says why).
+    pub(crate) fn load_timeout(&self, spec: &ModelSpec) -> Duration {
+        let own = self.ctx.config.load_timeout;
+        match &spec.kind {
+            ModelKind::Server(server) => own.max(
+                Duration::from_secs_f64(server.ready_timeout_s)
+                    + Duration::from_secs_f64(server.stop_grace_s)
+                    + process_tree::KILL_MARGIN,
+            ),
+            _ => own,
+        }
+    }
+
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Writes the device's state file; a failure is logged, never fatal.
     pub(crate) fn save_state(&self) {
-        let tracker = self.state.lock().unwrap().tracker.clone();
-        if let Err(e) = self.store.save(&tracker) {
+        let saved = self
+            .store
+            .save_snapshot(|| self.state.lock().unwrap().tracker.clone());
+        if let Err(e) = saved {
             tracing::warn!(gpu = self.info.index, path = %self.store.path().display(), error = %e, "cannot write the state file");
         }
     }

@@ -405,7 +405,10 @@ impl Device {
         let cfg = &self.ctx.config;
         let port;
         match worker
-            .call(Request::Load { spec: spec.clone() }, cfg.load_timeout)
+            .call(
+                Request::Load { spec: spec.clone() },
+                self.load_timeout(spec),
+            )
             .await?
         {
             Response::Loaded {

@@ -94,9 +94,11 @@ impl ServerEngine {
     }
 
     fn signal_all(&mut self, signal: Signal) {
-        if let Some(running) = &self.running {
-            // The group first (a server that forks workers keeps them in it), then whatever
-            // left the group.
+        // The group first (a server that forks workers keeps them in it), while its leader is
+        // not reaped (so the group id names no one else); then whatever left the group.
+        if let Some(running) = self.running.as_mut()
+            && matches!(running.child.try_wait(), Ok(None))
+        {
             let group = nix::unistd::Pid::from_raw(running.child.id() as i32);
             let _ = nix::sys::signal::killpg(group, signal);
         }
@@ -200,9 +202,9 @@ impl ServerEngine {
                     .iter()
                     .any(|l| l.to_ascii_lowercase().contains("address already in use"));
                 let hint = if port_taken {
-                    format!(" (its port {port} is taken: another process listens there)")
+                    " (a port it binds is taken: another process listens there)"
                 } else {
-                    String::new()
+                    ""
                 };
                 let quoted = if lines.is_empty() {
                     "; it printed nothing to stderr".to_string()

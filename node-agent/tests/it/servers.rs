@@ -366,7 +366,23 @@ async fn an_unload_ends_a_stream_that_outlasts_the_drain_timeout() {
 
 #[tokio::test]
 async fn failed_starts_name_their_cause_and_leave_nothing_running() {
+    // A server told to bind a port another process holds (the agent's port goes unused).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    let busy = format!(
+        "\n[[model]]\nname = \"busy\"\nkind = \"server\"\ncommand = {}\nenv = {{ UNUSED = \"{{port}}\" }}\n",
+        serde_json::to_string(&[
+            "python3",
+            FIXTURE,
+            "--port",
+            &taken_port,
+            "--child-mib",
+            "10"
+        ])
+        .unwrap()
+    );
     let agent = agent_with(&[
+        busy,
         server("never", &["--never-healthy", "--child-mib", "20"], "ready_timeout_s = 2"),
         server("dies", &["--die-during-load"], ""),
         "\n[[model]]\nname = \"missing\"\nkind = \"server\"\ncommand = [\"vk-no-such-server\", \"--port\", \"{port}\"]\n"
@@ -377,6 +393,7 @@ async fn failed_starts_name_their_cause_and_leave_nothing_running() {
         ("never", "not healthy within ready_timeout_s = 2 s"),
         ("dies", "fixture: CUDA error: out of memory (simulated)"),
         ("missing", "command not found: \"vk-no-such-server\""),
+        ("busy", "a port it binds is taken"),
     ];
     for (model, cause) in cases {
         let (code, body) = agent
