@@ -306,6 +306,17 @@ class Run:
         self.ghost_baseline = None  # the ghost with torch-a loaded, before any leak
         self.fixture_port = None
 
+    def record_device_used(self, rec):
+        """nvidia-smi's used memory, and how far it is above the level before the agent started."""
+        try:
+            used = smi_used_mib()
+            before = self.report["steps"].get("machine", {}).get("used_before_agent_mib")
+            rec["nvidia_smi_used_mib"] = used
+            if before is not None:
+                rec["device_used_minus_start_mib"] = round(used - before, 1)
+        except Exception as e:
+            rec["nvidia_smi_used_error"] = repr(e)
+
     def check(self, step, name, ok, detail=""):
         self.report["checks"].append({"step": step, "check": name, "ok": bool(ok),
                                       "detail": detail})
@@ -482,14 +493,7 @@ class Run:
                             "host pids?): comparing the total of every compute process instead")
             smi_sum = sum(apps.values())
         rec["nvidia_smi_mib"] = smi_sum
-        try:
-            used = smi_used_mib()
-            before = self.report["steps"].get("machine", {}).get("used_before_agent_mib")
-            rec["nvidia_smi_used_mib"] = used
-            if before is not None:
-                rec["device_used_minus_start_mib"] = round(used - before, 1)
-        except Exception as e:
-            rec["nvidia_smi_used_error"] = repr(e)
+        self.record_device_used(rec)
         for label, value in (("switch reply vram_mb", switch_vram),
                              ("status vram_mb", status_vram)):
             if value is None:
@@ -707,14 +711,7 @@ class Run:
         d = self.agent.device()
         rec["active_after"] = d.get("active_model")
         rec["ghost_after_mb"] = (d.get("ghost") or {}).get("total_mb")
-        try:
-            used = smi_used_mib()
-            before = self.report["steps"].get("machine", {}).get("used_before_agent_mib")
-            rec["nvidia_smi_used_mib"] = used
-            if before is not None:
-                rec["device_used_minus_start_mib"] = round(used - before, 1)
-        except Exception as e:
-            rec["nvidia_smi_used_error"] = repr(e)
+        self.record_device_used(rec)
 
     # --- cleanup
 

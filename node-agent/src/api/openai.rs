@@ -14,7 +14,7 @@ use std::{
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -82,6 +82,11 @@ pub(super) fn routes() -> Vec<Route> {
     routes
 }
 
+/// Leases tried when a server fails a request because it just died.
+const ATTEMPTS: u32 = 2;
+/// How long to wait for the worker of a server that failed a request to be seen gone.
+const EXIT_WAIT: Duration = Duration::from_secs(3);
+
 /// Passing through may also find the server failing (502) or silent (504).
 const PASS_THROUGH_ERRORS: &[u16] = &[404, 409, 502, 503, 504];
 
@@ -105,11 +110,12 @@ static UPSTREAM: LazyLock<reqwest::Client> = LazyLock::new(|| {
 
 async fn pass_through(
     State(app): State<Arc<App>>,
-    Query(query): Query<DeviceQuery>,
+    query: std::result::Result<Query<DeviceQuery>, QueryRejection>,
     uri: Uri,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response> {
+    let Query(query) = query?;
     let model = model_of(&body)?;
     let device = device_for(&app, &model, query.gpu)?;
     let spec = device.spec(&model)?;
@@ -168,38 +174,53 @@ pub(super) async fn forward(
 ) -> Result<Response> {
     let spec = device.spec(model)?;
     device.fits(&spec)?;
-    let lease = device.lease(model).await?;
-    let url = format!("http://127.0.0.1:{}{path}", lease.port);
-    let mut request = UPSTREAM.post(&url).json(body);
-    for name in REQUEST_HEADERS {
-        if let Some(value) = headers.get(&name) {
-            request = request.header(&name, value);
-        }
-    }
     let timeout = app.devices[0].ctx().config.infer_timeout;
-    let answer = match tokio::time::timeout(timeout, request.send()).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => {
-            device.served(lease.active(), model, false);
-            let why = if e.is_connect() {
-                "refused the connection (it may have exited)".to_string()
-            } else {
-                format!("failed: {e}")
-            };
-            return Err(ApiError::Upstream {
-                model: model.to_string(),
-                detail: why,
-                timed_out: false,
-            });
+    let mut attempt = 1;
+    let (lease, answer) = loop {
+        let lease = device.lease(model).await?;
+        let url = format!("http://127.0.0.1:{}{path}", lease.port);
+        let mut request = UPSTREAM.post(&url).json(body);
+        for name in REQUEST_HEADERS {
+            if let Some(value) = headers.get(&name) {
+                request = request.header(&name, value);
+            }
         }
-        Err(_) => {
-            device.served(lease.active(), model, false);
-            return Err(ApiError::Upstream {
-                model: model.to_string(),
-                detail: format!("did not answer within {:.0} s", timeout.as_secs_f64()),
-                timed_out: true,
-            });
-        }
+        let detail = match tokio::time::timeout(timeout, request.send()).await {
+            Ok(Ok(answer)) => break (lease, answer),
+            Ok(Err(e)) => {
+                // A server that just died (its worker's exit not yet seen, or the request cut
+                // by its death): once its worker is known gone, the next lease starts it again,
+                // as a burn worker that died between its load and a request is replaced.
+                let active = lease.active().clone();
+                device.served(&active, model, false);
+                drop(lease);
+                let gone = tokio::time::timeout(EXIT_WAIT, active.worker.exited())
+                    .await
+                    .is_ok();
+                if gone && attempt < ATTEMPTS {
+                    attempt += 1;
+                    continue;
+                }
+                if e.is_connect() {
+                    "refused the connection (it may have exited)".to_string()
+                } else {
+                    format!("failed: {e}")
+                }
+            }
+            Err(_) => {
+                device.served(lease.active(), model, false);
+                return Err(ApiError::Upstream {
+                    model: model.to_string(),
+                    detail: format!("did not answer within {:.0} s", timeout.as_secs_f64()),
+                    timed_out: true,
+                });
+            }
+        };
+        return Err(ApiError::Upstream {
+            model: model.to_string(),
+            detail,
+            timed_out: false,
+        });
     };
     let status = answer.status();
     device.served(lease.active(), model, !status.is_server_error());

@@ -10,6 +10,10 @@ use std::{
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -53,6 +57,8 @@ pub(crate) struct ServerEngine {
 
 struct Running {
     child: Child,
+    /// Set before the worker stops the server itself: its watcher then stands down.
+    stopping: Arc<AtomicBool>,
     grace: Duration,
     /// `http://127.0.0.1:<port><free_path>`, when the server offers one.
     free_url: Option<String>,
@@ -130,6 +136,9 @@ impl ServerEngine {
         let Some(grace) = self.running.as_ref().map(|r| r.grace) else {
             return;
         };
+        if let Some(running) = &self.running {
+            running.stopping.store(true, Ordering::SeqCst);
+        }
         self.signal_all(Signal::SIGTERM);
         if !self.wait_gone(grace) {
             self.signal_all(Signal::SIGKILL);
@@ -171,6 +180,7 @@ impl ServerEngine {
         }
         self.running = Some(Running {
             child,
+            stopping: Arc::default(),
             grace: Duration::from_secs_f64(spec.stop_grace_s),
             free_url: spec
                 .free_path
@@ -183,6 +193,8 @@ impl ServerEngine {
             Ok(()) => {
                 // What it printed while starting is readable the moment its load returns.
                 logs.flush();
+                let running = self.running.as_ref().expect("started");
+                watch_server(running.child.id(), running.stopping.clone(), logs);
                 Ok(LoadInfo {
                     params: 0,
                     param_bytes: 0,
@@ -280,6 +292,38 @@ impl ServerEngine {
         ))
     }
 }
+
+/// How often a running server is checked for an exit of its own.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Watches a healthy server: if it exits on its own (a crash, the OOM killer), the worker
+/// exits too, so that the agent sees the model gone at once (its reaper ends what is left of
+/// the tree) instead of passing requests to a port nobody listens on.
+fn watch_server(pid: u32, stopping: Arc<AtomicBool>, logs: ServerLogs) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(WATCH_EVERY);
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if !process::is_alive(pid) {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!(pid, "the model server exited on its own: the worker ends");
+                logs.flush();
+                #[allow(unsafe_code)]
+                // SAFETY: _exit ends the process; nothing runs after it.
+                unsafe {
+                    libc::_exit(SERVER_EXITED)
+                }
+            }
+        }
+    });
+}
+
+/// The worker's exit status when its server exited on its own.
+const SERVER_EXITED: i32 = 4;
 
 /// A TCP port on 127.0.0.1 that nothing listens on now.
 fn free_port() -> Result<u16, String> {

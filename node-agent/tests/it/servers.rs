@@ -79,6 +79,15 @@ async fn fixture_port(agent: &Agent, model: &str) -> u16 {
     .await
 }
 
+/// Switches to `model`, which must succeed; returns the switch's answer.
+async fn switch(agent: &Agent, model: &str) -> Value {
+    let (code, switched) = agent
+        .post("/v1/models/switch", json!({ "model": model }))
+        .await;
+    assert_eq!(code, StatusCode::OK, "switch to {model}: {switched}");
+    switched
+}
+
 async fn fixture_stats(port: u16) -> Value {
     reqwest::get(format!("http://127.0.0.1:{port}/stats"))
         .await
@@ -141,14 +150,8 @@ async fn a_server_is_measured_as_its_whole_tree_and_switched_against_burn_and_se
     assert_eq!(entry["capabilities"], json!(["openai"]));
 
     // burn -> server: the tree's memory is at least what the server and its child hold.
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "tiny-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
-    let (code, switched) = agent
-        .post("/v1/models/switch", json!({"model": "srv-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{switched}");
+    switch(&agent, "tiny-a").await;
+    let switched = switch(&agent, "srv-a").await;
     assert_eq!(switched["release"]["verified"], true, "{switched}");
     let vram = switched["vram_mb"].as_f64().unwrap();
     let ram = switched["ram_mb"].as_f64().unwrap();
@@ -176,10 +179,7 @@ async fn a_server_is_measured_as_its_whole_tree_and_switched_against_burn_and_se
     assert_eq!(record.vram_mb, Some(vram));
 
     // server -> server: the whole tree of the first is gone, the escaped child included.
-    let (code, switched) = agent
-        .post("/v1/models/switch", json!({"model": "srv-b"}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{switched}");
+    let switched = switch(&agent, "srv-b").await;
     assert_eq!(switched["release"]["verified"], true, "{switched}");
     assert!(
         !procs::is_alive(child),
@@ -189,10 +189,7 @@ async fn a_server_is_measured_as_its_whole_tree_and_switched_against_burn_and_se
     assert!(processes_of(&agent, "srv-a").is_empty());
 
     // server -> burn.
-    let (code, switched) = agent
-        .post("/v1/models/switch", json!({"model": "tiny-b"}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{switched}");
+    let switched = switch(&agent, "tiny-b").await;
     assert_eq!(switched["release"]["verified"], true, "{switched}");
     assert!(processes_of(&agent, "srv-b").is_empty());
     let (code, _) = agent.post("/v1/models/unload", json!({})).await;
@@ -295,10 +292,7 @@ fn now_s() -> f64 {
 #[tokio::test]
 async fn a_client_that_leaves_cancels_the_upstream_request() {
     let agent = agent_with(&[server("srv-a", &["--token-delay-ms", "100"], "")]).await;
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "srv-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    switch(&agent, "srv-a").await;
     let port = fixture_port(&agent, "srv-a").await;
     let mut r = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", agent.url))
@@ -323,10 +317,7 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     )
     .await;
     // The model is free again: a switch does not wait for a drain.
-    let (code, switched) = agent
-        .post("/v1/models/switch", json!({"model": "tiny-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{switched}");
+    switch(&agent, "tiny-a").await;
 }
 
 #[tokio::test]
@@ -421,10 +412,7 @@ async fn failed_starts_name_their_cause_and_leave_nothing_running() {
     let (code, _) = agent.get("/v1/models/nope/logs").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     // The agent still works.
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "tiny-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    switch(&agent, "tiny-a").await;
 }
 
 #[tokio::test]
@@ -435,10 +423,7 @@ async fn a_server_that_ignores_sigterm_is_killed_after_its_grace() {
         "stop_grace_s = 1",
     )])
     .await;
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "stubborn"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    switch(&agent, "stubborn").await;
     let (code, unloaded) = agent.post("/v1/models/unload", json!({})).await;
     assert_eq!(code, StatusCode::OK, "{unloaded}");
     assert_eq!(unloaded["release"]["verified"], true, "{unloaded}");
@@ -453,21 +438,42 @@ async fn a_killed_worker_takes_its_server_along() {
         "",
     )])
     .await;
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "srv-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    switch(&agent, "srv-a").await;
     let tree = processes_of(&agent, "srv-a");
     assert!(tree.len() >= 3, "worker, server, child: {tree:?}");
     let worker = agent.workers()[0].pid;
     procs::kill(worker);
+    // A request at once, while the agent may not have seen the death yet: it is answered by
+    // the server started again, never by a 502 for a port nobody listens on.
+    let (code, body) = agent
+        .post("/v1/chat/completions", chat("srv-a", 2, false))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
     wait_until(
-        "the server and its child end with their worker",
+        "the old server and its child end with their worker",
         DEADLINE,
         || async { tree.iter().all(|p| !procs::is_alive(*p)) },
     )
     .await;
-    // The next request loads it again.
+
+    // The server dies on its own (a crash, the OOM killer), its worker alive: the worker ends
+    // with it, the agent records the crash, and the next request starts it again.
+    let worker = agent.workers()[0].pid;
+    let tree = processes_of(&agent, "srv-a");
+    let server_pid = tree
+        .iter()
+        .copied()
+        .find(|p| *p != worker && pgid(*p) == Some(*p))
+        .expect("the server leads its group");
+    procs::kill(server_pid);
+    wait_until("the agent sees the model gone", DEADLINE, || async {
+        agent.device().await.active_model.is_none()
+    })
+    .await;
+    wait_until("the rest of its tree ends", DEADLINE, || async {
+        tree.iter().all(|p| !procs::is_alive(*p))
+    })
+    .await;
     let (code, body) = agent
         .post("/v1/chat/completions", chat("srv-a", 2, false))
         .await;
@@ -482,10 +488,7 @@ async fn an_agent_killed_with_a_server_loaded_finds_it_named_by_its_model_and_fr
         "",
     )])
     .await;
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "srv-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    switch(&agent, "srv-a").await;
     let tree = processes_of(&agent, "srv-a");
     agent.kill_agent_only();
     assert!(
@@ -565,10 +568,7 @@ async fn a_server_that_keeps_its_cache_is_worker_growth_cleared_by_free_then_by_
         "free_path = \"/admin/empty_cache\"",
     )])
     .await;
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "srv-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    switch(&agent, "srv-a").await;
     let port = fixture_port(&agent, "srv-a").await;
 
     // Free VRAM asks the server, through its free_path, to return its cache.
@@ -715,10 +715,7 @@ async fn a_real_llama_cpp_server_is_switched_against_burn_and_the_fixture() {
     let agent = agent_with(&[llama, server("srv-a", &["--hold-mib", "20"], "")]).await;
 
     // burn -> llama.cpp: measured, and its streamed answer passes through.
-    let (code, _) = agent
-        .post("/v1/models/switch", json!({"model": "tiny-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    switch(&agent, "tiny-a").await;
     let (code, switched) = agent
         .post("/v1/models/switch", json!({"model": "llama"}))
         .await;
@@ -742,10 +739,7 @@ async fn a_real_llama_cpp_server_is_switched_against_burn_and_the_fixture() {
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 
     // llama.cpp -> fixture: its memory is released, its process gone.
-    let (code, switched) = agent
-        .post("/v1/models/switch", json!({"model": "srv-a"}))
-        .await;
-    assert_eq!(code, StatusCode::OK, "{switched}");
+    let switched = switch(&agent, "srv-a").await;
     assert_eq!(switched["release"]["verified"], true, "{switched}");
     assert!(tree.iter().all(|p| !procs::is_alive(*p)), "{tree:?}");
 

@@ -44,25 +44,37 @@ pub(super) fn operation(
             errors.extend([401, 429]);
         }
     }
-    if !op.query.is_empty() {
-        let params: Vec<Value> = op
-            .query
-            .iter()
-            .map(|p| {
-                json!({
-                    "name": p.name,
-                    "in": "query",
-                    "required": false,
-                    "description": p.description,
-                    "schema": {
-                        "type": "integer",
-                        "minimum": p.min,
-                        "maximum": p.max,
-                        "default": p.default,
-                    },
-                })
+    // `{name}` segments of the path, then the query's parameters.
+    let mut params: Vec<Value> = route
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| {
+            json!({
+                "name": name,
+                "in": "path",
+                "required": true,
+                "schema": {"type": "string", "minLength": 1},
             })
-            .collect();
+        })
+        .collect();
+    if !op.query.is_empty() {
+        params.extend(op.query.iter().map(|p| {
+            json!({
+                "name": p.name,
+                "in": "query",
+                "required": false,
+                "description": p.description,
+                "schema": {
+                    "type": "integer",
+                    "minimum": p.min,
+                    "maximum": p.max,
+                    "default": p.default,
+                },
+            })
+        }));
+    }
+    if !params.is_empty() {
         out.insert("parameters".into(), params.into());
     }
     if let Some(body) = op.body {

@@ -52,6 +52,8 @@ async fn a_process_of_another_user_imitating_a_worker_is_never_killed() {
             .arg(dir.path().join("w.sock"))
             .arg("--cache-dir")
             .arg(dir.path())
+            .arg("--log-dir")
+            .arg(dir.path())
             .env(
                 "VRAMKEEPER_WORKER_MARKER",
                 format!("{}:forged", agent.agent_id),
