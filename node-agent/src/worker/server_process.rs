@@ -230,16 +230,8 @@ impl ServerEngine {
 
     /// Polls the health URL until it answers 200, the server exits, or `timeout` passes.
     fn wait_healthy(&mut self, url: &str, timeout: Duration, port: u16) -> Result<(), String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        let (runtime, client) = http_client(Duration::from_secs(2))
             .map_err(|e| format!("cannot start the health poller: {e}"))?;
-        let _inside = runtime.enter();
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| format!("cannot build the health client: {e}"))?;
         let deadline = Instant::now() + timeout;
         let mut last;
         let mut pause = Duration::from_millis(20);
@@ -251,7 +243,7 @@ impl ServerEngine {
                     super::client::describe_exit(status)
                 ));
             }
-            match runtime.block_on(client.get(url).send()) {
+            match runtime.block_on(async { client.get(url).send().await }) {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => {
                     return self.check_port_is_ours(port);
                 }
@@ -291,6 +283,25 @@ impl ServerEngine {
             names.join(", ")
         ))
     }
+}
+
+/// A client for the server's port, with the runtime the worker's main thread blocks on
+/// (the worker serves one request at a time on that thread); requests are made inside
+/// `block_on`, where the runtime's timers exist.
+fn http_client(timeout: Duration) -> Result<(tokio::runtime::Runtime, reqwest::Client), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let client = {
+        let _inside = runtime.enter();
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?
+    };
+    Ok((runtime, client))
 }
 
 /// How often a running server is checked for an exit of its own.
@@ -363,26 +374,16 @@ impl Engine for ServerEngine {
         let Some(url) = self.running.as_ref().and_then(|r| r.free_url.clone()) else {
             return;
         };
-        let asked = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-            .and_then(|runtime| {
-                let _inside = runtime.enter();
-                let client = reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(FREE_TIMEOUT)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let answer = runtime
-                    .block_on(client.post(&url).send())
-                    .map_err(|e| e.to_string())?;
-                answer
-                    .status()
-                    .is_success()
-                    .then_some(())
-                    .ok_or_else(|| format!("HTTP {}", answer.status()))
-            });
+        let asked = http_client(FREE_TIMEOUT).and_then(|(runtime, client)| {
+            let answer = runtime
+                .block_on(async { client.post(&url).send().await })
+                .map_err(|e| e.to_string())?;
+            let status = answer.status();
+            status
+                .is_success()
+                .then_some(())
+                .ok_or_else(|| format!("HTTP {status}"))
+        });
         if let Err(e) = asked {
             tracing::warn!(url, error = %e, "the server's free path failed");
         }

@@ -132,8 +132,8 @@ async fn a_killed_worker_takes_its_server_along() {
     let server_pid = tree
         .iter()
         .copied()
-        .find(|p| *p != worker && pgid(*p) == Some(*p))
-        .expect("the server leads its group");
+        .find(|p| parent(*p) == Some(worker))
+        .expect("the worker's child: the server");
     procs::kill(server_pid);
     wait_until("the agent sees the model gone", DEADLINE, || async {
         agent.device().await.active_model.is_none()

@@ -65,12 +65,7 @@ async fn a_real_llama_cpp_server_is_switched_against_burn_and_the_fixture() {
     assert_eq!(switched["release"]["verified"], true, "{switched}");
     assert!(switched["vram_mb"].as_f64().unwrap() >= 20.0, "{switched}");
     let tree = processes_of(&agent, "llama");
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", agent.url))
-        .json(&chat("llama", 16, true))
-        .send()
-        .await
-        .unwrap();
+    let r = post_chat(&agent, "llama", 16, true).await;
     assert_eq!(r.status(), StatusCode::OK);
     let text = r.text().await.unwrap();
     let chunks = text

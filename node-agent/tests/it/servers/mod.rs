@@ -106,6 +106,17 @@ async fn fixture_stats(port: u16) -> Value {
         .unwrap()
 }
 
+/// `POST /v1/chat/completions` through the agent, its answer unread (a stream is read as it
+/// comes).
+async fn post_chat(agent: &Agent, model: &str, tokens: u32, stream: bool) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", agent.url))
+        .json(&chat(model, tokens, stream))
+        .send()
+        .await
+        .expect("POST /v1/chat/completions")
+}
+
 fn chat(model: &str, tokens: u32, stream: bool) -> Value {
     json!({
         "model": model,
@@ -113,6 +124,18 @@ fn chat(model: &str, tokens: u32, stream: bool) -> Value {
         "max_tokens": tokens,
         "stream": stream,
     })
+}
+
+/// The parent of a process (a server's escaped child leads its own group too, but its parent
+/// is the server, or init once the server is gone).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn pgid(pid: u32) -> Option<u32> {

@@ -7,12 +7,7 @@ async fn requests_pass_through_and_streams_arrive_chunk_by_chunk() {
     let agent = agent_with(&[server("srv-a", &["--token-delay-ms", "40"], "")]).await;
 
     // Not loaded: the request switches first (trigger auto), as every inference route does.
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", agent.url))
-        .json(&chat("srv-a", 3, false))
-        .send()
-        .await
-        .unwrap();
+    let r = post_chat(&agent, "srv-a", 3, false).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-vramkeeper-switched"], "none -> srv-a");
     let body: Value = r.json().await.unwrap();
@@ -42,12 +37,7 @@ async fn requests_pass_through_and_streams_arrive_chunk_by_chunk() {
 
     // A stream: the first chunk reaches the client before the server produced the last
     // token (each chunk says when it was produced), so nothing buffers the stream.
-    let mut r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", agent.url))
-        .json(&chat("srv-a", 12, true))
-        .send()
-        .await
-        .unwrap();
+    let mut r = post_chat(&agent, "srv-a", 12, true).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(
         r.headers()["content-type"]
@@ -99,12 +89,7 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
     let agent = agent_with(&[server("srv-a", &["--token-delay-ms", "100"], "")]).await;
     switch(&agent, "srv-a").await;
     let port = fixture_port(&agent, "srv-a").await;
-    let mut r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", agent.url))
-        .json(&chat("srv-a", 1000, true))
-        .send()
-        .await
-        .unwrap();
+    let mut r = post_chat(&agent, "srv-a", 1000, true).await;
     let first = r.chunk().await.unwrap().expect("a first chunk");
     assert!(!first.is_empty());
     wait_until("the stream runs upstream", DEADLINE, || async {
@@ -140,12 +125,7 @@ async fn an_unload_ends_a_stream_that_outlasts_the_drain_timeout() {
         ..Default::default()
     })
     .await;
-    let mut r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", agent.url))
-        .json(&chat("srv-a", 100_000, true))
-        .send()
-        .await
-        .unwrap();
+    let mut r = post_chat(&agent, "srv-a", 100_000, true).await;
     assert_eq!(r.status(), StatusCode::OK);
     r.chunk().await.unwrap().expect("a first chunk");
     let (code, unloaded) = agent.post("/v1/models/unload", json!({})).await;
