@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod common;
+pub mod completions;
 pub mod conditions;
 mod gpumodel;
 pub mod observed;

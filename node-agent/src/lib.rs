@@ -60,7 +60,10 @@ pub use worker::server::run as run_worker;
 pub mod fuzzing {
     pub use crate::{
         api::{ApiJson, BODY_LIMIT},
-        models::Catalog,
+        models::{
+            Catalog,
+            generate::{Finish, Outcome, Prompt, Sampling},
+        },
         worker::protocol,
     };
 }

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apiserver_double;
+pub mod checkpoints;
 pub mod procs;
 pub mod wait;
 

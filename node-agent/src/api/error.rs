@@ -150,6 +150,7 @@ impl ApiError {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Device(e) => match e {
                 DeviceError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+                DeviceError::Rejected { .. } => StatusCode::BAD_REQUEST,
                 DeviceError::TooBigForDevice { .. } | DeviceError::NothingLoaded(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }

@@ -72,6 +72,19 @@ pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// Reads a body already parsed as JSON: 422 (with the field path) when it does not fit `T`.
+pub(super) fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::Invalid(if path == "." {
+            format!("invalid request: {inner}")
+        } else {
+            format!("invalid request: {path}: {inner}")
+        })
+    })
+}
+
 /// `Ok` when the bytes are one well-formed JSON document, else what is wrong with them.
 fn well_formed(bytes: &[u8]) -> Result<(), String> {
     if let Err(e) = std::str::from_utf8(bytes) {

@@ -12,6 +12,7 @@
 //! ```
 
 pub(crate) mod auth;
+mod completions;
 mod debug;
 mod embeddings;
 pub(crate) mod error;

@@ -24,7 +24,7 @@ use serde_json::Value;
 use vramkeeper_crds::api::{ServerLogLine, ServerLogsResponse};
 
 use super::{
-    ApiJson,
+    ApiJson, completions,
     route::{AuthClass, GPU, Operation, Route},
 };
 use crate::{
@@ -119,6 +119,11 @@ async fn pass_through(
     let model = model_of(&body)?;
     let device = device_for(&app, &model, query.gpu)?;
     let spec = device.spec(&model)?;
+    if spec.kind.capabilities().completions.is_some()
+        && let Some(flavor) = completions::Flavor::of(uri.path())
+    {
+        return completions::generate(device, &model, flavor, body).await;
+    }
     if !spec.kind.capabilities().openai {
         return Err(ApiError::Invalid(format!(
             "{model} is a {} model, which has no server of its own to pass {} to; /v1/models \

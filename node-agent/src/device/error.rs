@@ -104,6 +104,14 @@ pub enum DeviceError {
         /// Why.
         reason: String,
     },
+    /// The model's worker refused the request as asked (too long a prompt, ...).
+    #[error("{model} cannot serve this request: {reason}")]
+    Rejected {
+        /// The model.
+        model: String,
+        /// Why.
+        reason: String,
+    },
     /// The operation needs a loaded model and none is.
     #[error("no model is loaded: {0}")]
     NothingLoaded(&'static str),
@@ -137,6 +145,7 @@ impl DeviceError {
             Self::NothingLoaded(_) => ErrorCode::InvalidValue,
             Self::LoadFailed { .. } => ErrorCode::LoadFailed,
             Self::Worker { .. } => ErrorCode::WorkerFailed,
+            Self::Rejected { .. } => ErrorCode::InvalidValue,
             Self::ClientLeft { .. } | Self::KeepsFailing { .. } => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -152,6 +161,12 @@ impl DeviceError {
 
     /// A worker failure while serving `model`.
     pub fn worker(model: &str, e: WorkerError) -> Self {
+        if let WorkerError::Rejected(reason) = e {
+            return Self::Rejected {
+                model: model.to_string(),
+                reason,
+            };
+        }
         Self::Worker {
             model: model.to_string(),
             reason: e.to_string(),

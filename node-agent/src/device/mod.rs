@@ -53,6 +53,7 @@ use crate::{
 pub(crate) use error::{DeviceError, Result};
 pub(crate) use faults::{FaultHooks, SpawnHook};
 pub(crate) use managed::ManagedBy;
+pub(crate) use serve::{GenEvent, Generation};
 
 /// Timeouts and tolerances of device operations.
 #[derive(Debug, Clone)]

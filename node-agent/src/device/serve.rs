@@ -4,15 +4,18 @@
 use std::sync::Arc;
 
 use tokio::sync::{
-    OwnedRwLockReadGuard,
+    OwnedRwLockReadGuard, mpsc,
     oneshot::{self, error::TryRecvError},
 };
 use vramkeeper_crds::{SwitchTrigger, api::SwitchResponse};
 
 use super::{Active, Device, DeviceError, Result};
-use crate::worker::{
-    client::WorkerError,
-    protocol::{Request, Response},
+use crate::{
+    models::generate::{Finish, Outcome, Prompt, Sampling},
+    worker::{
+        client::WorkerError,
+        protocol::{Request, Response},
+    },
 };
 
 /// Attempts at serving: a worker may die between its load and the request it was loaded for.
@@ -64,6 +67,98 @@ impl Device {
             )));
         };
         Ok(Lease { held, port })
+    }
+
+    /// Generates a completion with `model`, switching to it first if needed, as
+    /// [`Device::serve`] does. The events come in order: [`GenEvent::Started`], pieces, then
+    /// [`GenEvent::Done`] (or [`GenEvent::Failed`] at any point). Dropping the
+    /// [`Generation`] stops the worker at its next token; a switch that waits past the drain
+    /// timeout does too.
+    pub(crate) fn generate(
+        self: &Arc<Self>,
+        model: &str,
+        prompt: Prompt,
+        sampling: Sampling,
+    ) -> Result<Generation> {
+        self.spec(model)?;
+        if self.active_model().as_deref() != Some(model) {
+            self.may_auto_switch(model)?;
+        }
+        let (client, left) = oneshot::channel::<()>();
+        let (tx, events) = mpsc::unbounded_channel();
+        let device = self.clone();
+        let model = model.to_string();
+        tokio::spawn(async move {
+            let failed = tx.clone();
+            if let Err(e) = device
+                .generate_held(&model, prompt, sampling, left, tx)
+                .await
+            {
+                let _ = failed.send(GenEvent::Failed(e));
+            }
+        });
+        Ok(Generation {
+            events,
+            _client: client,
+        })
+    }
+
+    async fn generate_held(
+        self: &Arc<Self>,
+        model: &str,
+        prompt: Prompt,
+        sampling: Sampling,
+        left: oneshot::Receiver<()>,
+        tx: mpsc::UnboundedSender<GenEvent>,
+    ) -> Result<()> {
+        let held = self.hold(model, left).await?;
+        let active = held.active().clone();
+        let _ = tx.send(GenEvent::Started {
+            switched: held.switched.clone(),
+        });
+        let drain = active.drain.subscribe();
+        let mut piece = |text: String| tx.send(GenEvent::Piece(text)).is_ok() && !*drain.borrow();
+        let result = active
+            .worker
+            .generate(
+                Request::Generate { prompt, sampling },
+                self.ctx.config.infer_timeout,
+                &mut piece,
+            )
+            .await;
+        self.served(&active, model, result.is_ok());
+        match result {
+            Ok(Response::Generated(outcome)) => {
+                if outcome.finish == Finish::Cancelled {
+                    tracing::info!(
+                        gpu = self.info.index,
+                        model,
+                        tokens = outcome.completion_tokens,
+                        "a generation stopped early: its client left, or its model is being unloaded"
+                    );
+                }
+                let _ = tx.send(GenEvent::Done(outcome));
+                Ok(())
+            }
+            Ok(other) => Err(DeviceError::worker(
+                model,
+                WorkerError::Failed {
+                    message: format!("unexpected answer to a generation: {other:?}"),
+                    fatal: false,
+                },
+            )),
+            Err(e) => {
+                if matches!(
+                    e,
+                    WorkerError::Timeout { .. }
+                        | WorkerError::Protocol { .. }
+                        | WorkerError::Failed { fatal: true, .. }
+                ) {
+                    self.mark_hung(&active, &e);
+                }
+                Err(DeviceError::worker(model, e))
+            }
+        }
     }
 
     /// Records a request answered by (or failed on) the model's server.
@@ -152,6 +247,29 @@ impl Device {
             .map_err(|e| DeviceError::worker(&model, e))?;
         Ok(model)
     }
+}
+
+/// What a generation tells its client.
+#[derive(Debug)]
+pub(crate) enum GenEvent {
+    /// The model serves it (after the switch made for it, if any).
+    Started {
+        /// The switch made for the request, if any.
+        switched: Option<SwitchResponse>,
+    },
+    /// A piece of text.
+    Piece(String),
+    /// It ended.
+    Done(Outcome),
+    /// It failed (before or after it started).
+    Failed(DeviceError),
+}
+
+/// A generation in flight: its events, and its client's presence (dropping it stops it).
+pub(crate) struct Generation {
+    /// The events, in order.
+    pub events: mpsc::UnboundedReceiver<GenEvent>,
+    _client: oneshot::Sender<()>,
 }
 
 /// The slot, read-held, with a model serving in it.

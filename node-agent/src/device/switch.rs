@@ -417,8 +417,13 @@ impl Device {
                 context_ms,
                 weights_ms,
                 warmup_ms,
+                read_bytes,
                 port: server_port,
             } => {
+                phases.weights_read_bytes = read_bytes;
+                if read_bytes > 0 && weights_ms > 0.0 {
+                    phases.weights_gb_per_s = read_bytes as f64 / weights_ms / 1e6;
+                }
                 port = server_port;
                 phases.params = params;
                 phases.param_bytes = param_bytes;

@@ -1,5 +1,6 @@
-//! The `minilm` kind: all-MiniLM-L6-v2 sentence embeddings (the encoder is in
-//! [`super::minilm_net`], the on-demand download in [`super::minilm_fetch`]).
+//! The `minilm` kind: all-MiniLM-L6-v2 sentence embeddings, one instance of the BERT
+//! sentence encoder ([`super::sentence`]), with its files fetched on demand
+//! ([`super::minilm_fetch`]) when the catalog names no directory.
 
 use std::path::{Path, PathBuf};
 
@@ -7,16 +8,35 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     DType,
+    hf_config::BertConfig,
     kind::{Capabilities, Embeddings, Kind, Loaded, Size},
     minilm_fetch,
-    minilm_net::{self, MiniLm},
+    sentence::{Pool, Pooling, SentenceEncoder},
 };
-use crate::backend::{ModelBackend, kernels::Kernels};
+use crate::backend::ModelBackend;
 
-/// Sentences per forward pass on the CPU (inputs are sorted by length first, to pad little).
-pub(crate) const CPU_BATCH: usize = 64;
-/// Sentences per forward pass on a GPU, which wants wide batches.
-pub(crate) const GPU_BATCH: usize = 256;
+/// all-MiniLM-L6-v2's dimensions (its `config.json`).
+pub(crate) const CONFIG: BertConfig = BertConfig {
+    vocab: 30_522,
+    hidden: 384,
+    layers: 6,
+    heads: 12,
+    intermediate: 1536,
+    max_positions: 512,
+    type_vocab: 2,
+    eps: 1e-12,
+};
+
+/// Its sentence-transformers pipeline: mean pooling, unit length, inputs truncated to 256
+/// tokens (`max_seq_length`).
+pub(crate) const POOLING: Pooling = Pooling {
+    pool: Pool::Mean,
+    normalize: true,
+    max_tokens: Some(256),
+};
+
+/// The files a MiniLM directory must hold.
+pub(crate) const FILES: [&str; 2] = ["model.safetensors", "tokenizer.json"];
 
 /// Where MiniLM's files are: `model.safetensors`, `config.json`, `tokenizer.json`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -25,6 +45,22 @@ pub struct MinilmSpec {
     /// A directory holding the files; absent means the agent's cache, fetched on demand.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+}
+
+/// The file a MiniLM directory lacks, with a hint on how to get it.
+pub(crate) fn missing(dir: &Path) -> Option<String> {
+    FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| !p.is_file())
+        .map(|p| {
+            format!(
+                "{} is missing: the agent downloads all-MiniLM-L6-v2 into its cache on first use \
+                 (network needed), or set `dir` in the catalog to a folder holding {}",
+                p.display(),
+                FILES.join(" and ")
+            )
+        })
 }
 
 impl Kind for MinilmSpec {
@@ -36,16 +72,14 @@ impl Kind for MinilmSpec {
 
     fn size(&self) -> Size {
         Size {
-            params: minilm_net::PARAMS,
+            params: CONFIG.params(),
             dtype: DType::F32,
         }
     }
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            embeddings: Some(Embeddings {
-                dim: minilm_net::DIM,
-            }),
+            embeddings: Some(Embeddings { dim: CONFIG.hidden }),
             ..Capabilities::default()
         }
     }
@@ -63,29 +97,24 @@ impl Kind for MinilmSpec {
     }
 
     fn load<B: ModelBackend>(&self, device: &B::Device) -> Result<Box<dyn Loaded<B>>, String> {
-        let batch = if B::ACCELERATOR { GPU_BATCH } else { CPU_BATCH };
         let dir = self
             .dir
             .as_deref()
             .ok_or("the agent did not resolve the MiniLM directory")?;
-        Ok(Box::new(MiniLm::<B>::load(dir, device, batch)?))
+        if let Some(problem) = missing(dir) {
+            return Err(problem);
+        }
+        let encoder =
+            SentenceEncoder::<B>::load(dir, CONFIG, POOLING, burn::tensor::DType::F32, device)?;
+        Ok(Box::new(encoder))
     }
 }
 
-impl<B: Kernels> Loaded<B> for MiniLm<B> {
-    fn params(&self) -> u64 {
-        MiniLm::params(self)
-    }
-
-    fn param_bytes(&self) -> u64 {
-        MiniLm::params(self) * DType::F32.size()
-    }
-
-    fn warm_up(&self) -> Result<(), String> {
-        MiniLm::embed(self, &["warm-up".to_string()]).map(drop)
-    }
-
-    fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
-        MiniLm::embed(self, texts)
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn minilm_has_its_published_parameter_count() {
+        // The pooler excluded, as sentence-transformers' model does not use it.
+        assert_eq!(super::CONFIG.params(), 22_565_376);
     }
 }

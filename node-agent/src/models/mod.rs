@@ -1,13 +1,23 @@
 //! Model kinds the workers can run, and their catalog entries.
 //!
-//! Each kind is one file implementing [`Kind`] (`synthetic.rs`, `minilm.rs`, `server.rs`), listed once in
+//! Each kind is one file implementing [`Kind`] (`synthetic.rs`, `minilm.rs`, `hf.rs`, `server.rs`), listed once in
 //! [`ModelKind`] and in [`each_kind!`]; everything else reaches a kind through them.
 
+pub(crate) mod bert_net;
 pub(crate) mod catalog;
+pub(crate) mod chat_template;
+pub(crate) mod generate;
+pub(crate) mod hf;
+pub(crate) mod hf_config;
+pub(crate) mod hf_decoder;
+#[cfg(test)]
+mod hf_tests;
+pub(crate) mod hf_weights;
 pub(crate) mod kind;
+pub(crate) mod llama_net;
 pub(crate) mod minilm;
 pub(crate) mod minilm_fetch;
-pub(crate) mod minilm_net;
+pub(crate) mod sentence;
 pub(crate) mod server;
 pub(crate) mod synthetic;
 pub(crate) mod synthetic_net;
@@ -43,6 +53,8 @@ pub enum ModelKind {
     Synthetic(synthetic::SyntheticSpec),
     /// all-MiniLM-L6-v2 sentence embeddings.
     Minilm(minilm::MinilmSpec),
+    /// A Hugging Face checkpoint: a BERT encoder or a Llama-family decoder.
+    Hf(hf::HfSpec),
     /// A model server of its own (vLLM, llama.cpp, ...), started from a command line.
     Server(server::ServerSpec),
 }
@@ -54,6 +66,7 @@ macro_rules! each_kind {
         match $kind {
             ModelKind::Synthetic($k) => $body,
             ModelKind::Minilm($k) => $body,
+            ModelKind::Hf($k) => $body,
             ModelKind::Server($k) => $body,
         }
     };

@@ -76,6 +76,9 @@ pub enum WorkerError {
         /// The worker cannot go on.
         fatal: bool,
     },
+    /// It refused the request as asked (the client's mistake); it is fine.
+    #[error("{0}")]
+    Rejected(String),
     /// It answered something that makes no sense for the request.
     #[error("worker (pid {pid}) broke the protocol during {op}: {detail}")]
     Protocol {
@@ -364,26 +367,63 @@ impl WorkerHandle {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, WorkerError> {
+        self.converse(conn, request, timeout, &mut |_| true).await
+    }
+
+    /// Sends a generation request; gives each piece of text to `piece`, which answers
+    /// whether anyone still wants more (on the first `false` the worker is told to stop, and
+    /// the rest of its answer is read and dropped). `timeout` bounds each wait for a frame.
+    pub(crate) async fn generate(
+        &self,
+        request: Request,
+        timeout: Duration,
+        piece: &mut (dyn FnMut(String) -> bool + Send),
+    ) -> Result<Response, WorkerError> {
+        let mut guard = self.conn.lock().await;
+        self.converse(&mut guard, request, timeout, piece).await
+    }
+
+    /// One request and its answer: pieces (only a generation sends them) then a final frame.
+    async fn converse(
+        &self,
+        conn: &mut Option<UnixStream>,
+        request: Request,
+        timeout: Duration,
+        piece: &mut (dyn FnMut(String) -> bool + Send),
+    ) -> Result<Response, WorkerError> {
         let op = request.op();
         let Some(stream) = conn.as_mut() else {
             return Err(self.died(op).await);
         };
-        let exchange = async {
-            stream.write_all(&protocol::encode(&request)).await?;
-            let mut prefix = [0u8; 4];
-            stream.read_exact(&mut prefix).await?;
-            let len = protocol::frame_len(prefix)?;
-            let mut body = vec![0u8; len];
-            stream.read_exact(&mut body).await?;
-            protocol::decode::<Response>(&body)
+        let sent = tokio::time::timeout(timeout, stream.write_all(&protocol::encode(&request)))
+            .await
+            .map(|r| r.map_err(protocol::FrameError::from));
+        let mut wanted = true;
+        let answer = match sent {
+            Ok(Ok(())) => loop {
+                match tokio::time::timeout(timeout, read_response(stream)).await {
+                    Ok(Ok(Response::Piece { text })) => {
+                        if wanted && !piece(text) {
+                            wanted = false;
+                            let cancel = protocol::encode(&Request::Cancel);
+                            if let Err(e) = stream.write_all(&cancel).await {
+                                break Ok(Err(e.into()));
+                            }
+                        }
+                    }
+                    other => break other,
+                }
+            },
+            failed => failed.map(|r| r.map(|()| Response::Ok)),
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match answer {
             Ok(Ok(Response::Error { message, fatal })) => {
                 if fatal {
                     *conn = None;
                 }
                 Err(WorkerError::Failed { message, fatal })
             }
+            Ok(Ok(Response::Rejected { message })) => Err(WorkerError::Rejected(message)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(protocol::FrameError::Malformed(e))) => {
                 *conn = None;
@@ -519,6 +559,16 @@ pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
         }
         _ => "unknown exit".into(),
     }
+}
+
+/// Reads one frame of the worker's.
+async fn read_response(stream: &mut UnixStream) -> Result<Response, protocol::FrameError> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await?;
+    let len = protocol::frame_len(prefix)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    protocol::decode::<Response>(&body)
 }
 
 /// Kills a process that is not our child (an orphan or a foreign process) and waits, up to

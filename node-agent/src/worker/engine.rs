@@ -9,7 +9,10 @@ use burn::prelude::*;
 
 use crate::{
     backend::ModelBackend,
-    models::{Loaded, ModelSpec},
+    models::{
+        Loaded, ModelSpec,
+        generate::{GenError, Outcome, Prompt, Sampling},
+    },
 };
 
 /// A model load's figures.
@@ -24,6 +27,8 @@ pub(crate) struct LoadInfo {
     pub weights_ms: f64,
     /// Milliseconds of the warm-up pass.
     pub warmup_ms: f64,
+    /// Bytes of weight files read.
+    pub read_bytes: u64,
     /// The port a model server listens on (server models).
     pub port: Option<u16>,
 }
@@ -48,6 +53,18 @@ pub(crate) trait Engine {
     fn infer(&mut self, tokens: &[u32]) -> Result<Inference, String>;
     /// Sentence embeddings.
     fn embed(&mut self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String>;
+    /// Text generation, each piece given to `emit` (which answers whether to go on).
+    fn generate(
+        &mut self,
+        prompt: &Prompt,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Outcome, GenError> {
+        let _ = (prompt, sampling, emit);
+        Err(GenError::Rejected(
+            "this model does not generate text here".into(),
+        ))
+    }
     /// Allocator bytes (in use, reserved).
     fn allocator(&self) -> (u64, u64);
     /// Releases pooled memory; waits until the device did.
@@ -124,6 +141,7 @@ impl<B: ModelBackend> Engine for BurnEngine<B> {
             context_ms,
             weights_ms,
             warmup_ms: ms(warm),
+            read_bytes: model.read_bytes(),
             port: None,
         };
         self.model = Some(model);
@@ -143,6 +161,18 @@ impl<B: ModelBackend> Engine for BurnEngine<B> {
     fn embed(&mut self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
         self.model()?.embed(texts)
     }
+
+    fn generate(
+        &mut self,
+        prompt: &Prompt,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Outcome, GenError> {
+        self.model()
+            .map_err(GenError::Failed)?
+            .generate(prompt, sampling, emit)
+    }
+
     fn allocator(&self) -> (u64, u64) {
         B::allocator_bytes(&self.device)
     }

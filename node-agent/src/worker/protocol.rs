@@ -1,13 +1,18 @@
 //! The framed protocol between the agent and a worker process, over a Unix socket.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of JSON. The agent sends
-//! one [`Request`] and reads one [`Response`]; a worker serves one request at a time.
+//! one [`Request`] and reads one [`Response`]; a worker serves one request at a time. The one
+//! exception is [`Request::Generate`]: the worker answers with [`Response::Piece`]s as text is
+//! made, then one final answer; meanwhile the agent may send [`Request::Cancel`].
 
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::models::ModelSpec;
+use crate::models::{
+    ModelSpec,
+    generate::{Outcome, Prompt, Sampling},
+};
 
 /// The largest frame either side accepts (embedding batches are the biggest messages).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -33,6 +38,17 @@ pub enum Request {
         /// The texts.
         texts: Vec<String>,
     },
+    /// Text generation by the loaded decoder: answered by pieces, then
+    /// [`Response::Generated`] (or an error).
+    Generate {
+        /// What to continue.
+        prompt: Prompt,
+        /// How to pick tokens and when to stop.
+        sampling: Sampling,
+    },
+    /// Sent during a generation: nobody wants the rest (it ends `cancelled`). Ignored at
+    /// other times.
+    Cancel,
     /// The worker's memory: resident set and allocator figures.
     Memory,
     /// Release pooled allocator memory (the seed's `empty_cache`).
@@ -59,6 +75,8 @@ impl Request {
             Self::Load { .. } => "load",
             Self::Infer { .. } => "infer",
             Self::Embed { .. } => "embed",
+            Self::Generate { .. } => "generate",
+            Self::Cancel => "cancel",
             Self::Memory => "memory",
             Self::Cleanup => "cleanup",
             Self::Leak { .. } => "leak",
@@ -93,6 +111,9 @@ pub enum Response {
         weights_ms: f64,
         /// Milliseconds of the warm-up forward pass.
         warmup_ms: f64,
+        /// Bytes of weight files read (checkpoints).
+        #[serde(default)]
+        read_bytes: u64,
         /// The port the model's own server listens on (server models; on 127.0.0.1).
         #[serde(default)]
         port: Option<u16>,
@@ -115,6 +136,18 @@ pub enum Response {
         dim: usize,
         /// Tokens per text, after truncation.
         tokens: Vec<u32>,
+    },
+    /// A piece of generated text (more follows).
+    Piece {
+        /// The text.
+        text: String,
+    },
+    /// A generation ended.
+    Generated(Outcome),
+    /// The request cannot be served as asked (the client's mistake; the worker is fine).
+    Rejected {
+        /// Why.
+        message: String,
     },
     /// Memory figures.
     Memory(WorkerMemory),

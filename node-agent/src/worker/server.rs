@@ -17,7 +17,10 @@ use super::{
 use crate::{
     args::{Fault, WorkerArgs},
     backend::Cpu,
-    models::ModelKind,
+    models::{
+        ModelKind,
+        generate::{GenError, Prompt, Sampling},
+    },
 };
 
 /// Runs a worker until it is told to shut down (or killed).
@@ -101,6 +104,10 @@ fn serve(mut stream: UnixStream, engine: &mut Box<dyn Engine>, args: &WorkerArgs
                 return Flow::Next;
             }
         };
+        if request == Request::Cancel {
+            // A generation's stop that came after it ended: nothing to stop, nothing to say.
+            continue;
+        }
         if request == Request::Shutdown {
             if args.fault == Some(Fault::IgnoreShutdown) {
                 continue;
@@ -126,14 +133,18 @@ fn serve(mut stream: UnixStream, engine: &mut Box<dyn Engine>, args: &WorkerArgs
                 std::thread::park();
             }
         }
-        let response =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| handle(request, engine, args))) {
-                Ok(r) => r,
-                Err(panic) => Response::Error {
-                    message: format!("the worker panicked: {}", panic_message(&panic)),
-                    fatal: true,
-                },
-            };
+        let response = match std::panic::catch_unwind(AssertUnwindSafe(|| match request {
+            Request::Generate { prompt, sampling } => {
+                generate(&mut stream, engine.as_mut(), &prompt, &sampling)
+            }
+            other => handle(other, engine, args),
+        })) {
+            Ok(r) => r,
+            Err(panic) => Response::Error {
+                message: format!("the worker panicked: {}", panic_message(&panic)),
+                fatal: true,
+            },
+        };
         let fatal = matches!(response, Response::Error { fatal: true, .. });
         if write_frame(&mut stream, &response).is_err() {
             return Flow::Next;
@@ -141,6 +152,48 @@ fn serve(mut stream: UnixStream, engine: &mut Box<dyn Engine>, args: &WorkerArgs
         if fatal {
             return Flow::Exit;
         }
+    }
+}
+
+/// Serves a generation: each piece of text goes out as it is made; between pieces, a
+/// [`Request::Cancel`] from the agent (or its leaving) ends it.
+fn generate(
+    stream: &mut UnixStream,
+    engine: &mut dyn Engine,
+    prompt: &Prompt,
+    sampling: &Sampling,
+) -> Response {
+    let mut emit = |text: &str| {
+        let piece = Response::Piece {
+            text: text.to_string(),
+        };
+        write_frame(stream, &piece).is_ok() && !cancelled(stream)
+    };
+    match engine.generate(prompt, sampling, &mut emit) {
+        Ok(outcome) => Response::Generated(outcome),
+        Err(GenError::Rejected(message)) => Response::Rejected { message },
+        Err(GenError::Failed(message)) => Response::Error {
+            message,
+            fatal: false,
+        },
+    }
+}
+
+/// Whether the agent asked to stop (or left): reads a waiting frame, never waits for one.
+fn cancelled(stream: &mut UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    match recv(stream.as_raw_fd(), &mut byte, flags) {
+        // Closed: nobody reads what comes next.
+        Ok(0) => true,
+        // A frame: the only one the agent sends during a generation is Cancel.
+        Ok(_) => {
+            let _ = read_frame::<Request>(stream);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -167,6 +220,7 @@ fn handle(request: Request, engine: &mut Box<dyn Engine>, args: &WorkerArgs) -> 
                     context_ms: info.context_ms,
                     weights_ms: info.weights_ms,
                     warmup_ms: info.warmup_ms,
+                    read_bytes: info.read_bytes,
                     port: info.port,
                 },
                 Err(message) => error(message),
@@ -213,7 +267,8 @@ fn handle(request: Request, engine: &mut Box<dyn Engine>, args: &WorkerArgs) -> 
         Request::Leak { .. } | Request::Hang => {
             error("test-only ops are disabled in this worker".into())
         }
-        Request::Shutdown => Response::Ok,
+        Request::Generate { .. } => error("generation is served by its own loop".into()),
+        Request::Shutdown | Request::Cancel => Response::Ok,
     }
 }
 

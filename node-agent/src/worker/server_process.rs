@@ -201,6 +201,7 @@ impl ServerEngine {
                     context_ms: spawn_ms,
                     weights_ms: 0.0,
                     warmup_ms: crate::units::ms(started.elapsed()) - spawn_ms,
+                    read_bytes: 0,
                     port: Some(port),
                 })
             }

@@ -34,7 +34,7 @@ use vramkeeper_crds::{
     openai::EmbeddingRequest,
 };
 use vramkeeper_node_agent::fuzzing::{
-    ApiJson, BODY_LIMIT, Catalog,
+    ApiJson, BODY_LIMIT, Catalog, Finish, Outcome, Prompt, Sampling,
     protocol::{self, FrameError, MAX_FRAME, WorkerMemory},
 };
 
@@ -400,6 +400,19 @@ fn seed_frames() -> Vec<Vec<u8>> {
         Rq::Embed {
             texts: vec!["a".into(), "é🦀".into()],
         },
+        Rq::Generate {
+            prompt: Prompt::Chat {
+                messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+            },
+            sampling: Sampling {
+                temperature: 0.7,
+                top_p: 0.9,
+                seed: Some(1),
+                max_tokens: Some(8),
+                stop: vec!["\n".into()],
+            },
+        },
+        Rq::Cancel,
         Rq::Memory,
         Rq::Cleanup,
         Rq::Leak {
@@ -422,7 +435,19 @@ fn seed_frames() -> Vec<Vec<u8>> {
             context_ms: 0.5,
             weights_ms: 1.0,
             warmup_ms: 2.0,
+            read_bytes: 4,
             port: Some(8000),
+        },
+        Rs::Piece {
+            text: "é🦀".into()
+        },
+        Rs::Generated(Outcome {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            finish: Finish::Length,
+        }),
+        Rs::Rejected {
+            message: "too long".into(),
         },
         Rs::Inferred {
             next_tokens: vec![1],

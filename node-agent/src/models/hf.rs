@@ -1,0 +1,161 @@
+//! The `hf` kind: a Hugging Face checkpoint directory (`config.json`, safetensors weights,
+//! `tokenizer.json`, `tokenizer_config.json`), or a repository looked up offline in the
+//! Hugging Face cache. Its `config.json` says what it is ([`hf_config`]): a BERT encoder serves
+//! `/v1/embeddings`, a Llama-family decoder `/v1/chat/completions` and `/v1/completions`.
+
+use std::{path::PathBuf, sync::OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DType,
+    hf_config::{self, Architecture},
+    hf_decoder::HfDecoder,
+    hf_weights,
+    kind::{Capabilities, Completions, Embeddings, Kind, Loaded, Size, TokenInput},
+    sentence::{Pooling, SentenceEncoder},
+};
+use crate::backend::ModelBackend;
+
+/// Where the checkpoint is, and the dtype to serve it in.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HfSpec {
+    /// The checkpoint's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Or a repository (`org/name`) in the Hugging Face cache (`$HF_HUB_CACHE`,
+    /// `$HF_HOME/hub` or `~/.cache/huggingface/hub`); never downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// The weights' element type on the device: f32 anywhere, f16 and bf16 on CUDA.
+    #[serde(default)]
+    pub dtype: DType,
+    /// What `config.json` says, read once.
+    #[serde(skip)]
+    arch: OnceLock<Architecture>,
+}
+
+/// The snapshot directory of `repo` in the Hugging Face cache.
+fn cached(repo: &str) -> Result<PathBuf, String> {
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let parts: Vec<&str> = repo.split('/').collect();
+    if parts.len() != 2 || !parts.iter().all(|p| valid(p)) {
+        return Err(format!("repo {repo:?} is not `org/name`"));
+    }
+    let env = |name| std::env::var_os(name).map(PathBuf::from);
+    let hub = env("HF_HUB_CACHE")
+        .or_else(|| env("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/huggingface/hub")))
+        .ok_or("no Hugging Face cache: set HF_HUB_CACHE or HF_HOME")?;
+    let root = hub.join(format!("models--{}--{}", parts[0], parts[1]));
+    let refs = root.join("refs").join("main");
+    let commit = std::fs::read_to_string(&refs).map_err(|_| {
+        format!(
+            "repo {repo} is not in the Hugging Face cache ({} is missing); the agent never \
+             downloads: fetch it on a machine with access, or set `dir`",
+            refs.display()
+        )
+    })?;
+    Ok(root.join("snapshots").join(commit.trim()))
+}
+
+impl HfSpec {
+    /// The checkpoint's directory.
+    pub(crate) fn dir(&self) -> Result<PathBuf, String> {
+        match (&self.dir, &self.repo) {
+            (Some(dir), None) => Ok(dir.clone()),
+            (None, Some(repo)) => cached(repo),
+            (Some(_), Some(_)) => Err("set one of `dir` and `repo`, not both".into()),
+            (None, None) => Err("`dir` (or `repo`) is required".into()),
+        }
+    }
+
+    /// What the checkpoint is.
+    fn arch(&self) -> Result<&Architecture, String> {
+        if let Some(arch) = self.arch.get() {
+            return Ok(arch);
+        }
+        let arch = hf_config::read(&self.dir()?)?;
+        Ok(self.arch.get_or_init(|| arch))
+    }
+}
+
+impl Kind for HfSpec {
+    const NAME: &'static str = "hf";
+
+    fn check(&self) -> Result<(), String> {
+        let dir = self.dir()?;
+        let arch = self.arch()?;
+        if !dir.join("tokenizer.json").is_file() {
+            return Err(format!("{} has no tokenizer.json", dir.display()));
+        }
+        hf_weights::files(&dir)?;
+        if let Architecture::Bert(_) = arch {
+            Pooling::read(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> Size {
+        let params = match self.arch() {
+            Ok(Architecture::Bert(c)) => c.params(),
+            Ok(Architecture::Decoder(c)) => c.params(),
+            Err(_) => 0,
+        };
+        Size {
+            params,
+            dtype: self.dtype,
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.arch() {
+            Ok(Architecture::Bert(c)) => Capabilities {
+                embeddings: Some(Embeddings { dim: c.hidden }),
+                ..Capabilities::default()
+            },
+            Ok(Architecture::Decoder(c)) => Capabilities {
+                infer: Some(TokenInput {
+                    vocab: c.vocab as u32,
+                    context: c.context as u32,
+                }),
+                completions: Some(Completions {
+                    context: c.context as u32,
+                }),
+                ..Capabilities::default()
+            },
+            Err(_) => Capabilities::default(),
+        }
+    }
+
+    fn load<B: ModelBackend>(&self, device: &B::Device) -> Result<Box<dyn Loaded<B>>, String> {
+        let dtype = match self.dtype {
+            DType::F32 => burn::tensor::DType::F32,
+            other if !B::ACCELERATOR => {
+                return Err(format!(
+                    "dtype {} needs a CUDA device; on the CPU use dtype = \"f32\"",
+                    other.as_str()
+                ));
+            }
+            DType::F16 => burn::tensor::DType::F16,
+            DType::Bf16 => burn::tensor::DType::BF16,
+        };
+        let dir = self.dir()?;
+        Ok(match self.arch()? {
+            Architecture::Bert(config) => Box::new(SentenceEncoder::<B>::load_dir(
+                &dir, *config, dtype, device,
+            )?),
+            Architecture::Decoder(config) => {
+                Box::new(HfDecoder::<B>::load(&dir, *config, dtype, device)?)
+            }
+        })
+    }
+}
