@@ -33,7 +33,18 @@ pub struct HfSpec {
     pub dtype: DType,
     /// What `config.json` says, read once.
     #[serde(skip)]
-    arch: OnceLock<Architecture>,
+    arch: Read,
+}
+
+/// `config.json` once read: not part of what the entry is (two entries that name the same
+/// checkpoint are equal whether or not either has read it yet).
+#[derive(Debug, Clone, Default)]
+struct Read(OnceLock<Architecture>);
+
+impl PartialEq for Read {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The snapshot directory of `repo` in the Hugging Face cache.
@@ -80,11 +91,11 @@ impl HfSpec {
 
     /// What the checkpoint is.
     fn arch(&self) -> Result<&Architecture, String> {
-        if let Some(arch) = self.arch.get() {
+        if let Some(arch) = self.arch.0.get() {
             return Ok(arch);
         }
         let arch = hf_config::read(&self.dir()?)?;
-        Ok(self.arch.get_or_init(|| arch))
+        Ok(self.arch.0.get_or_init(|| arch))
     }
 }
 

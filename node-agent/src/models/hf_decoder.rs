@@ -77,7 +77,7 @@ impl<B: ModelBackend> HfDecoder<B> {
             Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let template = ChatTemplate::load(dir)?;
         let eos = eos_ids(dir, &tokenizer)?;
-        let (decoder, read_bytes) = Decoder::load(dir, config, dtype, device)?;
+        let (decoder, read_bytes) = Decoder::load(dir, config, dtype, !B::ACCELERATOR, device)?;
         B::sync(device).map_err(|e| e.to_string())?;
         Ok(Self {
             decoder,

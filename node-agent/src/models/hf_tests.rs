@@ -26,13 +26,20 @@ fn dir(name: &str) -> PathBuf {
     tiny_checkpoints().join(name)
 }
 
-fn decoder(name: &str) -> (Decoder<Cpu>, DecoderConfig) {
+/// The decoder, its linear weights stored transposed (as on the CPU) or as in the checkpoint
+/// (as on CUDA).
+fn decoder_in(name: &str, transposed: bool) -> (Decoder<Cpu>, DecoderConfig) {
     let Architecture::Decoder(config) = hf_config::read(&dir(name)).unwrap() else {
         panic!("{name} is not a decoder")
     };
-    let (decoder, _) = Decoder::<Cpu>::load(&dir(name), config, DType::F32, &Default::default())
+    let device = Default::default();
+    let (decoder, _) = Decoder::<Cpu>::load(&dir(name), config, DType::F32, transposed, &device)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     (decoder, config)
+}
+
+fn decoder(name: &str) -> (Decoder<Cpu>, DecoderConfig) {
+    decoder_in(name, true)
 }
 
 fn ids(value: &Value) -> Vec<u32> {
@@ -56,8 +63,8 @@ fn every_checkpoint_passes_the_catalog_check_with_its_parameter_count() {
 
 #[test]
 fn decoder_logits_match_transformers_within_1e_4() {
-    for name in DECODERS {
-        let (decoder, config) = decoder(name);
+    for (name, transposed) in DECODERS.iter().flat_map(|&n| [(n, true), (n, false)]) {
+        let (decoder, config) = decoder_in(name, transposed);
         let r = reference(name);
         let prompt = ids(&r["logits"]["ids"]);
         let expected: Vec<f32> = r["logits"]["values"]

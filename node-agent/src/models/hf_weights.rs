@@ -76,7 +76,8 @@ impl ModuleAdapter for Cast {
 }
 
 /// Loads `module`'s parameters from the checkpoint in `dir`, renaming keys with `remaps`
-/// (regex, replacement) and casting to `dtype`. Every parameter must be found; tensors of the
+/// (regex, replacement) and casting to `dtype`; with `burn_layout`, burn's `Linear` and norm
+/// modules are filled from PyTorch's layout (weights transposed on the host). Every parameter must be found; tensors of the
 /// checkpoint the module has no place for are ignored (a tied head saved anyway). Returns the
 /// bytes read.
 pub(crate) fn load<B: Backend, M: Module<B>>(
@@ -84,15 +85,19 @@ pub(crate) fn load<B: Backend, M: Module<B>>(
     dir: &Path,
     remaps: &[(&str, &str)],
     dtype: DType,
+    burn_layout: bool,
 ) -> Result<u64, String> {
     let mut applied = BTreeSet::new();
     let mut missing = BTreeSet::new();
     let mut bytes = 0;
     for file in files(dir)? {
         bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        let mut store = SafetensorsStore::from_file(&file)
-            .with_from_adapter(PyTorchToBurnAdapter.chain(Cast(dtype)))
-            .allow_partial(true);
+        let store = SafetensorsStore::from_file(&file).allow_partial(true);
+        let mut store = if burn_layout {
+            store.with_from_adapter(PyTorchToBurnAdapter.chain(Cast(dtype)))
+        } else {
+            store.with_from_adapter(Cast(dtype))
+        };
         for (from, to) in remaps {
             store = store.with_key_remapping(*from, *to);
         }

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use burn::{
-    module::Module,
-    nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig},
+    module::{Module, Param},
+    nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig},
     prelude::*,
     tensor::{DType, activation},
 };
@@ -18,19 +18,59 @@ use super::{
     hf_weights,
 };
 
+/// A linear layer in the checkpoints' (PyTorch's) layout, `weight` `[out, in]`: loaded as it
+/// is stored, with no transposition on the host; CUDA's matrix product reads it transposed as it
+/// is. The CPU backend would copy a transposed operand at every product, so there the weights
+/// are transposed once after loading ([`TorchLinear::transposed`]).
+#[derive(Module, Debug)]
+struct TorchLinear<B: Backend> {
+    weight: Param<Tensor<B, 2>>,
+    bias: Option<Param<Tensor<B, 1>>>,
+    /// `weight` is stored `[in, out]`.
+    #[module(skip)]
+    stored_transposed: bool,
+}
+
+impl<B: Backend> TorchLinear<B> {
+    fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let w = self.weight.val();
+        let w = if self.stored_transposed {
+            w
+        } else {
+            w.transpose()
+        };
+        let y = x.matmul(w.unsqueeze());
+        match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze(),
+            None => y,
+        }
+    }
+
+    /// The same layer with its weight stored `[in, out]`, contiguous.
+    fn transposed(self) -> Self {
+        let w = self.weight.val().transpose();
+        let device = w.device();
+        Self {
+            weight: Param::from_tensor(Tensor::from_data(w.into_data(), &device)),
+            bias: self.bias,
+            stored_transposed: true,
+        }
+    }
+}
+
 #[derive(Module, Debug)]
 struct Attention<B: Backend> {
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    o_proj: Linear<B>,
+    q_proj: TorchLinear<B>,
+    k_proj: TorchLinear<B>,
+    v_proj: TorchLinear<B>,
+    o_proj: TorchLinear<B>,
 }
 
 #[derive(Module, Debug)]
 struct Mlp<B: Backend> {
-    gate_proj: Linear<B>,
-    up_proj: Linear<B>,
-    down_proj: Linear<B>,
+    gate_proj: TorchLinear<B>,
+    up_proj: TorchLinear<B>,
+    down_proj: TorchLinear<B>,
 }
 
 #[derive(Module, Debug)]
@@ -48,7 +88,7 @@ struct Net<B: Backend> {
     layers: Vec<Block<B>>,
     norm: RmsNorm<B>,
     /// Absent when the output projection is the embedding's transpose.
-    lm_head: Option<Linear<B>>,
+    lm_head: Option<TorchLinear<B>>,
 }
 
 /// Keys of a checkpoint, renamed to the module's (burn's RMSNorm calls its weight `gamma`).
@@ -74,8 +114,12 @@ pub(crate) struct Decoder<B: Backend> {
     device: B::Device,
 }
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
-    LinearConfig::new(d_in, d_out).with_bias(bias).init(device)
+fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> TorchLinear<B> {
+    TorchLinear {
+        weight: Initializer::Zeros.init([d_out, d_in], device),
+        bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+        stored_transposed: false,
+    }
 }
 
 fn rms<B: Backend>(c: &DecoderConfig, device: &B::Device) -> RmsNorm<B> {
@@ -108,6 +152,34 @@ impl<B: Backend> Net<B> {
                 .collect(),
             norm: rms(c, device),
             lm_head: (!c.tied_embeddings).then(|| linear(h, c.vocab, false, device)),
+        }
+    }
+
+    /// Every linear layer's weight stored `[in, out]` (for the CPU backend).
+    fn transposed(self) -> Self {
+        Self {
+            embed_tokens: self.embed_tokens,
+            layers: self
+                .layers
+                .into_iter()
+                .map(|b| Block {
+                    self_attn: Attention {
+                        q_proj: b.self_attn.q_proj.transposed(),
+                        k_proj: b.self_attn.k_proj.transposed(),
+                        v_proj: b.self_attn.v_proj.transposed(),
+                        o_proj: b.self_attn.o_proj.transposed(),
+                    },
+                    mlp: Mlp {
+                        gate_proj: b.mlp.gate_proj.transposed(),
+                        up_proj: b.mlp.up_proj.transposed(),
+                        down_proj: b.mlp.down_proj.transposed(),
+                    },
+                    input_layernorm: b.input_layernorm,
+                    post_attention_layernorm: b.post_attention_layernorm,
+                })
+                .collect(),
+            norm: self.norm,
+            lm_head: self.lm_head.map(TorchLinear::transposed),
         }
     }
 }
@@ -145,15 +217,18 @@ pub(crate) fn inv_freq(c: &DecoderConfig) -> Vec<f64> {
 
 impl<B: Backend> Decoder<B> {
     /// Builds the decoder and loads its weights from `dir` in `dtype`; returns it with the
-    /// bytes read.
+    /// bytes read. `transpose` stores the linear layers' weights `[in, out]` (the CPU backend's
+    /// matrix product wants them so).
     pub(crate) fn load(
         dir: &Path,
         config: DecoderConfig,
         dtype: DType,
+        transpose: bool,
         device: &B::Device,
     ) -> Result<(Self, u64), String> {
         let mut net = Net::init(&config, device);
-        let bytes = hf_weights::load(&mut net, dir, &REMAPS, dtype)?;
+        let bytes = hf_weights::load(&mut net, dir, &REMAPS, dtype, false)?;
+        let net = if transpose { net.transposed() } else { net };
         let freqs = inv_freq(&config);
         let d = config.head_dim;
         let mut cos = Vec::with_capacity(config.context * d);
@@ -237,7 +312,7 @@ impl<B: Backend> Decoder<B> {
         }
         cache.len += s;
         let hidden = self.config.hidden;
-        let x = if all {
+        let x = if all || s == 1 {
             x.reshape([s, hidden])
         } else {
             x.slice([0..1, s - 1..s, 0..hidden]).reshape([1, hidden])
@@ -282,25 +357,23 @@ impl<B: Backend> Decoder<B> {
         };
         *kv = Some((k.clone(), v.clone()));
         let t = k.dims()[2];
+        // Grouped-query attention without copying keys and values per query head: the query
+        // heads that share a key/value head are stacked as rows of one product with it.
         let group = heads / kv_heads;
-        let widen = |t4: Tensor<B, 4>| {
-            if group == 1 {
-                t4
-            } else {
-                t4.unsqueeze_dim::<5>(2)
-                    .expand([1, kv_heads, group, t, d])
-                    .reshape([1, heads, t, d])
-            }
-        };
-        let (k, v) = (widen(k), widen(v));
+        let q = q.reshape([1, kv_heads, group * s, d]);
         let scores = q.matmul(k.transpose()).mul_scalar(1.0 / (d as f64).sqrt());
         // Softmax in f32 whatever the weights' dtype, as transformers does.
         let mut scores = scores.cast(DType::F32);
         if let Some(mask) = mask {
-            scores = scores + mask;
+            scores = (scores.reshape([1, kv_heads, group, s, t]) + mask.unsqueeze_dim(2))
+                .reshape([1, kv_heads, group * s, t]);
         }
         let weights = activation::softmax(scores, 3).cast(self.dtype);
-        let out = weights.matmul(v).swap_dims(1, 2).reshape([1, s, heads * d]);
+        let out = weights
+            .matmul(v)
+            .reshape([1, heads, s, d])
+            .swap_dims(1, 2)
+            .reshape([1, s, heads * d]);
         attn.o_proj.forward(out)
     }
 }

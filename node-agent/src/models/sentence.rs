@@ -188,7 +188,7 @@ impl<B: ModelBackend> SentenceEncoder<B> {
             ..Default::default()
         }));
         let mut bert = Bert::init(&config, device);
-        let read_bytes = hf_weights::load(&mut bert, dir, &bert_net::REMAPS, dtype)?;
+        let read_bytes = hf_weights::load(&mut bert, dir, &bert_net::REMAPS, dtype, true)?;
         B::sync(device).map_err(|e| e.to_string())?;
         Ok(Self {
             bert,
