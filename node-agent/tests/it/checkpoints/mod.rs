@@ -4,6 +4,9 @@
 //! text and count tokens as its tokenizer does; settings are honoured (stop sequences, seeds,
 //! `max_tokens`); bad requests are refused by name and change nothing; a client that leaves
 //! mid-stream stops the generation without harming the worker; BERT checkpoints embed.
+//! `faults`: workers killed, stopped or raced while they generate.
+
+mod faults;
 
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -20,12 +23,17 @@ fn entry(name: &str) -> String {
 }
 
 async fn agent() -> Agent {
+    agent_with_args(&[]).await
+}
+
+async fn agent_with_args(args: &[&str]) -> Agent {
     let entries: String = ["llama", "qwen2", "mistral", "bert"]
         .iter()
         .map(|n| entry(n))
         .collect();
     Agent::start(AgentOptions {
         catalog: Some(format!("{SMALL_CATALOG}{entries}")),
+        args: args.iter().map(|a| a.to_string()).collect(),
         ..Default::default()
     })
     .await
