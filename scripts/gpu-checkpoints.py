@@ -183,6 +183,8 @@ def main():
     p.add_argument("--agent", required=True)
     p.add_argument("--tiny", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--agent-only", action="store_true",
+                   help="measure the agent alone (another build of it, say): no transformers runs")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     # A time limit's SIGTERM still writes what was measured.
@@ -218,9 +220,14 @@ def main():
         # 2. Llama-3.2-1B's shape in f32: greedy text against transformers on CUDA.
         tokenizer = AutoTokenizer.from_pretrained(l1b)
         ids = tokenizer(PROMPT, return_tensors="pt").input_ids.cuda()
-        model = LlamaForCausalLM.from_pretrained(l1b, dtype=torch.float32).cuda().eval()
-        out, _ = hf_generate(model, ids, 32)
-        want = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        want, hf_rate = None, None
+        if not args.agent_only:
+            model = LlamaForCausalLM.from_pretrained(l1b, dtype=torch.float32).cuda().eval()
+            out, _ = hf_generate(model, ids, 32)
+            want = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            hf_rate = hf_decode_rate(model, ids)
+            del model
+            torch.cuda.empty_cache()
         switch = agent.post("/v1/models/switch", {"model": "l1b-f32"})
         answer, _ = agent_completion(agent, "l1b-f32", PROMPT, 32)
         got = answer["choices"][0]["text"]
@@ -228,31 +235,30 @@ def main():
         log("l1b-f32 greedy == transformers (CUDA, f32):", got == want)
         report["l1b_f32_switch"] = switch
         rate, _ = agent_decode_rate(agent, "l1b-f32")
-        hf_rate = hf_decode_rate(model, ids)
         report["decode_f32"] = {"agent_tok_s": rate, "transformers_tok_s": hf_rate}
-        log(f"decode f32: agent {rate:.1f} tok/s, transformers {hf_rate:.1f} tok/s")
-        del model
-        torch.cuda.empty_cache()
+        log(f"decode f32: agent {rate:.1f} tok/s, transformers {hf_rate} tok/s")
 
         # 3. bf16: decoding speed.
-        model = LlamaForCausalLM.from_pretrained(l1b, dtype=torch.bfloat16).cuda().eval()
-        hf_rate = hf_decode_rate(model, ids)
-        out, _ = hf_generate(model, ids, 32)
-        want = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        del model
-        torch.cuda.empty_cache()
+        if not args.agent_only:
+            model = LlamaForCausalLM.from_pretrained(l1b, dtype=torch.bfloat16).cuda().eval()
+            hf_rate = hf_decode_rate(model, ids)
+            out, _ = hf_generate(model, ids, 32)
+            want = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            del model
+            torch.cuda.empty_cache()
         agent.post("/v1/models/switch", {"model": "l1b-bf16"})
         rate, tokens = agent_decode_rate(agent, "l1b-bf16")
         got = agent_completion(agent, "l1b-bf16", PROMPT, 32)[0]["choices"][0]["text"]
         report["decode_bf16"] = {"agent_tok_s": rate, "transformers_tok_s": hf_rate,
                                  "agent_tokens": tokens, "greedy_same_as_transformers": got == want}
-        log(f"decode bf16: agent {rate:.1f} tok/s, transformers {hf_rate:.1f} tok/s; "
+        log(f"decode bf16: agent {rate:.1f} tok/s, transformers {hf_rate} tok/s; "
             f"greedy same: {got == want}")
 
         # 4. Loading from the page cache.
         files = weight_files(l1b)
         warm_page_cache(files)
-        st_rate, size = safetensors_rate(files)
+        size = sum(os.path.getsize(f) for f in files)
+        st_rate = None if args.agent_only else safetensors_rate(files)[0]
         loads = []
         for _ in range(2):
             agent.post("/v1/models/switch", {"model": "tiny-llama"})
@@ -262,7 +268,7 @@ def main():
         best = max(ph["weights_gb_per_s"] for ph in phases)
         report["load"] = {"bytes": size, "safetensors_cuda_gb_s": st_rate, "agent_gb_s": best,
                           "agent_phases": phases, "switches": loads}
-        log(f"load {size / GB:.2f} GB: agent {best:.2f} GB/s, safetensors {st_rate:.2f} GB/s, "
+        log(f"load {size / GB:.2f} GB: agent {best:.2f} GB/s, safetensors {st_rate} GB/s, "
             f"pinned {report['pinned_h2d_gb_s']:.1f} GB/s")
     finally:
         agent.stop()

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use vramkeeper_crds::{
-    api::SwitchResponse,
+    api::{ErrorCode, SwitchResponse},
     completions::{
         AnswerMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
         ChunkChoice, CompletionRequest, Delta, MAX_STOP, MessageContent, SamplingFields,
@@ -28,7 +28,7 @@ use vramkeeper_crds::{
 use super::{ApiJson, json};
 use crate::{
     api::error::{ApiError, Result},
-    device::{Device, DeviceError, GenEvent},
+    device::{Device, GenEvent},
     models::generate::{Finish, Outcome, Prompt, Sampling},
 };
 
@@ -337,8 +337,8 @@ fn event<T: Serialize>(value: &T) -> Bytes {
 }
 
 /// An error after the stream began: an `error` event, and the stream ends without `[DONE]`.
-fn error_event(e: &DeviceError) -> Bytes {
-    event(&serde_json::json!({"error": {"message": e.to_string(), "code": e.code()}}))
+fn error_event(message: &str, code: ErrorCode) -> Bytes {
+    event(&serde_json::json!({"error": {"message": message, "code": code}}))
 }
 
 /// Serves one completion request with `model` on `device`.
@@ -457,11 +457,11 @@ fn stream(
             let (bytes, done) = match event {
                 Some(GenEvent::Piece(text)) => (answer.piece(text), false),
                 Some(GenEvent::Done(outcome)) if outcome.finish == Finish::Cancelled => {
-                    let e = DeviceError::Internal(format!(
+                    let message = format!(
                         "{} was unloaded before it finished this completion",
                         answer.model
-                    ));
-                    (error_event(&e), true)
+                    );
+                    (error_event(&message, ErrorCode::Unavailable), true)
                 }
                 Some(GenEvent::Done(outcome)) => {
                     let mut all = answer
@@ -473,7 +473,7 @@ fn stream(
                     all.extend_from_slice(b"data: [DONE]\n\n");
                     (Bytes::from(all), true)
                 }
-                Some(GenEvent::Failed(e)) => (error_event(&e), true),
+                Some(GenEvent::Failed(e)) => (error_event(&e.to_string(), e.code()), true),
                 Some(GenEvent::Started { .. }) => (Bytes::new(), false),
                 None => return None,
             };

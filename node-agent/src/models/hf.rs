@@ -3,7 +3,10 @@
 //! Hugging Face cache. Its `config.json` says what it is ([`hf_config`]): a BERT encoder serves
 //! `/v1/embeddings`, a Llama-family decoder `/v1/chat/completions` and `/v1/completions`.
 
-use std::{path::PathBuf, sync::OnceLock};
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +69,12 @@ fn cached(repo: &str) -> Result<PathBuf, String> {
         .or_else(|| env("HF_HOME").map(|h| h.join("hub")))
         .or_else(|| env("HOME").map(|h| h.join(".cache/huggingface/hub")))
         .ok_or("no Hugging Face cache: set HF_HUB_CACHE or HF_HOME")?;
-    let root = hub.join(format!("models--{}--{}", parts[0], parts[1]));
+    snapshot(&hub, repo, parts[0], parts[1])
+}
+
+/// `hub/models--ORG--NAME/snapshots/<refs/main>`.
+fn snapshot(hub: &Path, repo: &str, org: &str, name: &str) -> Result<PathBuf, String> {
+    let root = hub.join(format!("models--{org}--{name}"));
     let refs = root.join("refs").join("main");
     let commit = std::fs::read_to_string(&refs).map_err(|_| {
         format!(
@@ -168,5 +176,34 @@ impl Kind for HfSpec {
                 Box::new(HfDecoder::<B>::load(&dir, *config, dtype, device)?)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repo_is_found_in_the_hugging_face_cache_layout_and_never_fetched() {
+        let hub = tempfile::tempdir().unwrap();
+        let root = hub.path().join("models--Qwen--Qwen2.5-0.5B-Instruct");
+        std::fs::create_dir_all(root.join("refs")).unwrap();
+        std::fs::write(root.join("refs/main"), "abc123\n").unwrap();
+        let found = snapshot(
+            hub.path(),
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "Qwen",
+            "Qwen2.5-0.5B-Instruct",
+        );
+        assert_eq!(found.unwrap(), root.join("snapshots/abc123"));
+        let missing = snapshot(
+            hub.path(),
+            "meta-llama/Llama-3.2-1B",
+            "meta-llama",
+            "Llama-3.2-1B",
+        );
+        assert!(missing.unwrap_err().contains("never downloads"));
+        assert!(cached("../etc/passwd").unwrap_err().contains("org/name"));
+        assert!(cached("a/..").unwrap_err().contains("org/name"));
     }
 }

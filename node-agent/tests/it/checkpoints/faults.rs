@@ -156,3 +156,49 @@ async fn clients_asking_at_once_each_get_their_whole_answer() {
     // One switch for all of them: the first loaded the model, the others found it loaded.
     assert_eq!(agent.device().await.implicit_switches, 1);
 }
+
+#[tokio::test]
+async fn a_switch_past_the_drain_timeout_ends_a_stream_with_an_error_event() {
+    let agent = agent_with_args(&["--drain-timeout-s", "0.2"]).await;
+    let pid = loaded(&agent, "llama").await;
+    let (prompt, _) = greedy_text("llama");
+    let body = json!({"model": "llama", "prompt": prompt, "max_tokens": 220, "temperature": 0,
+                      "stream": true});
+    let answer = post(&agent, "/v1/completions", &body).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let mut stream = answer.bytes_stream();
+    let mut text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).to_string();
+    // Held mid-generation while a switch waits for it, past the drain timeout.
+    signal(pid, Signal::SIGSTOP);
+    assert!(
+        !text.contains("[DONE]"),
+        "finished before it could be stopped: {text}"
+    );
+    let switch = tokio::spawn({
+        let url = agent.url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/models/switch"))
+                .json(&json!({"model": "tiny-a"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    vramkeeper_e2e::wait_until(
+        "the switch ending the stream",
+        vramkeeper_e2e::wait::DEADLINE,
+        || async { agent.log().contains("ending the requests still in flight") },
+    )
+    .await;
+    // Resumed, the worker meets the cancel at its next token.
+    signal(pid, Signal::SIGCONT);
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(text.contains("unloaded before it finished"), "{text}");
+    assert_eq!(switch.await.unwrap(), StatusCode::OK);
+    assert_eq!(serving(&agent).await.0.as_deref(), Some("tiny-a"));
+}
