@@ -61,27 +61,22 @@ pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Err(syntax) = well_formed(bytes) {
         return Err(ApiError::Malformed(syntax));
     }
-    parsed.map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ApiError::Invalid(if path == "." {
-            format!("invalid request: {inner}")
-        } else {
-            format!("invalid request: {path}: {inner}")
-        })
-    })
+    parsed.map_err(invalid)
 }
 
 /// Reads a body already parsed as JSON: 422 (with the field path) when it does not fit `T`.
 pub(super) fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ApiError::Invalid(if path == "." {
-            format!("invalid request: {inner}")
-        } else {
-            format!("invalid request: {path}: {inner}")
-        })
+    serde_path_to_error::deserialize(value).map_err(invalid)
+}
+
+/// A 422 naming the field that did not fit.
+fn invalid(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    ApiError::Invalid(if path == "." {
+        format!("invalid request: {inner}")
+    } else {
+        format!("invalid request: {path}: {inner}")
     })
 }
 
