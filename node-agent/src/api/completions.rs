@@ -268,45 +268,31 @@ impl Answer {
 
     /// One chunk: `text` (or the assistant's role first), `finish` in the last.
     fn chunk(&self, delta: Delta, finish: Option<Finish>) -> Bytes {
-        let finish_reason = finish.map(|f| f.as_str().to_string());
-        match self.flavor {
-            Flavor::Chat => event(&ChatCompletionChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk".into(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![ChunkChoice {
-                    index: 0,
-                    delta,
-                    finish_reason,
-                }],
-                usage: None,
-            }),
-            Flavor::Text => event(&TextCompletion {
-                id: self.id.clone(),
-                object: "text_completion".into(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![TextChoice {
-                    index: 0,
-                    text: delta.content.unwrap_or_default(),
-                    finish_reason,
-                    logprobs: None,
-                }],
-                usage: None,
-            }),
-        }
+        self.stream_event(Some((delta, finish)), None)
     }
 
+    /// The last chunk's token counts (`stream_options.include_usage`): no choice.
     fn usage_chunk(&self, outcome: &Outcome) -> Bytes {
-        let usage = Some(usage(outcome));
+        self.stream_event(None, Some(usage(outcome)))
+    }
+
+    /// A stream's event in the route's shape, with one choice or none.
+    fn stream_event(&self, choice: Option<(Delta, Option<Finish>)>, usage: Option<Usage>) -> Bytes {
+        let choice = choice.map(|(delta, finish)| (delta, finish.map(|f| f.as_str().to_string())));
         match self.flavor {
             Flavor::Chat => event(&ChatCompletionChunk {
                 id: self.id.clone(),
                 object: "chat.completion.chunk".into(),
                 created: self.created,
                 model: self.model.clone(),
-                choices: vec![],
+                choices: choice
+                    .map(|(delta, finish_reason)| ChunkChoice {
+                        index: 0,
+                        delta,
+                        finish_reason,
+                    })
+                    .into_iter()
+                    .collect(),
                 usage,
             }),
             Flavor::Text => event(&TextCompletion {
@@ -314,7 +300,15 @@ impl Answer {
                 object: "text_completion".into(),
                 created: self.created,
                 model: self.model.clone(),
-                choices: vec![],
+                choices: choice
+                    .map(|(delta, finish_reason)| TextChoice {
+                        index: 0,
+                        text: delta.content.unwrap_or_default(),
+                        finish_reason,
+                        logprobs: None,
+                    })
+                    .into_iter()
+                    .collect(),
                 usage,
             }),
         }

@@ -31,12 +31,7 @@ impl Device {
         model: &str,
         request: Request,
     ) -> Result<(Response, Option<SwitchResponse>)> {
-        self.spec(model)?;
-        // Refused at once when it would need a switch the device's GpuModel does not want
-        // (checked again in the device's turn, before switching).
-        if self.active_model().as_deref() != Some(model) {
-            self.may_auto_switch(model)?;
-        }
+        self.may_serve(model)?;
         let model = model.to_string();
         // Closed when the client goes away (its handler is dropped).
         let (_client, left) = oneshot::channel::<()>();
@@ -52,10 +47,7 @@ impl Device {
     /// model first if needed, as [`Device::serve`] does. The model stays loaded while the
     /// [`Lease`] lives: a switch waits for it, up to the drain timeout.
     pub(crate) async fn lease(self: &Arc<Self>, model: &str) -> Result<Lease> {
-        self.spec(model)?;
-        if self.active_model().as_deref() != Some(model) {
-            self.may_auto_switch(model)?;
-        }
+        self.may_serve(model)?;
         let name = model.to_string();
         let (_client, left) = oneshot::channel::<()>();
         let held = self
@@ -80,10 +72,7 @@ impl Device {
         prompt: Prompt,
         sampling: Sampling,
     ) -> Result<Generation> {
-        self.spec(model)?;
-        if self.active_model().as_deref() != Some(model) {
-            self.may_auto_switch(model)?;
-        }
+        self.may_serve(model)?;
         let (client, left) = oneshot::channel::<()>();
         let (tx, events) = mpsc::unbounded_channel();
         let device = self.clone();
@@ -126,9 +115,8 @@ impl Device {
                 &mut piece,
             )
             .await;
-        self.served(&active, model, result.is_ok());
-        match result {
-            Ok(Response::Generated(outcome)) => {
+        match self.answered(&active, model, result)? {
+            Response::Generated(outcome) => {
                 if outcome.finish == Finish::Cancelled {
                     tracing::info!(
                         gpu = self.info.index,
@@ -140,25 +128,24 @@ impl Device {
                 let _ = tx.send(GenEvent::Done(outcome));
                 Ok(())
             }
-            Ok(other) => Err(DeviceError::worker(
+            other => Err(DeviceError::worker(
                 model,
                 WorkerError::Failed {
                     message: format!("unexpected answer to a generation: {other:?}"),
                     fatal: false,
                 },
             )),
-            Err(e) => {
-                if matches!(
-                    e,
-                    WorkerError::Timeout { .. }
-                        | WorkerError::Protocol { .. }
-                        | WorkerError::Failed { fatal: true, .. }
-                ) {
-                    self.mark_hung(&active, &e);
-                }
-                Err(DeviceError::worker(model, e))
-            }
         }
+    }
+
+    /// Refuses at once a model not in the catalog, or one that would need a switch the
+    /// device's GpuModel does not want (checked again in the device's turn, before switching).
+    fn may_serve(&self, model: &str) -> Result<()> {
+        self.spec(model)?;
+        if self.active_model().as_deref() != Some(model) {
+            self.may_auto_switch(model)?;
+        }
+        Ok(())
     }
 
     /// Records a request answered by (or failed on) the model's server.
@@ -218,6 +205,18 @@ impl Device {
             .worker
             .call(request, self.ctx.config.infer_timeout)
             .await;
+        self.answered(active, model, result)
+    }
+
+    /// Records an exchange with the model's worker and turns its failure into the device's:
+    /// a worker that timed out, broke the protocol or failed fatally is unusable and marked
+    /// hung (the next request replaces it; an exit is the watcher's).
+    fn answered(
+        &self,
+        active: &Arc<Active>,
+        model: &str,
+        result: std::result::Result<Response, WorkerError>,
+    ) -> Result<Response> {
         self.served(active, model, result.is_ok());
         result.map_err(|e| {
             if matches!(
@@ -226,7 +225,6 @@ impl Device {
                     | WorkerError::Protocol { .. }
                     | WorkerError::Failed { fatal: true, .. }
             ) {
-                // Unusable now; the next request replaces it. (An exit is the watcher's.)
                 self.mark_hung(active, &e);
             }
             DeviceError::worker(model, e)

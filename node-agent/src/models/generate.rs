@@ -155,13 +155,22 @@ pub(crate) fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
-/// Turns generated tokens into text pieces: decodes everything generated so far (so that
-/// multi-token characters and merged spaces come out as the tokenizer means them), gives
-/// what is new, holds back a possible start of a stop sequence and an unfinished character.
+/// Turns generated tokens into text pieces as the tokenizer means them (multi-token
+/// characters, merged spaces), decoding only a window of the last tokens per step (as
+/// transformers' streaming does: the text of `ids[prefix..]` minus that of
+/// `ids[prefix..read]`), so a long completion costs linear, not quadratic, decoding. Holds back
+/// a possible start of a stop sequence and an unfinished character.
 pub(crate) struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
     stop: &'a [String],
     ids: Vec<u32>,
+    /// Start of the decoding window.
+    prefix: usize,
+    /// End of what `text` already holds.
+    read: usize,
+    /// The text so far.
+    text: String,
+    /// Bytes of `text` given out.
     sent: usize,
     stopped: bool,
 }
@@ -173,6 +182,9 @@ impl<'a> TextStream<'a> {
             tokenizer,
             stop,
             ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+            text: String::new(),
             sent: 0,
             stopped: false,
         }
@@ -182,16 +194,15 @@ impl<'a> TextStream<'a> {
     /// sequence appears, [`TextStream::stopped`] is true and nothing more comes.
     pub(crate) fn push(&mut self, id: u32) -> Result<String, String> {
         self.ids.push(id);
-        let text = self.decode()?;
-        if let Some(at) = self.stop_at(&text) {
-            self.stopped = true;
-            return Ok(self.take(&text, at));
-        }
-        if text.ends_with('\u{FFFD}') {
+        if !self.read_new(false)? {
             return Ok(String::new());
         }
-        let held = self.held_back(&text);
-        Ok(self.take(&text, text.len() - held))
+        if let Some(at) = self.stop_at() {
+            self.stopped = true;
+            return Ok(self.take(at));
+        }
+        let end = self.text.len() - self.held_back();
+        Ok(self.take(end))
     }
 
     /// Whether a stop sequence ended the text.
@@ -204,37 +215,52 @@ impl<'a> TextStream<'a> {
         if self.stopped {
             return Ok(String::new());
         }
-        let text = self.decode()?;
-        Ok(self.take(&text, text.len()))
+        self.read_new(true)?;
+        Ok(self.take(self.text.len()))
     }
 
-    fn decode(&self) -> Result<String, String> {
-        self.tokenizer
-            .decode(&self.ids, true)
-            .map_err(|e| format!("decoding failed: {e}"))
+    /// Appends the text of the tokens not read yet, unless it ends in an unfinished character
+    /// (`last`: whatever it is). True when text was added.
+    fn read_new(&mut self, last: bool) -> Result<bool, String> {
+        let decode = |ids: &[u32]| {
+            self.tokenizer
+                .decode(ids, true)
+                .map_err(|e| format!("decoding failed: {e}"))
+        };
+        let before = decode(&self.ids[self.prefix..self.read])?;
+        let now = decode(&self.ids[self.prefix..])?;
+        let fresh = now.len() > before.len() && now.is_char_boundary(before.len());
+        if !fresh || (!last && now.ends_with('\u{FFFD}')) {
+            return Ok(false);
+        }
+        self.text.push_str(&now[before.len()..]);
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(true)
     }
 
-    /// `text[sent..end]`, marking it sent (nothing when the tokenizer changed what was sent).
-    fn take(&mut self, text: &str, end: usize) -> String {
-        if end <= self.sent || !text.is_char_boundary(self.sent) || !text.is_char_boundary(end) {
+    /// `text[sent..end]`, marking it sent.
+    fn take(&mut self, end: usize) -> String {
+        if end <= self.sent || !self.text.is_char_boundary(end) {
             return String::new();
         }
-        let piece = text[self.sent..end].to_string();
+        let piece = self.text[self.sent..end].to_string();
         self.sent = end;
         piece
     }
 
     /// Where the first stop sequence begins, if one has appeared.
-    fn stop_at(&self, text: &str) -> Option<usize> {
+    fn stop_at(&self) -> Option<usize> {
         self.stop
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| text.find(s.as_str()))
+            .filter_map(|s| self.text.find(s.as_str()))
             .min()
     }
 
-    /// Bytes at the end of `text` that may be the start of a stop sequence.
-    fn held_back(&self, text: &str) -> usize {
+    /// Bytes at the end of the text that may be the start of a stop sequence.
+    fn held_back(&self) -> usize {
+        let text = &self.text;
         self.stop
             .iter()
             .flat_map(|s| {

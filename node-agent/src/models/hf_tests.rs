@@ -11,7 +11,7 @@ use vramkeeper_e2e::checkpoints::{reference, tiny_checkpoints};
 
 use super::{
     chat_template::ChatTemplate,
-    generate::argmax,
+    generate::{TextStream, argmax},
     hf::HfSpec,
     hf_config::{self, Architecture, DecoderConfig},
     kind::Kind,
@@ -176,5 +176,37 @@ fn bert_embeddings_match_sentence_transformers() {
                 assert!((length - 1.0).abs() < 1e-5, "{name}: length {length}");
             }
         }
+    }
+}
+
+#[test]
+fn streamed_text_pieces_add_up_to_the_whole_decode_and_stop_where_asked() {
+    for name in DECODERS {
+        let r = reference(name);
+        let tokenizer = tokenizers::Tokenizer::from_file(dir(name).join("tokenizer.json")).unwrap();
+        let new = ids(&r["greedy"]["new_ids"]);
+        let whole = r["greedy"]["new_text"].as_str().unwrap();
+        let mut stream = TextStream::new(&tokenizer, &[]);
+        let mut text: String = new.iter().map(|&id| stream.push(id).unwrap()).collect();
+        text.push_str(&stream.finish().unwrap());
+        assert_eq!(text, whole, "{name}");
+        // A stop sequence from the middle: the text ends right before it.
+        let cut = whole
+            .char_indices()
+            .nth(whole.chars().count() / 2)
+            .unwrap()
+            .0;
+        let stop = vec![whole[cut..].chars().take(3).collect::<String>()];
+        let at = whole.find(&stop[0]).unwrap();
+        let mut stream = TextStream::new(&tokenizer, &stop);
+        let mut text = String::new();
+        for &id in &new {
+            text.push_str(&stream.push(id).unwrap());
+            if stream.stopped() {
+                break;
+            }
+        }
+        text.push_str(&stream.finish().unwrap());
+        assert_eq!(text, whole[..at], "{name}");
     }
 }

@@ -14,6 +14,23 @@ fn signal(pid: u32, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).unwrap();
 }
 
+/// POSTs `body` on a task of its own (the test acts while the request is in flight).
+fn spawn_post(
+    agent: &Agent,
+    path: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let url = format!("{}{path}", agent.url);
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    })
+}
+
 /// Loads `model` and returns its worker's pid.
 async fn loaded(agent: &Agent, model: &str) -> u32 {
     let (code, body) = agent
@@ -48,17 +65,7 @@ async fn a_worker_killed_while_it_holds_a_request_gives_a_clear_answer_and_a_new
     // replaces it), the answer is clear and complete.
     signal(pid, Signal::SIGSTOP);
     let body = json!({"model": "llama", "prompt": "The keeper", "max_tokens": 8, "stream": true});
-    let request = tokio::spawn({
-        let url = agent.url.clone();
-        async move {
-            reqwest::Client::new()
-                .post(format!("{url}/v1/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let request = spawn_post(&agent, "/v1/completions", body);
     signal(pid, Signal::SIGKILL);
     let answer = request.await.unwrap();
     match answer.status() {
@@ -123,18 +130,14 @@ async fn clients_asking_at_once_each_get_their_whole_answer() {
     let agent = agent().await;
     let (prompt, expected) = greedy_text("llama");
     let asks = (0..4).map(|i| {
-        let url = agent.url.clone();
+        let stream = i % 2 == 0;
         let body = json!({"model": "llama", "prompt": prompt, "max_tokens": 32,
-                          "temperature": 0, "stream": i % 2 == 0});
+                          "temperature": 0, "stream": stream});
+        let answer = spawn_post(&agent, "/v1/completions", body);
         tokio::spawn(async move {
-            let answer = reqwest::Client::new()
-                .post(format!("{url}/v1/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let answer = answer.await.unwrap();
             assert_eq!(answer.status(), StatusCode::OK);
-            if body["stream"] == true {
+            if stream {
                 events(answer)
                     .await
                     .iter()
@@ -174,18 +177,7 @@ async fn a_switch_past_the_drain_timeout_ends_a_stream_with_an_error_event() {
         !text.contains("[DONE]"),
         "finished before it could be stopped: {text}"
     );
-    let switch = tokio::spawn({
-        let url = agent.url.clone();
-        async move {
-            reqwest::Client::new()
-                .post(format!("{url}/v1/models/switch"))
-                .json(&json!({"model": "tiny-a"}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
+    let switch = spawn_post(&agent, "/v1/models/switch", json!({"model": "tiny-a"}));
     vramkeeper_e2e::wait_until(
         "the switch ending the stream",
         vramkeeper_e2e::wait::DEADLINE,
@@ -199,6 +191,6 @@ async fn a_switch_past_the_drain_timeout_ends_a_stream_with_an_error_event() {
     }
     assert!(!text.contains("[DONE]"), "{text}");
     assert!(text.contains("unloaded before it finished"), "{text}");
-    assert_eq!(switch.await.unwrap(), StatusCode::OK);
+    assert_eq!(switch.await.unwrap().status(), StatusCode::OK);
     assert_eq!(serving(&agent).await.0.as_deref(), Some("tiny-a"));
 }
