@@ -9,7 +9,9 @@ same card, in one run:
   transformers' eager `generate`, in bf16 and f32;
 - loading: weights from the page cache to the GPU (the switch reply's phases) against
   `safetensors.torch.load_file(device="cuda")` and the pinned host-to-device bandwidth, all in
-  this run.
+  this run; an encoder of all-MiniLM-L6-v2's shape (its weights phase, the VRAM it holds after
+  load and after a batch of 256); switches between two random checkpoints of about 8 GB
+  against the floor (the worker's context creation plus the bytes at the pinned bandwidth).
 
     scripts/gpu-checkpoints.py --agent PATH/vramkeeper-agent --tiny DIR --out DIR
 
@@ -28,6 +30,9 @@ import urllib.request
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The workers' breakdown of a load (allocation, copy, cast) in agent.log.
+os.environ.setdefault("RUST_LOG", "info,tower_http=warn,cubecl=warn,"
+                      "vramkeeper_node_agent::backend=debug")
 
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -122,6 +127,88 @@ def make_1b(tiny, out):
     return config
 
 
+def make_minilm_shape(tiny, out):
+    """all-MiniLM-L6-v2's shape (22.7 M parameters, f32) with random weights, and the tiny
+    encoder's tokenizer and sentence-transformers files."""
+    from transformers import BertConfig, BertModel
+    subprocess.run(["cp", "-r", os.path.join(tiny, "bert"), out], check=True)
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+                        num_attention_heads=12, intermediate_size=1536,
+                        max_position_embeddings=512)
+    torch.manual_seed(1)
+    BertModel(config).save_pretrained(out)
+
+
+def make_8g(tiny, out):
+    """A Llama-shaped checkpoint of about 8 GB in bf16 (4.0 B parameters), random weights."""
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=36,
+        num_attention_heads=24, num_key_value_heads=8, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, hidden_act="silu", bos_token_id=0,
+        eos_token_id=4, rope_theta=500000.0)
+    torch.manual_seed(2)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(os.path.join(tiny, "llama")).save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def status(agent):
+    with urllib.request.urlopen(agent.url + "/v1/status", timeout=60) as r:
+        return json.loads(r.read())
+
+
+def minilm_shape(agent):
+    agent.post("/v1/models/switch", {"model": "tiny-llama"})
+    loads = []
+    for _ in range(2):
+        agent.post("/v1/models/switch", {"model": "tiny-llama"})
+        loads.append(agent.post("/v1/models/switch", {"model": "minilm-shape"}))
+    texts = [f"sentence number {i} about lighthouses and keepers" for i in range(256)]
+    agent.post("/v1/embeddings", {"model": "minilm-shape", "input": texts})
+    after = status(agent)
+    # The worker returns its pool after 200 ms idle; the agent samples every 250 ms.
+    time.sleep(1.5)
+    idle = status(agent)
+    ph = [r["phases"] for r in loads]
+    log("minilm-shape: weights", [round(p["weights_ms"], 1) for p in ph], "ms; VRAM",
+        [r["vram_mb"] for r in loads], "MiB; allocator in use / reserved",
+        [(p["allocator_in_use_mb"], p["allocator_reserved_mb"]) for p in ph])
+    def worker_mb(st):
+        d = st["devices"][0]
+        growth = sum(x["mb"] for x in d["ghost"]["sources"] if x["kind"] == "worker-growth")
+        return growth
+    log("minilm-shape: worker growth right after a batch of 256:", worker_mb(after),
+        "MiB; after 1.5 s idle:", worker_mb(idle), "MiB")
+    return {"switches": loads, "status_after_batch_256": after, "status_idle": idle}
+
+
+def switch_8g(agent, pinned_gb_s, dir_a, dir_b):
+    warm_page_cache(weight_files(dir_a) + weight_files(dir_b))
+    size = sum(os.path.getsize(f) for f in weight_files(dir_a))
+    st = safetensors_rate(weight_files(dir_a))[0]
+    agent.post("/v1/models/switch", {"model": "l8g-b"})
+    runs = []
+    for n in ("a", "b", "a", "b"):
+        runs.append(agent.post("/v1/models/switch", {"model": f"l8g-{n}"}))
+    rows = []
+    for r in runs:
+        ph = r["phases"]
+        floor = ph["context_ms"] + size / (pinned_gb_s * GB) * 1000
+        switch = r["load_ms"] + r["unload_ms"]
+        rows.append({"switch_ms": switch, "load_ms": r["load_ms"], "unload_ms": r["unload_ms"],
+                     "floor_ms": floor, "switch_over_floor": switch / floor,
+                     "weights_ms": ph["weights_ms"], "gb_s": ph["weights_gb_per_s"],
+                     "vram_mb": r["vram_mb"]})
+        log(f"8 GB switch {switch:.0f} ms (unload {r['unload_ms']:.0f}, load {r['load_ms']:.0f}: "
+            f"weights {ph['weights_ms']:.0f} ms at {ph['weights_gb_per_s']:.1f} GB/s), "
+            f"floor {floor:.0f} ms: {switch / floor:.2f}x")
+    return {"bytes": size, "safetensors_cuda_gb_s": st, "rows": rows, "switches": runs}
+
+
 def hf_generate(model, ids, new):
     torch.cuda.synchronize()
     t = time.perf_counter()
@@ -185,6 +272,8 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--agent-only", action="store_true",
                    help="measure the agent alone (another build of it, say): no transformers runs")
+    p.add_argument("--skip-decode", action="store_true", help="no decoding-speed runs")
+    p.add_argument("--skip-8g", action="store_true", help="no 8 GB checkpoints")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     # A time limit's SIGTERM still writes what was measured.
@@ -205,7 +294,18 @@ def main():
         f'[[model]]\nname = "tiny-{n}"\nkind = "hf"\ndir = "{os.path.join(args.tiny, n)}"\n\n'
         for n in ("llama", "qwen2", "mistral"))
     catalog += f'[[model]]\nname = "l1b-f32"\nkind = "hf"\ndir = "{l1b}"\ndtype = "f32"\n\n'
-    catalog += f'[[model]]\nname = "l1b-bf16"\nkind = "hf"\ndir = "{l1b}"\ndtype = "bf16"\n'
+    catalog += f'[[model]]\nname = "l1b-bf16"\nkind = "hf"\ndir = "{l1b}"\ndtype = "bf16"\n\n'
+    minilm = os.path.join(work, "minilm-shape")
+    make_minilm_shape(args.tiny, minilm)
+    catalog += f'[[model]]\nname = "minilm-shape"\nkind = "hf"\ndir = "{minilm}"\n\n'
+    if not args.skip_8g:
+        t = time.perf_counter()
+        big = make_8g(args.tiny, os.path.join(work, "l8g-a"))
+        subprocess.run(["cp", "-r", big, os.path.join(work, "l8g-b")], check=True)
+        log("made two 8 GB checkpoints in", round(time.perf_counter() - t, 1), "s")
+        for n in ("a", "b"):
+            catalog += (f'[[model]]\nname = "l8g-{n}"\nkind = "hf"\n'
+                        f'dir = "{os.path.join(work, "l8g-" + n)}"\ndtype = "bf16"\n\n')
     agent = Agent(args.agent, work, catalog)
     try:
         # 1. Tiny checkpoints: transformers' CPU greedy text, on CUDA.
@@ -225,7 +325,7 @@ def main():
             model = LlamaForCausalLM.from_pretrained(l1b, dtype=torch.float32).cuda().eval()
             out, _ = hf_generate(model, ids, 32)
             want = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-            hf_rate = hf_decode_rate(model, ids)
+            hf_rate = None if args.skip_decode else hf_decode_rate(model, ids)
             del model
             torch.cuda.empty_cache()
         switch = agent.post("/v1/models/switch", {"model": "l1b-f32"})
@@ -234,12 +334,13 @@ def main():
         report["l1b_f32_greedy"] = {"same": got == want, "got": got, "want": want}
         log("l1b-f32 greedy == transformers (CUDA, f32):", got == want)
         report["l1b_f32_switch"] = switch
-        rate, _ = agent_decode_rate(agent, "l1b-f32")
-        report["decode_f32"] = {"agent_tok_s": rate, "transformers_tok_s": hf_rate}
-        log(f"decode f32: agent {rate:.1f} tok/s, transformers {hf_rate} tok/s")
+        if not args.skip_decode:
+            rate, _ = agent_decode_rate(agent, "l1b-f32")
+            report["decode_f32"] = {"agent_tok_s": rate, "transformers_tok_s": hf_rate}
+            log(f"decode f32: agent {rate:.1f} tok/s, transformers {hf_rate} tok/s")
 
         # 3. bf16: decoding speed.
-        if not args.agent_only:
+        if not args.agent_only and not args.skip_decode:
             model = LlamaForCausalLM.from_pretrained(l1b, dtype=torch.bfloat16).cuda().eval()
             hf_rate = hf_decode_rate(model, ids)
             out, _ = hf_generate(model, ids, 32)
@@ -247,11 +348,11 @@ def main():
             del model
             torch.cuda.empty_cache()
         agent.post("/v1/models/switch", {"model": "l1b-bf16"})
-        rate, tokens = agent_decode_rate(agent, "l1b-bf16")
+        rate, tokens = agent_decode_rate(agent, "l1b-bf16") if not args.skip_decode else (None, None)
         got = agent_completion(agent, "l1b-bf16", PROMPT, 32)[0]["choices"][0]["text"]
         report["decode_bf16"] = {"agent_tok_s": rate, "transformers_tok_s": hf_rate,
                                  "agent_tokens": tokens, "greedy_same_as_transformers": got == want}
-        log(f"decode bf16: agent {rate:.1f} tok/s, transformers {hf_rate} tok/s; "
+        log(f"decode bf16: agent {rate} tok/s, transformers {hf_rate} tok/s; "
             f"greedy same: {got == want}")
 
         # 4. Loading from the page cache.
@@ -270,6 +371,18 @@ def main():
                           "agent_phases": phases, "switches": loads}
         log(f"load {size / GB:.2f} GB: agent {best:.2f} GB/s, safetensors {st_rate} GB/s, "
             f"pinned {report['pinned_h2d_gb_s']:.1f} GB/s")
+        f32 = agent.post("/v1/models/switch", {"model": "l1b-f32"})
+        report["load_f32"] = f32
+        log(f"load as f32 (cast on the device): {f32['phases']['weights_gb_per_s']:.2f} GB/s, "
+            f"weights {f32['phases']['weights_ms']:.0f} ms")
+
+        # 5. An encoder of all-MiniLM-L6-v2's shape.
+        report["minilm_shape"] = minilm_shape(agent)
+
+        # 6. Two checkpoints of about 8 GB.
+        if not args.skip_8g:
+            report["switch_8g"] = switch_8g(agent, report["pinned_h2d_gb_s"],
+                                            os.path.join(work, "l8g-a"), os.path.join(work, "l8g-b"))
     finally:
         agent.stop()
         with open(os.path.join(args.out, "gpu-checkpoints.json"), "w") as f:

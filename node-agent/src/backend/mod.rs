@@ -3,8 +3,13 @@
 //! "allocator cache" is what malloc keeps after frees and `malloc_trim` returns it), and the
 //! kernels a backend runs better than burn's generic composition ([`kernels`]).
 
+#[cfg(feature = "cuda")]
+mod cuda_upload;
 pub(crate) mod gelu;
 pub(crate) mod kernels;
+pub(crate) mod upload;
+
+use std::{fs::File, path::PathBuf};
 
 use burn::backend::Flex;
 
@@ -19,6 +24,14 @@ pub trait ModelBackend: kernels::Kernels {
     fn release_pooled(device: &Self::Device);
     /// Test-only: leaves `bytes` in the allocator's pool, as freed-but-kept memory.
     fn pooled_leak(device: &Self::Device, bytes: u64);
+    /// Creates the tensors `sources` describe from the bytes of `files` (opened from `paths`),
+    /// in their order.
+    fn upload(
+        device: &Self::Device,
+        files: &[File],
+        paths: &[PathBuf],
+        sources: &[upload::Source],
+    ) -> Result<Vec<Self::FloatTensorPrimitive>, String>;
 }
 
 /// The CPU backend.
@@ -37,6 +50,15 @@ impl ModelBackend for Cpu {
 
     fn pooled_leak(_: &Self::Device, bytes: u64) {
         glibc::fragment(bytes);
+    }
+
+    fn upload(
+        device: &Self::Device,
+        files: &[File],
+        paths: &[PathBuf],
+        sources: &[upload::Source],
+    ) -> Result<Vec<Self::FloatTensorPrimitive>, String> {
+        upload::through_host::<Self>(device, files, paths, sources)
     }
 }
 
@@ -104,7 +126,9 @@ mod cuda {
         prelude::*,
     };
 
-    use super::ModelBackend;
+    use std::{fs::File, path::PathBuf};
+
+    use super::{ModelBackend, upload::Source};
 
     /// The CUDA backend.
     pub(crate) type Gpu = Cuda<f32, i32>;
@@ -130,6 +154,15 @@ mod cuda {
             let _ = Gpu::sync(device);
             drop(t);
             let _ = Gpu::sync(device);
+        }
+
+        fn upload(
+            device: &CudaDevice,
+            files: &[File],
+            paths: &[PathBuf],
+            sources: &[Source],
+        ) -> Result<Vec<Self::FloatTensorPrimitive>, String> {
+            super::cuda_upload::upload(device, files, paths, sources)
         }
     }
 }

@@ -4,16 +4,16 @@
 
 use burn::{
     module::Module,
-    nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig},
+    nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig},
     prelude::*,
     tensor::DType,
 };
 
-use super::hf_config::BertConfig;
+use super::{hf_config::BertConfig, torch_linear::TorchLinear};
 use crate::backend::kernels::Kernels;
 
 /// Keys of a checkpoint, renamed to the module's.
-pub(crate) const REMAPS: [(&str, &str); 9] = [
+pub(crate) const REMAPS: [(&str, &str); 11] = [
     (r"^bert\.", ""),
     (r"^embeddings\.LayerNorm\.", "embeddings_norm."),
     (r"^embeddings\.", ""),
@@ -38,18 +38,21 @@ pub(crate) const REMAPS: [(&str, &str); 9] = [
         r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.",
         "layers.$1.out_norm.",
     ),
+    // burn's LayerNorm calls its parameters gamma and beta.
+    (r"norm\.weight$", "norm.gamma"),
+    (r"norm\.bias$", "norm.beta"),
 ];
 
 /// One encoder layer.
 #[derive(Module, Debug)]
 pub(crate) struct Layer<B: Backend> {
-    query: Linear<B>,
-    key: Linear<B>,
-    value: Linear<B>,
-    attn_out: Linear<B>,
+    query: TorchLinear<B>,
+    key: TorchLinear<B>,
+    value: TorchLinear<B>,
+    attn_out: TorchLinear<B>,
     attn_norm: LayerNorm<B>,
-    inter: Linear<B>,
-    out: Linear<B>,
+    inter: TorchLinear<B>,
+    out: TorchLinear<B>,
     out_norm: LayerNorm<B>,
 }
 
@@ -63,8 +66,8 @@ pub(crate) struct Bert<B: Backend> {
     layers: Vec<Layer<B>>,
 }
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
-    LinearConfig::new(d_in, d_out).init(device)
+fn linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> TorchLinear<B> {
+    TorchLinear::new(d_in, d_out, true, device)
 }
 
 fn norm<B: Backend>(c: &BertConfig, device: &B::Device) -> LayerNorm<B> {
@@ -94,6 +97,26 @@ impl<B: Kernels> Bert<B> {
                     out_norm: norm(c, device),
                 })
                 .collect(),
+        }
+    }
+
+    /// Every linear layer's weight stored `[in, out]` (for the CPU backend).
+    pub(crate) fn transposed(self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| Layer {
+                    query: l.query.transposed(),
+                    key: l.key.transposed(),
+                    value: l.value.transposed(),
+                    attn_out: l.attn_out.transposed(),
+                    inter: l.inter.transposed(),
+                    out: l.out.transposed(),
+                    ..l
+                })
+                .collect(),
+            ..self
         }
     }
 

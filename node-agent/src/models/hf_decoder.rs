@@ -72,12 +72,25 @@ impl<B: ModelBackend> HfDecoder<B> {
         dtype: DType,
         device: &B::Device,
     ) -> Result<Self, String> {
-        let path = dir.join("tokenizer.json");
-        let tokenizer =
-            Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let template = ChatTemplate::load(dir)?;
-        let eos = eos_ids(dir, &tokenizer)?;
-        let (decoder, read_bytes) = Decoder::load(dir, config, dtype, !B::ACCELERATOR, device)?;
+        // The tokenizer and chat template are read while the weights are read and copied.
+        let (tokenizer, weights) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| {
+                let path = dir.join("tokenizer.json");
+                let tokenizer =
+                    Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let template = ChatTemplate::load(dir)?;
+                let eos = eos_ids(dir, &tokenizer)?;
+                Ok::<_, String>((tokenizer, template, eos))
+            });
+            let weights = Decoder::load(dir, config, dtype, !B::ACCELERATOR, device);
+            (
+                tokenizer
+                    .join()
+                    .expect("the tokenizer thread does not panic"),
+                weights,
+            )
+        });
+        let ((tokenizer, template, eos), (decoder, read_bytes)) = (tokenizer?, weights?);
         B::sync(device).map_err(|e| e.to_string())?;
         Ok(Self {
             decoder,

@@ -1,20 +1,25 @@
 //! A checkpoint's safetensors weights into a burn module: one `model.safetensors` or the
-//! shards a `model.safetensors.index.json` lists, PyTorch's layouts adapted (linear weights
-//! transposed, norms' `weight` as `gamma`), each tensor cast to the dtype the catalog asks for.
+//! shards a `model.safetensors.index.json` lists. The headers say where each tensor's bytes
+//! are; the module's parameters are matched to them by name (keys renamed with regexes), and
+//! the backend creates all of them in one pass ([`ModelBackend::upload`]: on CUDA, through
+//! pinned staging buffers with reading and copying overlapped), each in the dtype asked for.
+//! Tensors the module has no place for are never read.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
+    fs::File,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
 use burn::{
-    module::Module,
+    module::{Module, ModuleMapper, ModuleVisitor, Param},
     prelude::*,
-    store::{
-        ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
-    },
-    tensor::DType,
+    tensor::{DType, TensorPrimitive},
 };
+use regex::Regex;
+
+use crate::backend::{ModelBackend, upload::Source};
 
 /// The weight files of a checkpoint directory, in load order.
 pub(crate) fn files(dir: &Path) -> Result<Vec<PathBuf>, String> {
@@ -49,71 +54,225 @@ pub(crate) fn files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         .collect()
 }
 
-/// Casts every float tensor to one dtype (a bf16 checkpoint served in f32, and back).
-#[derive(Clone)]
-struct Cast(DType);
+/// A tensor as a safetensors header describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stored {
+    /// Its name in the file.
+    pub(crate) name: String,
+    /// Absolute byte offset of its data in the file.
+    pub(crate) offset: u64,
+    /// Bytes of data.
+    pub(crate) len: usize,
+    /// The dtype as stored, or the name of one this loader cannot read (kept so that a
+    /// parameter asking for it is refused by name).
+    pub(crate) dtype: Result<DType, String>,
+    pub(crate) shape: Vec<usize>,
+}
 
-impl ModuleAdapter for Cast {
-    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
-        let to = self.0;
-        if !snapshot.dtype.is_float() || snapshot.dtype == to {
-            return snapshot.clone();
+/// Largest header accepted (the format's own limit is 100 MB).
+const MAX_HEADER: u64 = 100_000_000;
+
+fn stored_dtype(name: &str) -> Result<DType, String> {
+    Ok(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        other => return Err(other.to_string()),
+    })
+}
+
+/// The tensors a safetensors file holds, from its header; every offset checked against the
+/// file's length and every length against the tensor's shape and dtype.
+pub(crate) fn header(path: &Path, file: &File) -> Result<Vec<Stored>, String> {
+    let bad = |what: String| format!("{}: not a safetensors file: {what}", path.display());
+    let file_len = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0)
+        .map_err(|_| bad("shorter than its 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER || 8 + n > file_len {
+        return Err(bad(format!("a header of {n} bytes")));
+    }
+    let mut text = vec![0u8; n as usize];
+    file.read_exact_at(&mut text, 8)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let data_start = 8 + n;
+    let mut out = Vec::with_capacity(map.len());
+    for (name, v) in map {
+        if name == "__metadata__" {
+            continue;
         }
-        let data = snapshot.clone_data_fn();
-        TensorSnapshot::from_closure(
-            std::rc::Rc::new(move || Ok(data()?.convert_dtype(to))),
-            to,
-            snapshot.shape.clone(),
-            snapshot.path_stack.clone().unwrap_or_default(),
-            snapshot.container_stack.clone().unwrap_or_default(),
-            snapshot.tensor_id.unwrap_or_default(),
-        )
+        let field = |f: &str| v.get(f).ok_or_else(|| bad(format!("{name} has no {f}")));
+        let dtype_name = field("dtype")?.as_str().unwrap_or_default().to_string();
+        let shape: Vec<usize> = serde_json::from_value(field("shape")?.clone())
+            .map_err(|_| bad(format!("{name}: shape is not a list of sizes")))?;
+        let [begin, end]: [u64; 2] = serde_json::from_value(field("data_offsets")?.clone())
+            .map_err(|_| bad(format!("{name}: data_offsets is not [begin, end]")))?;
+        if begin > end || data_start.checked_add(end).is_none_or(|e| e > file_len) {
+            return Err(bad(format!(
+                "{name}: data [{begin}, {end}) outside the file"
+            )));
+        }
+        let len = (end - begin) as usize;
+        let dtype = stored_dtype(&dtype_name);
+        if let Ok(d) = dtype {
+            let bytes = shape
+                .iter()
+                .try_fold(d.size(), |n, &dim| n.checked_mul(dim));
+            if bytes != Some(len) {
+                return Err(bad(format!(
+                    "{name}: {len} bytes for shape {shape:?} of {dtype_name}"
+                )));
+            }
+        }
+        out.push(Stored {
+            name,
+            offset: data_start + begin,
+            len,
+            dtype,
+            shape,
+        });
+    }
+    Ok(out)
+}
+
+/// Renames a checkpoint key with `remaps`, applied in order (each to the previous result).
+fn rename(key: &str, remaps: &[(Regex, &str)]) -> String {
+    let mut key = key.to_string();
+    for (from, to) in remaps {
+        key = from.replace_all(&key, *to).into_owned();
+    }
+    key
+}
+
+/// Builds the dotted paths of a module's float parameters as burn names them (fields and
+/// vector indices), in the order a visit meets them.
+#[derive(Default)]
+struct Paths {
+    stack: Vec<String>,
+    found: Vec<(String, Vec<usize>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Paths {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.stack.push(name.to_string());
     }
 
-    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
-        Box::new(self.clone())
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.found.push((
+            self.stack.join("."),
+            param.lazy_shape().dims::<D>().to_vec(),
+        ));
     }
 }
 
-/// Loads `module`'s parameters from the checkpoint in `dir`, renaming keys with `remaps`
-/// (regex, replacement) and casting to `dtype`; with `burn_layout`, burn's `Linear` and norm
-/// modules are filled from PyTorch's layout (weights transposed on the host). Every parameter must be found; tensors of the
-/// checkpoint the module has no place for are ignored (a tied head saved anyway). Returns the
-/// bytes read.
-pub(crate) fn load<B: Backend, M: Module<B>>(
-    module: &mut M,
+/// Puts the created tensors into the module's parameters, by path.
+struct Place<B: Backend> {
+    stack: Vec<String>,
+    tensors: HashMap<String, B::FloatTensorPrimitive>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Place<B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.stack.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        match self.tensors.remove(&self.stack.join(".")) {
+            Some(t) => {
+                let id = param.id;
+                param.transform_for_load(Tensor::from_primitive(TensorPrimitive::Float(t)), id)
+            }
+            None => param,
+        }
+    }
+}
+
+/// Loads `module`'s parameters from the checkpoint in `dir`, renaming the checkpoint's keys
+/// with `remaps` (regex, replacement; applied in order) and creating each tensor in `dtype`.
+/// Every parameter must be found with its shape; tensors of the checkpoint the module has no
+/// place for are not read (a tied head saved anyway). Returns the module and the bytes read.
+pub(crate) fn load<B: ModelBackend, M: Module<B>>(
+    module: M,
     dir: &Path,
     remaps: &[(&str, &str)],
     dtype: DType,
-    burn_layout: bool,
-) -> Result<u64, String> {
-    let mut applied = BTreeSet::new();
-    let mut missing = BTreeSet::new();
-    let mut bytes = 0;
-    for file in files(dir)? {
-        bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        let store = SafetensorsStore::from_file(&file).allow_partial(true);
-        let mut store = if burn_layout {
-            store.with_from_adapter(PyTorchToBurnAdapter.chain(Cast(dtype)))
-        } else {
-            store.with_from_adapter(Cast(dtype))
-        };
-        for (from, to) in remaps {
-            store = store.with_key_remapping(*from, *to);
+    device: &B::Device,
+) -> Result<(M, u64), String> {
+    let remaps: Vec<(Regex, &str)> = remaps
+        .iter()
+        .map(|(from, to)| (Regex::new(from).expect("remap patterns are valid"), *to))
+        .collect();
+    let paths = files(dir)?;
+    let mut opened = Vec::with_capacity(paths.len());
+    let mut by_name: HashMap<String, (usize, Stored)> = HashMap::new();
+    // Renamed keys met twice, with the first key: refused if the model needs them.
+    let mut twice: HashMap<String, String> = HashMap::new();
+    for (i, path) in paths.iter().enumerate() {
+        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for stored in header(path, &file)? {
+            let key = rename(&stored.name, &remaps);
+            if let Some((_, first)) = by_name.get(&key) {
+                twice.insert(key, format!("{} and {}", first.name, stored.name));
+            } else {
+                by_name.insert(key, (i, stored));
+            }
         }
-        let result = module
-            .load_from(&mut store)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        if !result.errors.is_empty() {
+        opened.push(file);
+    }
+    let mut wanted = Paths::default();
+    module.visit(&mut wanted);
+    let mut sources = Vec::with_capacity(wanted.found.len());
+    let mut absent = Vec::new();
+    for (path, shape) in &wanted.found {
+        let Some((file, stored)) = by_name.get(path) else {
+            absent.push(path.clone());
+            continue;
+        };
+        if let Some(both) = twice.get(path) {
             return Err(format!(
-                "{}: cannot load the weights: {result}",
-                file.display()
+                "{}: {both} both hold the model's {path}; which one is meant is not clear",
+                dir.display()
             ));
         }
-        applied.extend(result.applied);
-        missing.extend(result.missing.into_iter().map(|(path, _)| path));
+        let stored_dtype = stored.dtype.clone().map_err(|name| {
+            format!(
+                "{}: {} is stored as {name}, which cannot be loaded (F32, F16, BF16 or F64)",
+                paths[*file].display(),
+                stored.name
+            )
+        })?;
+        if &stored.shape != shape {
+            return Err(format!(
+                "{}: {} has shape {:?}; the model's config.json asks for {shape:?}",
+                paths[*file].display(),
+                stored.name,
+                stored.shape
+            ));
+        }
+        sources.push(Source {
+            file: *file,
+            offset: stored.offset,
+            len: stored.len,
+            stored: stored_dtype,
+            shape: shape.clone(),
+            dtype,
+        });
     }
-    let absent: Vec<String> = missing.difference(&applied).cloned().collect();
     if !absent.is_empty() {
         return Err(format!(
             "{}: the checkpoint lacks {} tensor(s) the model needs: {}",
@@ -127,5 +286,20 @@ pub(crate) fn load<B: Backend, M: Module<B>>(
                 .join(", ")
         ));
     }
-    Ok(bytes)
+    let bytes = sources.iter().map(|s| s.len as u64).sum();
+    let created = B::upload(device, &opened, &paths, &sources)?;
+    let mut place = Place::<B> {
+        stack: Vec::new(),
+        tensors: wanted
+            .found
+            .into_iter()
+            .map(|(path, _)| path)
+            .zip(created)
+            .collect(),
+    };
+    let module = module.map(&mut place);
+    if let Some(path) = place.tensors.keys().next() {
+        return Err(format!("{path} was read but has no place in the model"));
+    }
+    Ok((module, bytes))
 }

@@ -6,9 +6,11 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use burn::{
-    module::{Module, Param},
-    nn::{Embedding, EmbeddingConfig, Initializer, RmsNorm, RmsNormConfig},
+    module::Module,
+    nn::{Embedding, EmbeddingConfig, RmsNorm, RmsNormConfig},
     prelude::*,
     tensor::{DType, activation},
 };
@@ -16,47 +18,9 @@ use burn::{
 use super::{
     hf_config::{DecoderConfig, Llama3Scaling},
     hf_weights,
+    torch_linear::TorchLinear,
 };
-
-/// A linear layer in the checkpoints' (PyTorch's) layout, `weight` `[out, in]`: loaded as it
-/// is stored, with no transposition on the host; CUDA's matrix product reads it transposed as it
-/// is. The CPU backend would copy a transposed operand at every product, so there the weights
-/// are transposed once after loading ([`TorchLinear::transposed`]).
-#[derive(Module, Debug)]
-struct TorchLinear<B: Backend> {
-    weight: Param<Tensor<B, 2>>,
-    bias: Option<Param<Tensor<B, 1>>>,
-    /// `weight` is stored `[in, out]`.
-    #[module(skip)]
-    stored_transposed: bool,
-}
-
-impl<B: Backend> TorchLinear<B> {
-    fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let w = self.weight.val();
-        let w = if self.stored_transposed {
-            w
-        } else {
-            w.transpose()
-        };
-        let y = x.matmul(w.unsqueeze());
-        match &self.bias {
-            Some(bias) => y + bias.val().unsqueeze(),
-            None => y,
-        }
-    }
-
-    /// The same layer with its weight stored `[in, out]`, contiguous.
-    fn transposed(self) -> Self {
-        let w = self.weight.val().transpose();
-        let device = w.device();
-        Self {
-            weight: Param::from_tensor(Tensor::from_data(w.into_data(), &device)),
-            bias: self.bias,
-            stored_transposed: true,
-        }
-    }
-}
+use crate::backend::ModelBackend;
 
 #[derive(Module, Debug)]
 struct Attention<B: Backend> {
@@ -114,14 +78,6 @@ pub(crate) struct Decoder<B: Backend> {
     device: B::Device,
 }
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> TorchLinear<B> {
-    TorchLinear {
-        weight: Initializer::Zeros.init([d_out, d_in], device),
-        bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
-        stored_transposed: false,
-    }
-}
-
 fn rms<B: Backend>(c: &DecoderConfig, device: &B::Device) -> RmsNorm<B> {
     RmsNormConfig::new(c.hidden)
         .with_epsilon(c.eps)
@@ -136,22 +92,22 @@ impl<B: Backend> Net<B> {
             layers: (0..c.layers)
                 .map(|_| Block {
                     self_attn: Attention {
-                        q_proj: linear(h, q, c.qkv_bias, device),
-                        k_proj: linear(h, kv, c.qkv_bias, device),
-                        v_proj: linear(h, kv, c.qkv_bias, device),
-                        o_proj: linear(q, h, false, device),
+                        q_proj: TorchLinear::new(h, q, c.qkv_bias, device),
+                        k_proj: TorchLinear::new(h, kv, c.qkv_bias, device),
+                        v_proj: TorchLinear::new(h, kv, c.qkv_bias, device),
+                        o_proj: TorchLinear::new(q, h, false, device),
                     },
                     mlp: Mlp {
-                        gate_proj: linear(h, c.intermediate, false, device),
-                        up_proj: linear(h, c.intermediate, false, device),
-                        down_proj: linear(c.intermediate, h, false, device),
+                        gate_proj: TorchLinear::new(h, c.intermediate, false, device),
+                        up_proj: TorchLinear::new(h, c.intermediate, false, device),
+                        down_proj: TorchLinear::new(c.intermediate, h, false, device),
                     },
                     input_layernorm: rms(c, device),
                     post_attention_layernorm: rms(c, device),
                 })
                 .collect(),
             norm: rms(c, device),
-            lm_head: (!c.tied_embeddings).then(|| linear(h, c.vocab, false, device)),
+            lm_head: (!c.tied_embeddings).then(|| TorchLinear::new(h, c.vocab, false, device)),
         }
     }
 
@@ -215,7 +171,51 @@ pub(crate) fn inv_freq(c: &DecoderConfig) -> Vec<f64> {
         .collect()
 }
 
-impl<B: Backend> Decoder<B> {
+/// `[context, head_dim]` cosines and sines of each position's rotation, both halves of a head
+/// sharing the frequencies (transformers' `cat(freqs, freqs)`); computed in f64, rows in
+/// parallel (Llama 3's 131,072 positions are 8 M angles).
+fn rotation_tables(c: &DecoderConfig) -> (Vec<f32>, Vec<f32>) {
+    let freqs = inv_freq(c);
+    let d = c.head_dim;
+    let mut cos = vec![0f32; c.context * d];
+    let mut sin = vec![0f32; c.context * d];
+    cos.par_chunks_mut(d)
+        .zip(sin.par_chunks_mut(d))
+        .enumerate()
+        .for_each(|(pos, (cos, sin))| {
+            for (i, f) in freqs.iter().enumerate() {
+                let (s, c) = (pos as f64 * f).sin_cos();
+                (cos[i], cos[i + d / 2]) = (c as f32, c as f32);
+                (sin[i], sin[i + d / 2]) = (s as f32, s as f32);
+            }
+        });
+    (cos, sin)
+}
+
+/// [`rotation_tables`] computed on the device, in f64 as there, and kept in `dtype` in the
+/// allocator's persistent pool (a GPU makes Llama 3's 8 M angles in a millisecond; the host
+/// needs tens of them, and the copy).
+fn device_rotation_tables<B: Backend>(
+    c: &DecoderConfig,
+    dtype: DType,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = Tensor::<B, 1>::from_data(
+        TensorData::new(inv_freq(c), [c.head_dim / 2]),
+        (device, DType::F64),
+    );
+    let freqs = Tensor::cat(vec![half.clone(), half], 0).reshape([1, c.head_dim]);
+    let positions = Tensor::<B, 1, Int>::arange(0..c.context as i64, device)
+        .float()
+        .cast(DType::F64)
+        .reshape([c.context, 1]);
+    let angles = positions.mul(freqs);
+    B::memory_persistent_allocations(device, angles, |angles| {
+        (angles.clone().cos().cast(dtype), angles.sin().cast(dtype))
+    })
+}
+
+impl<B: ModelBackend> Decoder<B> {
     /// Builds the decoder and loads its weights from `dir` in `dtype`; returns it with the
     /// bytes read. `transpose` stores the linear layers' weights `[in, out]` (the CPU backend's
     /// matrix product wants them so).
@@ -226,39 +226,34 @@ impl<B: Backend> Decoder<B> {
         transpose: bool,
         device: &B::Device,
     ) -> Result<(Self, u64), String> {
-        let mut net = Net::init(&config, device);
-        let bytes = hf_weights::load(&mut net, dir, &REMAPS, dtype, false)?;
+        let (net, bytes) =
+            hf_weights::load(Net::init(&config, device), dir, &REMAPS, dtype, device)?;
         let net = if transpose { net.transposed() } else { net };
-        let freqs = inv_freq(&config);
-        let d = config.head_dim;
-        let mut cos = Vec::with_capacity(config.context * d);
-        let mut sin = Vec::with_capacity(config.context * d);
-        for pos in 0..config.context {
-            // Both halves of a head share the frequencies (transformers' `cat(freqs, freqs)`).
-            for _half in 0..2 {
-                for f in &freqs {
-                    let angle = pos as f64 * f;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
-            }
-        }
-        let table = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, [config.context, d]), device).cast(dtype)
+        let (cos, sin) = if B::ACCELERATOR {
+            device_rotation_tables(&config, dtype, device)
+        } else {
+            let (cos, sin) = rotation_tables(&config);
+            let table = |v: Vec<f32>| {
+                let data = TensorData::new(v, [config.context, config.head_dim]);
+                Tensor::<B, 2>::from_data(data, device).cast(dtype)
+            };
+            (table(cos), table(sin))
         };
         Ok((
             Self {
                 net,
                 config,
-                cos: table(cos),
-                sin: table(sin),
+                cos,
+                sin,
                 dtype,
                 device: device.clone(),
             },
             bytes,
         ))
     }
+}
 
+impl<B: Backend> Decoder<B> {
     /// Its dimensions.
     pub(crate) fn config(&self) -> &DecoderConfig {
         &self.config

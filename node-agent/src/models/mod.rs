@@ -13,6 +13,8 @@ pub(crate) mod hf_decoder;
 #[cfg(test)]
 mod hf_tests;
 pub(crate) mod hf_weights;
+#[cfg(test)]
+mod hf_weights_tests;
 pub(crate) mod kind;
 pub(crate) mod llama_net;
 pub(crate) mod minilm;
@@ -21,6 +23,7 @@ pub(crate) mod sentence;
 pub(crate) mod server;
 pub(crate) mod synthetic;
 pub(crate) mod synthetic_net;
+pub(crate) mod torch_linear;
 pub(crate) mod weights;
 
 use std::path::Path;

@@ -170,25 +170,29 @@ impl<B: ModelBackend> SentenceEncoder<B> {
         dtype: DType,
         device: &B::Device,
     ) -> Result<Self, String> {
-        let path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let max_length = pooling
-            .max_tokens
-            .unwrap_or(config.max_positions)
-            .min(config.max_positions);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                ..Default::default()
-            }))
-            .map_err(|e| format!("tokenizer truncation: {e}"))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
-        let mut bert = Bert::init(&config, device);
-        let read_bytes = hf_weights::load(&mut bert, dir, &bert_net::REMAPS, dtype, true)?;
+        // The tokenizer is parsed while the weights are read and copied.
+        let (tokenizer, weights) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| tokenizer(dir, &config, &pooling));
+            let weights = hf_weights::load(
+                Bert::init(&config, device),
+                dir,
+                &bert_net::REMAPS,
+                dtype,
+                device,
+            );
+            (
+                tokenizer
+                    .join()
+                    .expect("the tokenizer thread does not panic"),
+                weights,
+            )
+        });
+        let (tokenizer, (bert, read_bytes)) = (tokenizer?, weights?);
+        let bert = if B::ACCELERATOR {
+            bert
+        } else {
+            bert.transposed()
+        };
         B::sync(device).map_err(|e| e.to_string())?;
         Ok(Self {
             bert,
@@ -200,6 +204,29 @@ impl<B: ModelBackend> SentenceEncoder<B> {
             read_bytes,
         })
     }
+}
+
+/// The checkpoint's tokenizer, truncating at the encoder's length and padding batches to
+/// their longest sentence.
+fn tokenizer(dir: &Path, config: &BertConfig, pooling: &Pooling) -> Result<Tokenizer, String> {
+    let path = dir.join("tokenizer.json");
+    let mut tokenizer =
+        Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let max_length = pooling
+        .max_tokens
+        .unwrap_or(config.max_positions)
+        .min(config.max_positions);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length,
+            ..Default::default()
+        }))
+        .map_err(|e| format!("tokenizer truncation: {e}"))?;
+    tokenizer.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..Default::default()
+    }));
+    Ok(tokenizer)
 }
 
 impl<B: Kernels> SentenceEncoder<B> {

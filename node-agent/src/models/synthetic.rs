@@ -113,14 +113,18 @@ impl Kind for SyntheticSpec {
     }
 
     fn load<B: ModelBackend>(&self, device: &B::Device) -> Result<Box<dyn Loaded<B>>, String> {
-        Ok(Box::new(Synthetic {
-            net: SyntheticNet::new(
+        // The weights, drawn on the device, go to the persistent pool (exact sizes).
+        let net = B::memory_persistent_allocations(device, (), |()| {
+            SyntheticNet::new(
                 self.architecture(),
                 self.dtype,
                 self.seed,
                 device,
                 B::ACCELERATOR,
-            )?,
+            )
+        })?;
+        Ok(Box::new(Synthetic {
+            net,
             size: Kind::size(self),
             probe: (0..self.context.min(16)).map(|i| i % self.vocab).collect(),
         }))

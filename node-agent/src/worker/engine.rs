@@ -69,6 +69,11 @@ pub(crate) trait Engine {
     fn allocator(&self) -> (u64, u64);
     /// Releases pooled memory; waits until the device did.
     fn cleanup(&mut self);
+    /// Called once the worker has been idle for a while after serving requests: returns
+    /// what their temporaries left in the pool (a model server manages its own memory).
+    fn idle(&mut self) {
+        self.cleanup();
+    }
     /// Test-only: holds `bytes` more, pooled (cleanup releases it) or referenced.
     fn leak(&mut self, bytes: u64, pooled: bool) -> Result<(), String>;
     /// Bytes the test-only leak op holds referenced.
@@ -125,12 +130,10 @@ impl<B: ModelBackend> Engine for BurnEngine<B> {
         let _ = Tensor::<B, 1>::zeros([1], &self.device).into_data();
         let context_ms = ms(context);
         let started = Instant::now();
-        // Weights go to the allocator's persistent pool (pages of their exact size): the
-        // sliced pools then hold only temporaries, whose pages the post-load cleanup can
-        // return whole.
-        let model = B::memory_persistent_allocations(&self.device, (), |()| {
-            spec.kind.load::<B>(&self.device)
-        })?;
+        // Each kind puts its weights in the allocator's persistent pool (allocations of their
+        // exact size), so the sliced pools hold only temporaries, whose pages the post-load
+        // cleanup can return whole.
+        let model = spec.kind.load::<B>(&self.device)?;
         B::sync(&self.device).map_err(|e| format!("creating the weights failed: {e}"))?;
         let weights_ms = ms(started);
         let warm = Instant::now();

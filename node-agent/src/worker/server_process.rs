@@ -370,6 +370,8 @@ impl Engine for ServerEngine {
         (0, 0)
     }
 
+    fn idle(&mut self) {}
+
     fn cleanup(&mut self) {
         // The server's own way to return what it caches, if it offers one.
         let Some(url) = self.running.as_ref().and_then(|r| r.free_url.clone()) else {
