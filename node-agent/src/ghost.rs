@@ -17,6 +17,9 @@ pub(crate) enum Holder {
         expected_bytes: u64,
         /// What its allocator keeps reserved without using (last report).
         pooled_bytes: u64,
+        /// Requests are in flight: what it holds beyond its footprint is their working
+        /// memory, not ghost (the worker returns it once idle).
+        busy: bool,
     },
     /// A worker of this run whose model should be gone.
     Zombie {
@@ -81,9 +84,15 @@ pub(crate) fn compute(
         };
         match holder {
             Holder::Active {
+                busy: true,
+                expected_bytes,
+                ..
+            } => expected += process.used_bytes.max(expected_bytes),
+            Holder::Active {
                 model,
                 expected_bytes,
                 pooled_bytes,
+                busy: false,
             } => {
                 expected += expected_bytes;
                 let excess = process.used_bytes.saturating_sub(expected_bytes);
@@ -152,10 +161,11 @@ mod tests {
 
     fn classify(pid: u32) -> Holder {
         match pid {
-            1 => Holder::Active {
+            1 | 5 => Holder::Active {
                 model: "m".into(),
                 expected_bytes: 1000 * MIB,
                 pooled_bytes: 300 * MIB,
+                busy: pid == 5,
             },
             2 => Holder::Zombie {
                 model: "old".into(),
@@ -210,6 +220,22 @@ mod tests {
     fn baseline_excludes_processes_present_at_start() {
         let r = reading(4000 * MIB, &[(9, 3000 * MIB)]);
         assert_eq!(baseline_of(&r), 1000 * MIB);
+    }
+
+    #[test]
+    fn what_a_busy_worker_holds_beyond_its_footprint_is_working_memory_not_ghost() {
+        // The same worker holding 1500 over a footprint of 1000: ghost while idle, not while
+        // requests are in flight; a foreign process is ghost either way.
+        let idle = reading((500 + 1500 + 200) * MIB, &[(1, 1500 * MIB), (4, 200 * MIB)]);
+        let busy = reading((500 + 1500 + 200) * MIB, &[(5, 1500 * MIB), (4, 200 * MIB)]);
+        assert_eq!(
+            compute(&idle, 500 * MIB, classify, |_| "x".into()).bytes,
+            700 * MIB
+        );
+        let g = compute(&busy, 500 * MIB, classify, |_| "x".into());
+        assert_eq!(g.bytes, 200 * MIB);
+        assert_eq!(g.sources.len(), 1);
+        assert_eq!(g.sources[0].kind, GhostSourceKind::ForeignProcess);
     }
 
     #[test]

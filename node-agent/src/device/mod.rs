@@ -125,6 +125,8 @@ pub(crate) struct Active {
     pub pooled_bytes: AtomicU64,
     /// Resident memory of the worker and everything it started, at its last memory report.
     pub rss_bytes: AtomicU64,
+    /// Requests holding it now (their working memory is not ghost).
+    pub in_flight: AtomicU64,
 }
 
 impl Active {
@@ -436,6 +438,7 @@ impl Device {
                 model: a.model().to_string(),
                 expected_bytes: a.expected_bytes,
                 pooled_bytes: a.pooled_bytes.load(Ordering::Relaxed),
+                busy: a.in_flight.load(Ordering::Relaxed) > 0,
             };
         }
         if state.loading_pid == Some(pid) || state.releasing_pid == Some(pid) {
@@ -449,6 +452,7 @@ impl Device {
                 },
                 expected_bytes: used,
                 pooled_bytes: 0,
+                busy: false,
             };
         }
         if let Some((_, model)) = state.zombies.iter().find(|(p, _)| *p == pid) {

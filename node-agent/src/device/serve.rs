@@ -1,7 +1,7 @@
 //! Serving requests on the active model, switching to the named model first when it is not
 //! active (an implicit switch, trigger `auto`).
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use tokio::sync::{
     OwnedRwLockReadGuard, mpsc,
@@ -164,7 +164,7 @@ impl Device {
         for _ in 0..ATTEMPTS {
             let slot = self.slot.clone().read_owned().await;
             if serving(&slot, model).is_some() {
-                return Ok(Held { slot, switched });
+                return Ok(Held::new(slot, switched));
             }
             drop(slot);
             let held = self
@@ -191,7 +191,7 @@ impl Device {
             let slot = self.slot.clone().read_owned().await;
             drop(held);
             if serving(&slot, model).is_some() {
-                return Ok(Held { slot, switched });
+                return Ok(Held::new(slot, switched));
             }
         }
         Err(DeviceError::KeepsFailing {
@@ -273,14 +273,40 @@ pub(crate) struct Generation {
 /// The slot, read-held, with a model serving in it.
 pub(crate) struct Held {
     slot: OwnedRwLockReadGuard<Option<Arc<Active>>>,
+    _in_flight: Option<InFlight>,
     /// The switch made for the request, if any.
     pub switched: Option<SwitchResponse>,
 }
 
 impl Held {
+    /// Holds the slot, counted as a request in flight on its worker until dropped.
+    fn new(
+        slot: OwnedRwLockReadGuard<Option<Arc<Active>>>,
+        switched: Option<SwitchResponse>,
+    ) -> Self {
+        let in_flight = slot.as_ref().map(|a| {
+            a.in_flight.fetch_add(1, Ordering::Relaxed);
+            InFlight(a.clone())
+        });
+        Self {
+            slot,
+            switched,
+            _in_flight: in_flight,
+        }
+    }
+
     /// The worker serving.
     pub(crate) fn active(&self) -> &Arc<Active> {
         self.slot.as_ref().expect("held only while a model serves")
+    }
+}
+
+/// A request in flight on a worker, counted while it lives.
+struct InFlight(Arc<Active>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -357,6 +357,7 @@ impl Device {
                     hung: AtomicBool::new(false),
                     pooled_bytes: AtomicU64::new(0),
                     rss_bytes: AtomicU64::new(rss),
+                    in_flight: AtomicU64::new(0),
                 });
                 Ok(Loaded {
                     active,
