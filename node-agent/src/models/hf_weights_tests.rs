@@ -78,40 +78,52 @@ fn renamed_tensors_land_in_their_parameters_converted_to_the_served_dtype() {
     assert_eq!(y, vec![16.0, 19.75]);
 }
 
+/// The error loading `tensors` gives.
+fn refused(dir: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> String {
+    write(dir, tensors);
+    load(dir).unwrap_err()
+}
+
+/// The error loading a file of a raw header `text` followed by `data` zero bytes gives.
+fn refused_raw(dir: &Path, text: &[u8], data: usize) -> String {
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text);
+    bytes.extend(vec![0; data]);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    load(dir).unwrap_err()
+}
+
 #[test]
 fn a_wrong_shape_a_missing_tensor_and_an_unreadable_dtype_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    write(
+    let e = refused(
         dir.path(),
         &[
             ("model.dense.weight", "F32", vec![3, 2], f32s(&[0.0; 6])),
             ("model.dense.bias", "F32", vec![2], f32s(&[0.0; 2])),
         ],
     );
-    let e = load(dir.path()).unwrap_err();
     assert!(
         e.contains("model.dense.weight has shape [3, 2]") && e.contains("[2, 3]"),
         "{e}"
     );
 
-    write(
+    let e = refused(
         dir.path(),
         &[("model.dense.weight", "F32", vec![2, 3], f32s(&[0.0; 6]))],
     );
-    let e = load(dir.path()).unwrap_err();
     assert!(
         e.contains("lacks 1 tensor(s)") && e.contains("proj.bias"),
         "{e}"
     );
 
-    write(
+    let e = refused(
         dir.path(),
         &[
             ("model.dense.weight", "I8", vec![2, 3], vec![0; 6]),
             ("model.dense.bias", "F32", vec![2], f32s(&[0.0; 2])),
         ],
     );
-    let e = load(dir.path()).unwrap_err();
     assert!(e.contains("stored as I8"), "{e}");
 }
 
@@ -138,19 +150,11 @@ fn a_malformed_file_is_refused_as_not_safetensors() {
 
     // Data past the end of the file.
     let text = br#"{"model.dense.bias":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(text);
-    bytes.extend([0; 4]);
-    std::fs::write(&file, bytes).unwrap();
-    let e = load(dir.path()).unwrap_err();
+    let e = refused_raw(dir.path(), text, 4);
     assert!(e.contains("outside the file"), "{e}");
 
     // A length that does not fit the shape.
     let text = br#"{"model.dense.bias":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
-    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(text);
-    bytes.extend([0; 8]);
-    std::fs::write(&file, bytes).unwrap();
-    let e = load(dir.path()).unwrap_err();
+    let e = refused_raw(dir.path(), text, 8);
     assert!(e.contains("8 bytes for shape [3]"), "{e}");
 }
