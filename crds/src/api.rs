@@ -57,6 +57,34 @@ pub struct SwitchResponse {
     /// the worker's own usage (they differ by what others allocated or freed meanwhile).
     #[serde(default)]
     pub device_delta_mb: f64,
+    /// What `vram_mb` is made of; absent when nothing was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<Footprint>,
+}
+
+/// What a loaded model's memory is made of, measured right after its load and cleanup:
+/// `weights_mb + pool_mb + context_mb` is its measured footprint (`vram_mb`). A request adds
+/// working memory while it runs (its batches are at most the model's `max_batch`), which the
+/// worker gives back once idle.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Footprint {
+    /// Its weights: the allocator's bytes in use after the cleanup (a GPU), or the parameters'
+    /// bytes (the CPU).
+    pub weights_mb: f64,
+    /// What the allocator still keeps beyond what is in use: its pool (about 0 once the
+    /// cleanup returned it).
+    pub pool_mb: f64,
+    /// Everything else the worker holds: the CUDA context and the kernels' modules (a GPU),
+    /// the process, its runtime and tokenizer (the CPU).
+    pub context_mb: f64,
+    /// The tensors a request holds at once at its largest: the model's largest batch
+    /// (`max_batch`) at its longest input, or its longest sequence, estimated from its shapes.
+    /// The allocator takes device memory in pages, so what a worker grows by is this rounded
+    /// up to its pages (on CUDA, cubecl's pools: hundreds of MiB at least; see
+    /// docs/benchmarks.md). Absent where no estimate is made: decoders (whose prompts are not
+    /// yet processed in bounded chunks) and model servers (which manage their own memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_estimate_mb: Option<f64>,
 }
 
 /// Where a load's time went, in milliseconds.
@@ -362,6 +390,9 @@ pub struct ModelRecord {
     pub pid: Option<u32>,
     /// Inference requests it answered since it was loaded.
     pub requests: u64,
+    /// What its footprint is made of, as measured after its last load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<Footprint>,
 }
 
 /// A finished switch (or plain unload), as kept in the history.
@@ -387,6 +418,9 @@ pub struct SwitchRecord {
     pub release_verified: Option<bool>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// What the new model's memory is made of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<Footprint>,
 }
 
 /// One device's whole state.

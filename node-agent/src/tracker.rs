@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use vramkeeper_crds::{
     ModelState, SwitchTrigger,
-    api::{RemediationReport, SwitchRecord},
+    api::{Footprint, RemediationReport, SwitchRecord},
 };
 
 use crate::history::History;
@@ -40,6 +40,9 @@ pub(crate) struct ModelRecord {
     /// Times its worker exited on its own while loaded.
     #[serde(default)]
     pub crashes: u64,
+    /// What its footprint is made of, as measured after its last load.
+    #[serde(default)]
+    pub footprint: Option<Footprint>,
 }
 
 impl ModelRecord {

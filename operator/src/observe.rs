@@ -135,6 +135,7 @@ mod tests {
             busy_with: None,
             queued: vec![],
             models: vec![ModelRecord {
+                footprint: None,
                 name: "tiny-a".into(),
                 kind: "synthetic".into(),
                 state: ModelState::Loaded,
@@ -153,6 +154,7 @@ mod tests {
                 last_used: None,
             }],
             last_switch: Some(SwitchRecord {
+                footprint: None,
                 at: "2026-01-01T00:00:00Z".into(),
                 from: None,
                 to: Some("tiny-a".into()),

@@ -354,7 +354,7 @@ pub(super) async fn generate(
     // not a stream that fails.
     let first = loop {
         match generation.events.recv().await {
-            Some(GenEvent::Started { switched: s }) => switched = s,
+            Some(GenEvent::Started { switched: s }) => switched = s.map(|s| *s),
             Some(GenEvent::Failed(e)) => return Err(e.into()),
             Some(event) => break event,
             None => {

@@ -400,3 +400,30 @@ fn copy(index: usize, files: &[File], paths: &[PathBuf], chunks: &[Chunk]) -> Re
         None => Ok(()),
     }
 }
+
+/// A weight drawn on the device (see [`super::ModelBackend::random_weight`]): the allocation
+/// made as for a checkpoint's tensor (the persistent pool, its exact size, contiguous), then
+/// filled by cubecl's uniform generator.
+pub(crate) fn random_weight(
+    device: &CudaDevice,
+    shape: Vec<usize>,
+    scale: f32,
+    dtype: burn::tensor::DType,
+) -> CubeTensor<CudaRuntime> {
+    let client = CudaRuntime::client(device);
+    let bytes = shape.iter().product::<usize>() * dtype.size();
+    let handle = client
+        .memory_persistent_allocation((), |()| client.empty(bytes))
+        .expect("the device is up: it runs this worker's model");
+    let tensor =
+        CubeTensor::new_contiguous(client.clone(), device.clone(), shape.into(), handle, dtype);
+    cubek::random::random_uniform(
+        &client,
+        -scale,
+        scale,
+        tensor.clone().binding(),
+        dtype.into(),
+    )
+    .expect("the uniform generator launches on every float dtype");
+    tensor
+}

@@ -11,7 +11,10 @@ pub(crate) mod upload;
 
 use std::{fs::File, path::PathBuf};
 
-use burn::backend::Flex;
+use burn::{
+    backend::Flex,
+    tensor::{DType, Distribution},
+};
 
 /// A backend models run on: its kernels and its memory operations.
 pub trait ModelBackend: kernels::Kernels {
@@ -32,6 +35,22 @@ pub trait ModelBackend: kernels::Kernels {
         paths: &[PathBuf],
         sources: &[upload::Source],
     ) -> Result<Vec<Self::FloatTensorPrimitive>, String>;
+    /// A tensor of `shape` uniform in `[-scale, scale)`, drawn by the device's own generator
+    /// (seeded with `Backend::seed`) into an allocation of its exact size: a weight that shares
+    /// no pool page with anything else, so that nothing around it stays reserved.
+    fn random_weight(
+        device: &Self::Device,
+        shape: Vec<usize>,
+        scale: f32,
+        dtype: DType,
+    ) -> Self::FloatTensorPrimitive {
+        Self::float_random(
+            shape.into(),
+            Distribution::Uniform(-f64::from(scale), f64::from(scale)),
+            device,
+            dtype.into(),
+        )
+    }
 }
 
 /// The CPU backend.
@@ -128,6 +147,8 @@ mod cuda {
 
     use std::{fs::File, path::PathBuf};
 
+    use burn::tensor::DType;
+
     use super::{ModelBackend, upload::Source};
 
     /// The CUDA backend.
@@ -163,6 +184,15 @@ mod cuda {
             sources: &[Source],
         ) -> Result<Vec<Self::FloatTensorPrimitive>, String> {
             super::cuda_upload::upload(device, files, paths, sources)
+        }
+
+        fn random_weight(
+            device: &CudaDevice,
+            shape: Vec<usize>,
+            scale: f32,
+            dtype: DType,
+        ) -> Self::FloatTensorPrimitive {
+            super::cuda_upload::random_weight(device, shape, scale, dtype)
         }
     }
 }

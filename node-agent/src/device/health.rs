@@ -54,6 +54,7 @@ impl Device {
                 // The driver frees a dead process's memory as it is reaped.
                 release_verified: None,
                 error: Some(format!("worker (pid {pid}) exited on its own: {status}")),
+                footprint: None,
             });
             true
         });

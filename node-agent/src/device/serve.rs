@@ -103,7 +103,7 @@ impl Device {
         let held = self.hold(model, left).await?;
         let active = held.active().clone();
         let _ = tx.send(GenEvent::Started {
-            switched: held.switched.clone(),
+            switched: held.switched.clone().map(Box::new),
         });
         let drain = active.drain.subscribe();
         let mut piece = |text: String| tx.send(GenEvent::Piece(text)).is_ok() && !*drain.borrow();
@@ -252,8 +252,8 @@ impl Device {
 pub(crate) enum GenEvent {
     /// The model serves it (after the switch made for it, if any).
     Started {
-        /// The switch made for the request, if any.
-        switched: Option<SwitchResponse>,
+        /// The switch made for the request, if any (boxed: it is large, pieces are many).
+        switched: Option<Box<SwitchResponse>>,
     },
     /// A piece of text.
     Piece(String),

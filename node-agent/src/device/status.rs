@@ -98,6 +98,7 @@ impl Device {
                     pid: active.map(|a| a.pid()),
                     requests: active.map_or(0, |a| a.requests.load(Ordering::Relaxed)),
                     last_used: active.map(|a| a.last_used_at().to_string()),
+                    footprint: r.footprint.clone(),
                 }
             })
             .collect()

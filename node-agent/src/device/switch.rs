@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use vramkeeper_crds::{
     SwitchTrigger,
     api::{
-        LoadPhases, ReleaseReport, SwitchRecord, SwitchResponse, TestLoadEntry, TestLoadResponse,
+        Footprint, LoadPhases, ReleaseReport, SwitchRecord, SwitchResponse, TestLoadEntry,
+        TestLoadResponse,
     },
 };
 
@@ -25,7 +26,7 @@ use crate::{
     units::{MIB, mib, ms},
     worker::{
         client::{WorkerError, WorkerHandle},
-        protocol::{Request, Response},
+        protocol::{Request, Response, WorkerMemory},
     },
 };
 
@@ -36,6 +37,45 @@ struct Loaded {
     phases: LoadPhases,
     /// Used device memory after the load minus before it.
     device_delta: i64,
+    /// What the model's memory is made of.
+    footprint: Footprint,
+}
+
+/// What a load measured: the worker's memory, the device's, and what the worker said.
+struct Measured {
+    /// The worker's memory on the device (its footprint).
+    expected: u64,
+    /// The device's used memory.
+    used_after: u64,
+    /// A model server's port.
+    port: Option<u16>,
+    /// The worker's resident host memory.
+    rss: u64,
+    footprint: Footprint,
+}
+
+/// Splits a worker's measured memory (`total`) into weights, pool and context: on a GPU the
+/// allocator's bytes in use are the weights, what it reserves beyond them its pool, and the
+/// rest the context; on the CPU the parameters' bytes are the weights.
+fn footprint(
+    backend: BackendKind,
+    total: u64,
+    memory: &WorkerMemory,
+    param_bytes: u64,
+    working: Option<u64>,
+) -> Footprint {
+    let weights = match backend {
+        BackendKind::Cuda => memory.in_use_bytes,
+        BackendKind::Flex => param_bytes,
+    }
+    .min(total);
+    let pool = memory.pooled_bytes().min(total - weights);
+    Footprint {
+        weights_mb: mib(weights),
+        pool_mb: mib(pool),
+        context_mb: mib(total - weights - pool),
+        working_estimate_mb: working.map(mib),
+    }
 }
 
 impl Device {
@@ -70,7 +110,7 @@ impl Device {
         let unload_ms = ms(started.elapsed());
         let loaded = self.load(&spec).await;
         let now = Timestamp::now();
-        let record = |to: Option<String>, vram, ram, load_ms, error| SwitchRecord {
+        let record = |to: Option<String>, vram, ram, load_ms, error, footprint| SwitchRecord {
             at: now.to_string(),
             from: from.clone(),
             to,
@@ -81,6 +121,7 @@ impl Device {
             ram_mb: ram,
             release_verified: release.as_ref().map(|r| r.verified),
             error,
+            footprint,
         };
         match loaded {
             Ok(Loaded {
@@ -88,6 +129,7 @@ impl Device {
                 load_ms,
                 phases,
                 device_delta,
+                footprint,
             }) => {
                 let vram = active.expected_bytes;
                 let ram = active.rss_bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -104,17 +146,20 @@ impl Device {
                     already_active: false,
                     phases: Some(phases),
                     device_delta_mb: device_delta as f64 / MIB,
+                    footprint: Some(footprint.clone()),
                 };
                 self.with_state(|s| {
                     s.active = Some(active.clone());
                     s.loading_pid = None;
                     s.tracker.loaded(model, trigger, vram, ram, load_ms, now);
+                    s.tracker.record(model).footprint = Some(footprint.clone());
                     s.tracker.push_switch(record(
                         Some(model.into()),
                         Some(mib(vram)),
                         Some(mib(ram)),
                         load_ms,
                         None,
+                        Some(footprint),
                     ));
                 });
                 *slot = Some(active);
@@ -136,7 +181,7 @@ impl Device {
                 self.with_state(|s| {
                     s.loading_pid = None;
                     s.tracker
-                        .push_switch(record(None, None, None, 0.0, Some(e.to_string())));
+                        .push_switch(record(None, None, None, 0.0, Some(e.to_string()), None));
                 });
                 self.ctx
                     .metrics
@@ -206,6 +251,7 @@ impl Device {
                 ram_mb: None,
                 release_verified: Some(release.verified),
                 error: None,
+                footprint: None,
             })
         });
         self.save_state();
@@ -343,7 +389,13 @@ impl Device {
         self.save_state();
         self.watch_worker(&worker, &spec.name);
         match self.load_in(&worker, spec, &mut phases).await {
-            Ok((expected_bytes, used_after, port, rss)) => {
+            Ok(Measured {
+                expected: expected_bytes,
+                used_after,
+                port,
+                rss,
+                footprint,
+            }) => {
                 let load_ms = ms(started.elapsed());
                 let active = Arc::new(Active {
                     worker,
@@ -364,6 +416,7 @@ impl Device {
                     load_ms,
                     phases,
                     device_delta: used_after as i64 - pre_load_used as i64,
+                    footprint,
                 })
             }
             Err(e) => {
@@ -402,9 +455,10 @@ impl Device {
         worker: &WorkerHandle,
         spec: &ModelSpec,
         phases: &mut LoadPhases,
-    ) -> Result<(u64, u64, Option<u16>, u64), WorkerError> {
+    ) -> Result<Measured, WorkerError> {
         let cfg = &self.ctx.config;
         let port;
+        let working;
         match worker
             .call(
                 Request::Load { spec: spec.clone() },
@@ -420,7 +474,9 @@ impl Device {
                 warmup_ms,
                 read_bytes,
                 port: server_port,
+                working_bytes,
             } => {
+                working = working_bytes;
                 phases.weights_read_bytes = read_bytes;
                 if read_bytes > 0 && weights_ms > 0.0 {
                     phases.weights_gb_per_s = read_bytes as f64 / weights_ms / 1e6;
@@ -456,13 +512,29 @@ impl Device {
             }
         };
         phases.measure_ms = ms(measure.elapsed());
-        Ok((measured.0, measured.1, port, memory.rss_bytes))
+        Ok(Measured {
+            expected: measured.0,
+            used_after: measured.1,
+            port,
+            rss: memory.rss_bytes,
+            footprint: footprint(
+                worker.backend(),
+                measured.0,
+                &memory,
+                phases.param_bytes,
+                working,
+            ),
+        })
     }
 
     fn already_active(&self, model: &str, trigger: SwitchTrigger) -> SwitchResponse {
-        let (vram, ram) = self.with_state(|s| {
+        let (vram, ram, footprint) = self.with_state(|s| {
             let r = s.tracker.models.get(model).cloned().unwrap_or_default();
-            (r.vram_bytes.unwrap_or(0), r.ram_bytes.unwrap_or(0))
+            (
+                r.vram_bytes.unwrap_or(0),
+                r.ram_bytes.unwrap_or(0),
+                r.footprint,
+            )
         });
         SwitchResponse {
             from: Some(model.to_string()),
@@ -477,6 +549,7 @@ impl Device {
             already_active: true,
             phases: None,
             device_delta_mb: 0.0,
+            footprint,
         }
     }
 

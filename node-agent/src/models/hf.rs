@@ -16,7 +16,7 @@ use super::{
     hf_decoder::HfDecoder,
     hf_weights,
     kind::{Capabilities, Completions, Embeddings, Kind, Loaded, Size, TokenInput},
-    sentence::{Pooling, SentenceEncoder},
+    sentence::{self, Pooling, SentenceEncoder},
 };
 use crate::backend::ModelBackend;
 
@@ -34,6 +34,10 @@ pub struct HfSpec {
     /// The weights' element type on the device: f32 anywhere, f16 and bf16 on CUDA.
     #[serde(default)]
     pub dtype: DType,
+    /// Encoders: sentences per forward pass at most (longer requests run in several), which
+    /// bounds the working pool; 64 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
     /// What `config.json` says, read once.
     #[serde(skip)]
     arch: Read,
@@ -117,10 +121,18 @@ impl Kind for HfSpec {
             return Err(format!("{} has no tokenizer.json", dir.display()));
         }
         hf_weights::files(&dir)?;
-        if let Architecture::Bert(_) = arch {
-            Pooling::read(&dir)?;
+        match arch {
+            Architecture::Bert(_) => {
+                Pooling::read(&dir)?;
+                sentence::check_max_batch(self.max_batch)
+            }
+            Architecture::Decoder(_) if self.max_batch.is_some() => Err(
+                "max_batch applies to encoders (embeddings); a decoder generates one sequence \
+                 at a time"
+                    .into(),
+            ),
+            Architecture::Decoder(_) => Ok(()),
         }
-        Ok(())
     }
 
     fn size(&self) -> Size {
@@ -170,7 +182,11 @@ impl Kind for HfSpec {
         let dir = self.dir()?;
         Ok(match self.arch()? {
             Architecture::Bert(config) => Box::new(SentenceEncoder::<B>::load_dir(
-                &dir, *config, dtype, device,
+                &dir,
+                *config,
+                dtype,
+                self.max_batch,
+                device,
             )?),
             Architecture::Decoder(config) => {
                 Box::new(HfDecoder::<B>::load(&dir, *config, dtype, device)?)

@@ -59,6 +59,23 @@ fn every_checkpoint_passes_the_catalog_check_with_its_parameter_count() {
         let params = reference(name)["params"].as_u64().unwrap();
         assert_eq!(spec.size().params, params, "{name}");
     }
+    // `max_batch` bounds an encoder's batches; a decoder has none to bound.
+    let with = |name: &str, max_batch: u32| -> HfSpec {
+        toml::from_str(&format!("dir = {:?}\nmax_batch = {max_batch}", dir(name))).unwrap()
+    };
+    assert!(with("bert", 16).check().is_ok());
+    assert!(with("bert", 0).check().unwrap_err().contains("max_batch 0"));
+    assert!(
+        with("bert", 5000)
+            .check()
+            .unwrap_err()
+            .contains("max_batch 5000")
+    );
+    let decoder = with(DECODERS[0], 16).check().unwrap_err();
+    assert!(
+        decoder.contains("max_batch applies to encoders"),
+        "{decoder}"
+    );
 }
 
 #[test]
@@ -139,13 +156,19 @@ fn chat_templates_render_and_tokenize_as_transformers() {
 
 #[test]
 fn bert_embeddings_match_sentence_transformers() {
-    for name in ["bert", "bert-cls"] {
+    // One batch, and batches of two (`max_batch`): the same vectors, in the input's order.
+    for (name, max_batch) in [("bert", None), ("bert-cls", None), ("bert", Some(2))] {
         let Architecture::Bert(config) = hf_config::read(&dir(name)).unwrap() else {
             panic!("{name} is not BERT")
         };
-        let encoder =
-            SentenceEncoder::<Cpu>::load_dir(&dir(name), config, DType::F32, &Default::default())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let encoder = SentenceEncoder::<Cpu>::load_dir(
+            &dir(name),
+            config,
+            DType::F32,
+            max_batch,
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         let r = reference(name);
         let sentences: Vec<String> = r["sentences"]
             .as_array()

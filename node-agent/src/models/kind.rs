@@ -139,6 +139,12 @@ pub trait Loaded<B: Backend>: Send {
         0
     }
 
+    /// Bytes of the tensors one request holds at once at its largest (its largest batch at
+    /// its longest input, [`super::working`]); `None` where no estimate is made.
+    fn working_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// One small request, so that kernels are compiled and buffers sized before the first
     /// real one.
     fn warm_up(&self) -> Result<(), String>;

@@ -11,7 +11,7 @@ use super::{
     hf_config::BertConfig,
     kind::{Capabilities, Embeddings, Kind, Loaded, Size},
     minilm_fetch,
-    sentence::{Pool, Pooling, SentenceEncoder},
+    sentence::{self, Pool, Pooling, SentenceEncoder},
 };
 use crate::backend::ModelBackend;
 
@@ -45,6 +45,10 @@ pub struct MinilmSpec {
     /// A directory holding the files; absent means the agent's cache, fetched on demand.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Sentences per forward pass at most (longer requests run in several), which bounds the
+    /// working pool; 64 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
 }
 
 /// The file a MiniLM directory lacks, with a hint on how to get it.
@@ -67,7 +71,7 @@ impl Kind for MinilmSpec {
     const NAME: &'static str = "minilm";
 
     fn check(&self) -> Result<(), String> {
-        Ok(())
+        sentence::check_max_batch(self.max_batch)
     }
 
     fn size(&self) -> Size {
@@ -104,8 +108,14 @@ impl Kind for MinilmSpec {
         if let Some(problem) = missing(dir) {
             return Err(problem);
         }
-        let encoder =
-            SentenceEncoder::<B>::load(dir, CONFIG, POOLING, burn::tensor::DType::F32, device)?;
+        let encoder = SentenceEncoder::<B>::load(
+            dir,
+            CONFIG,
+            POOLING,
+            burn::tensor::DType::F32,
+            self.max_batch,
+            device,
+        )?;
         Ok(Box::new(encoder))
     }
 }

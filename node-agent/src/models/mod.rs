@@ -25,6 +25,7 @@ pub(crate) mod synthetic;
 pub(crate) mod synthetic_net;
 pub(crate) mod torch_linear;
 pub(crate) mod weights;
+pub(crate) mod working;
 
 use std::path::Path;
 

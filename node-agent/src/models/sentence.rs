@@ -15,13 +15,29 @@ use super::{
     hf_config::BertConfig,
     hf_weights,
     kind::Loaded,
+    working,
 };
 use crate::backend::{ModelBackend, kernels::Kernels};
 
-/// Sentences per forward pass on the CPU (inputs are sorted by length first, to pad little).
+/// Sentences per forward pass on the CPU (inputs are sorted by length first, to pad little),
+/// unless the catalog sets `max_batch`.
 pub(crate) const CPU_BATCH: usize = 64;
-/// Sentences per forward pass on a GPU, which wants wide batches.
-pub(crate) const GPU_BATCH: usize = 256;
+/// Sentences per forward pass on a GPU: wide enough to keep it busy, narrow enough that the
+/// working pool stays small beside the model (measured in docs/benchmarks.md), unless the
+/// catalog sets `max_batch`.
+pub(crate) const GPU_BATCH: usize = 64;
+/// The largest `max_batch` a catalog may set.
+pub(crate) const MAX_BATCH: u32 = 4096;
+
+/// Checks a catalog's `max_batch`, naming the field.
+pub(crate) fn check_max_batch(max_batch: Option<u32>) -> Result<(), String> {
+    match max_batch {
+        Some(b) if !(1..=MAX_BATCH).contains(&b) => {
+            Err(format!("max_batch {b} is outside 1..={MAX_BATCH}"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// How token states become one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +163,10 @@ pub(crate) struct SentenceEncoder<B: Backend> {
     pooling: Pooling,
     tokenizer: Tokenizer,
     device: B::Device,
+    /// Sentences per forward pass.
     batch: usize,
+    /// Tokens of the longest input (longer ones are truncated).
+    max_len: usize,
     read_bytes: u64,
 }
 
@@ -157,17 +176,20 @@ impl<B: ModelBackend> SentenceEncoder<B> {
         dir: &Path,
         config: BertConfig,
         dtype: DType,
+        max_batch: Option<u32>,
         device: &B::Device,
     ) -> Result<Self, String> {
-        Self::load(dir, config, Pooling::read(dir)?, dtype, device)
+        Self::load(dir, config, Pooling::read(dir)?, dtype, max_batch, device)
     }
 
-    /// The encoder in `dir` with the given pooling.
+    /// The encoder in `dir` with the given pooling, running at most `max_batch` sentences at
+    /// once (the backend's default when `None`).
     pub(crate) fn load(
         dir: &Path,
         config: BertConfig,
         pooling: Pooling,
         dtype: DType,
+        max_batch: Option<u32>,
         device: &B::Device,
     ) -> Result<Self, String> {
         // The tokenizer is parsed while the weights are read and copied.
@@ -194,16 +216,26 @@ impl<B: ModelBackend> SentenceEncoder<B> {
             bert.transposed()
         };
         B::sync(device).map_err(|e| e.to_string())?;
+        let default = if B::ACCELERATOR { GPU_BATCH } else { CPU_BATCH };
         Ok(Self {
+            max_len: max_len(&config, &pooling),
             bert,
             config,
             pooling,
             tokenizer,
             device: device.clone(),
-            batch: if B::ACCELERATOR { GPU_BATCH } else { CPU_BATCH },
+            batch: max_batch.map_or(default, |b| b as usize),
             read_bytes,
         })
     }
+}
+
+/// Tokens of the longest input: the pipeline's limit, within the encoder's positions.
+fn max_len(config: &BertConfig, pooling: &Pooling) -> usize {
+    pooling
+        .max_tokens
+        .unwrap_or(config.max_positions)
+        .min(config.max_positions)
 }
 
 /// The checkpoint's tokenizer, truncating at the encoder's length and padding batches to
@@ -212,10 +244,7 @@ fn tokenizer(dir: &Path, config: &BertConfig, pooling: &Pooling) -> Result<Token
     let path = dir.join("tokenizer.json");
     let mut tokenizer =
         Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let max_length = pooling
-        .max_tokens
-        .unwrap_or(config.max_positions)
-        .min(config.max_positions);
+    let max_length = max_len(config, pooling);
     tokenizer
         .with_truncation(Some(TruncationParams {
             max_length,
@@ -310,6 +339,19 @@ impl<B: ModelBackend> Loaded<B> for SentenceEncoder<B> {
 
     fn read_bytes(&self) -> u64 {
         self.read_bytes
+    }
+
+    fn working_bytes(&self) -> Option<u64> {
+        let c = &self.config;
+        let elem = self.bert.dtype().size();
+        Some(working::transformer_block(
+            self.batch,
+            self.max_len,
+            c.hidden,
+            c.intermediate,
+            c.heads,
+            elem,
+        ))
     }
 
     fn warm_up(&self) -> Result<(), String> {

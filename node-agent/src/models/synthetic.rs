@@ -9,6 +9,7 @@ use super::{
     DType,
     kind::{Capabilities, Kind, Loaded, Size, TokenInput},
     synthetic_net::{Architecture, HEAD_DIM, SyntheticNet},
+    working,
 };
 use crate::backend::ModelBackend;
 
@@ -125,6 +126,7 @@ impl Kind for SyntheticSpec {
         })?;
         Ok(Box::new(Synthetic {
             net,
+            arch: self.architecture(),
             size: Kind::size(self),
             probe: (0..self.context.min(16)).map(|i| i % self.vocab).collect(),
         }))
@@ -134,6 +136,7 @@ impl Kind for SyntheticSpec {
 /// A synthetic model built in a worker.
 struct Synthetic<B: Backend> {
     net: SyntheticNet<B>,
+    arch: Architecture,
     size: Size,
     /// The warm-up's token ids.
     probe: Vec<u32>,
@@ -146,6 +149,16 @@ impl<B: Backend> Loaded<B> for Synthetic<B> {
 
     fn param_bytes(&self) -> u64 {
         self.size.bytes()
+    }
+
+    fn working_bytes(&self) -> Option<u64> {
+        // One sequence at its longest, and its logits (with the copy the arg-max reads).
+        let a = &self.arch;
+        let elem = self.size.dtype.size() as usize;
+        let logits = 2 * (a.context * a.vocab * elem) as u64;
+        let block =
+            working::transformer_block(1, a.context, a.d_model, 4 * a.d_model, a.heads, elem);
+        Some(block + logits)
     }
 
     fn warm_up(&self) -> Result<(), String> {

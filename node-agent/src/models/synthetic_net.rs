@@ -5,10 +5,11 @@ use burn::{
     module::{Module, Param},
     nn::{Embedding, LayerNorm, LayerNormConfig, Linear},
     prelude::*,
-    tensor::{DType, Distribution, activation},
+    tensor::{DType, TensorPrimitive, activation},
 };
 
 use super::{DType as WeightType, weights};
+use crate::backend::ModelBackend;
 
 /// Width of one attention head.
 pub(crate) const HEAD_DIM: u64 = 64;
@@ -64,7 +65,7 @@ pub(crate) struct SyntheticNet<B: Backend> {
 }
 
 /// Builds tensors of one model from its seed, numbering them in construction order.
-struct Init<'a, B: Backend> {
+struct Init<'a, B: ModelBackend> {
     device: &'a B::Device,
     seed: u64,
     dtype: DType,
@@ -73,7 +74,7 @@ struct Init<'a, B: Backend> {
     on_device: bool,
 }
 
-impl<B: Backend> Init<'_, B> {
+impl<B: ModelBackend> Init<'_, B> {
     fn matrix(&mut self, rows: usize, cols: usize) -> Param<Tensor<B, 2>> {
         self.next += 1;
         // Uniform with the variance of Xavier init: forward activations stay in range.
@@ -82,11 +83,9 @@ impl<B: Backend> Init<'_, B> {
             // Drawn where they live: no host-to-device transfer. Seeded per tensor, so the
             // weights do not depend on the order of creation (the same on one GPU model).
             B::seed(self.device, weights::tensor_seed(self.seed, self.next));
-            return Param::from_tensor(Tensor::random(
-                [rows, cols],
-                Distribution::Uniform(-scale as f64, scale as f64),
-                (self.device, self.dtype),
-            ));
+            return Param::from_tensor(Tensor::from_primitive(TensorPrimitive::Float(
+                B::random_weight(self.device, vec![rows, cols], scale, self.dtype),
+            )));
         }
         let values = weights::uniform(self.seed, self.next, rows * cols, scale, self.threads);
         Param::from_tensor(Tensor::from_data(
@@ -131,7 +130,7 @@ pub(crate) fn burn_dtype(dtype: WeightType) -> DType {
     }
 }
 
-impl<B: Backend> SyntheticNet<B> {
+impl<B: ModelBackend> SyntheticNet<B> {
     /// Creates the model on `device` with the weights its seed defines: generated on the host
     /// by a counter-based generator (identical on every backend), or with `on_device` by the
     /// device's own generator (no transfer; identical on one GPU model).
@@ -190,7 +189,9 @@ impl<B: Backend> SyntheticNet<B> {
             ln_final,
         })
     }
+}
 
+impl<B: Backend> SyntheticNet<B> {
     /// Logits `[1, s, vocab]` for token ids `[s]`.
     pub(crate) fn forward(&self, ids: &[u32]) -> Tensor<B, 3> {
         let device = self.tokens.weight.device();

@@ -31,6 +31,8 @@ pub(crate) struct LoadInfo {
     pub read_bytes: u64,
     /// The port a model server listens on (server models).
     pub port: Option<u16>,
+    /// Bytes of the tensors one request holds at once at its largest, where estimated.
+    pub working_bytes: Option<u64>,
 }
 
 /// A forward pass's result.
@@ -146,6 +148,7 @@ impl<B: ModelBackend> Engine for BurnEngine<B> {
             warmup_ms: ms(warm),
             read_bytes: model.read_bytes(),
             port: None,
+            working_bytes: model.working_bytes(),
         };
         self.model = Some(model);
         Ok(info)

@@ -117,6 +117,9 @@ pub enum Response {
         /// The port the model's own server listens on (server models; on 127.0.0.1).
         #[serde(default)]
         port: Option<u16>,
+        /// Bytes of the tensors one request holds at once at its largest (where estimated).
+        #[serde(default)]
+        working_bytes: Option<u64>,
     },
     /// A forward pass.
     Inferred {

@@ -256,6 +256,7 @@ fn handle(request: Request, engine: &mut Box<dyn Engine>, args: &WorkerArgs) -> 
                     warmup_ms: info.warmup_ms,
                     read_bytes: info.read_bytes,
                     port: info.port,
+                    working_bytes: info.working_bytes,
                 },
                 Err(message) => error(message),
             }

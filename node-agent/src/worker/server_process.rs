@@ -203,6 +203,7 @@ impl ServerEngine {
                     warmup_ms: crate::units::ms(started.elapsed()) - spawn_ms,
                     read_bytes: 0,
                     port: Some(port),
+                    working_bytes: None,
                 })
             }
             Err(why) => {

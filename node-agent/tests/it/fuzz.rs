@@ -437,6 +437,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
             warmup_ms: 2.0,
             read_bytes: 4,
             port: Some(8000),
+            working_bytes: Some(1 << 20),
         },
         Rs::Piece {
             text: "é🦀".into()

@@ -35,6 +35,36 @@ async fn switch_measures_the_worker_as_proc_does() {
         "/proc says {rss} MiB, the agent {ram} MiB"
     );
     assert!(r["load_ms"].as_f64().unwrap() > 0.0);
+    // The footprint's parts add up to it: the weights are the parameters' bytes on the CPU,
+    // and a synthetic model's working memory is estimated (one sequence at its longest).
+    let part = |k: &str| {
+        r["footprint"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {r}"))
+    };
+    let parts = part("weights_mb") + part("pool_mb") + part("context_mb");
+    assert!(
+        (parts - vram).abs() < 0.01,
+        "{parts} MiB of parts, {vram} MiB in all: {r}"
+    );
+    let param_mb = r["phases"]["param_bytes"].as_f64().unwrap() / MIB;
+    assert!((part("weights_mb") - param_mb).abs() < 0.01, "{r}");
+    assert!(
+        part("context_mb") > 0.0,
+        "a process holds more than its weights: {r}"
+    );
+    assert!(part("working_estimate_mb") > 0.0, "{r}");
+    let status = agent.device().await;
+    let record = status.models.iter().find(|m| m.name == "tiny-b").unwrap();
+    assert_eq!(
+        serde_json::to_value(&record.footprint).unwrap(),
+        r["footprint"],
+        "the model's record keeps what the switch measured"
+    );
+    assert_eq!(
+        serde_json::to_value(&status.last_switch.unwrap().footprint).unwrap(),
+        r["footprint"]
+    );
 
     // Switching away unloads first and verifies the release.
     let (code, r) = agent

@@ -240,6 +240,7 @@ async fn switch(State(s): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
     let from = s.device.active_model.replace(model.clone());
     s.device.models.retain(|m| m.name != model);
     s.device.models.push(ModelRecord {
+        footprint: None,
         name: model.clone(),
         kind: "synthetic".into(),
         state: ModelState::Loaded,
@@ -258,6 +259,7 @@ async fn switch(State(s): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
         last_used: Some("2027-01-15T08:00:00Z".into()),
     });
     Json(SwitchResponse {
+        footprint: None,
         release: from.as_deref().map(release),
         from,
         to: model,
@@ -282,6 +284,7 @@ async fn unload(State(s): S, headers: HeaderMap, Json(body): Json<Value>) -> Res
     let from = s.device.active_model.take();
     let trigger = serde_json::from_value(body["trigger"].clone()).unwrap_or(SwitchTrigger::Api);
     s.device.last_switch = Some(SwitchRecord {
+        footprint: None,
         at: "2027-01-15T08:00:00Z".into(),
         from: from.clone(),
         to: None,

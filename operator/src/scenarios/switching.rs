@@ -286,6 +286,7 @@ async fn an_unknown_model_fails_once_and_is_retried_when_the_catalog_lists_it() 
     w.agent.edit(|s| {
         s.unknown.clear();
         s.device.models.push(vramkeeper_crds::api::ModelRecord {
+            footprint: None,
             name: "nope".into(),
             kind: "synthetic".into(),
             state: vramkeeper_crds::ModelState::NeverLoaded,
@@ -354,6 +355,7 @@ async fn an_idle_model_is_unloaded_and_stays_unloaded_until_a_request_names_it()
     let mut d = device();
     d.active_model = Some("tiny-a".into());
     d.models = vec![vramkeeper_crds::api::ModelRecord {
+        footprint: None,
         name: "tiny-a".into(),
         kind: "synthetic".into(),
         state: vramkeeper_crds::ModelState::Loaded,
