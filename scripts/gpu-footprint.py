@@ -4,14 +4,15 @@
 - synthetic models of three sizes (weights drawn on the device): the VRAM each worker holds
   after its load, split by the switch reply into weights, pool and context, with the
   allocator's in-use and reserved bytes; then the peak growth of a forward pass over the
-  model's whole context against its working limit;
+  model's whole context against the estimate of its working memory;
 - an encoder of all-MiniLM-L6-v2's shape served with `max_batch` 32, 64 and 256: VRAM held
   after load, the peak during a request of 256 short sentences and of 256 sentences at the
-  longest input (256 tokens), against the working limit, the request's time, and what the
-  worker holds once idle again.
+  longest input (256 tokens), against the estimate, the request's time, and what the worker
+  holds once idle again.
 
-The peak is the device's used memory sampled through NVML every millisecond or so by a
-thread of this script while the request runs, minus the used memory just before it.
+The peak is the device's used memory sampled through NVML every half millisecond or so by a
+thread of this script while the request runs, minus the used memory just before it (the
+worker idle, its pool returned).
 
     scripts/gpu-footprint.py --agent PATH/vramkeeper-agent --tiny DIR --out DIR
 

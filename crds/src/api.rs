@@ -57,7 +57,8 @@ pub struct SwitchResponse {
     /// the worker's own usage (they differ by what others allocated or freed meanwhile).
     #[serde(default)]
     pub device_delta_mb: f64,
-    /// What `vram_mb` is made of; absent when nothing was loaded.
+    /// What `vram_mb` is made of; absent when nothing was loaded, and for model servers (their
+    /// process tree's memory has no allocator to split it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footprint: Option<Footprint>,
 }

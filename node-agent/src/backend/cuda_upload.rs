@@ -403,7 +403,8 @@ fn copy(index: usize, files: &[File], paths: &[PathBuf], chunks: &[Chunk]) -> Re
 
 /// A weight drawn on the device (see [`super::ModelBackend::random_weight`]): the allocation
 /// made as for a checkpoint's tensor (the persistent pool, its exact size, contiguous), then
-/// filled by cubecl's uniform generator.
+/// filled by cubecl's uniform generator. Its persistent scope ends in cubecl's dynamic mode:
+/// the caller must not be inside a scope of its own.
 pub(crate) fn random_weight(
     device: &CudaDevice,
     shape: Vec<usize>,

@@ -20,7 +20,7 @@ use vramkeeper_crds::{
 
 use super::{Active, Device, DeviceError, OpGuard, Result, SpawnHook};
 use crate::{
-    models::ModelSpec,
+    models::{ModelKind, ModelSpec},
     probe::{BackendKind, process},
     tracker::SpawnRecord,
     units::{MIB, mib, ms},
@@ -37,8 +37,8 @@ struct Loaded {
     phases: LoadPhases,
     /// Used device memory after the load minus before it.
     device_delta: i64,
-    /// What the model's memory is made of.
-    footprint: Footprint,
+    /// What the model's memory is made of (absent for model servers).
+    footprint: Option<Footprint>,
 }
 
 /// What a load measured: the worker's memory, the device's, and what the worker said.
@@ -51,7 +51,8 @@ struct Measured {
     port: Option<u16>,
     /// The worker's resident host memory.
     rss: u64,
-    footprint: Footprint,
+    /// What it is made of (absent for model servers).
+    footprint: Option<Footprint>,
 }
 
 /// Splits a worker's measured memory (`total`) into weights, pool and context: on a GPU the
@@ -146,20 +147,20 @@ impl Device {
                     already_active: false,
                     phases: Some(phases),
                     device_delta_mb: device_delta as f64 / MIB,
-                    footprint: Some(footprint.clone()),
+                    footprint: footprint.clone(),
                 };
                 self.with_state(|s| {
                     s.active = Some(active.clone());
                     s.loading_pid = None;
                     s.tracker.loaded(model, trigger, vram, ram, load_ms, now);
-                    s.tracker.record(model).footprint = Some(footprint.clone());
+                    s.tracker.record(model).footprint = footprint.clone();
                     s.tracker.push_switch(record(
                         Some(model.into()),
                         Some(mib(vram)),
                         Some(mib(ram)),
                         load_ms,
                         None,
-                        Some(footprint),
+                        footprint,
                     ));
                 });
                 *slot = Some(active);
@@ -517,13 +518,16 @@ impl Device {
             used_after: measured.1,
             port,
             rss: memory.rss_bytes,
-            footprint: footprint(
-                worker.backend(),
-                measured.0,
-                &memory,
-                phases.param_bytes,
-                working,
-            ),
+            // A model server's memory is its process tree's, with no allocator to split it.
+            footprint: (!matches!(spec.kind, ModelKind::Server(_))).then(|| {
+                footprint(
+                    worker.backend(),
+                    measured.0,
+                    &memory,
+                    phases.param_bytes,
+                    working,
+                )
+            }),
         })
     }
 

@@ -14,7 +14,7 @@ use super::{
     generate::{TextStream, argmax},
     hf::HfSpec,
     hf_config::{self, Architecture, DecoderConfig},
-    kind::Kind,
+    kind::{Kind, Loaded},
     llama_net::Decoder,
     sentence::SentenceEncoder,
 };
@@ -152,6 +152,41 @@ fn chat_templates_render_and_tokenize_as_transformers() {
             assert!(error.contains(words), "{name}: {error:?} lacks {words:?}");
         }
     }
+}
+
+#[test]
+fn max_batch_bounds_the_working_memory_estimate() {
+    let Architecture::Bert(config) = hf_config::read(&dir("bert")).unwrap() else {
+        panic!("bert is not BERT")
+    };
+    let working = |max_batch| {
+        SentenceEncoder::<Cpu>::load_dir(
+            &dir("bert"),
+            config,
+            DType::F32,
+            Some(max_batch),
+            &Default::default(),
+        )
+        .unwrap()
+        .working_bytes()
+        .unwrap()
+    };
+    assert_eq!(
+        working(4),
+        2 * working(2),
+        "the batch's tensors scale with it"
+    );
+    let zero = SentenceEncoder::<Cpu>::load_dir(
+        &dir("bert"),
+        config,
+        DType::F32,
+        Some(0),
+        &Default::default(),
+    );
+    assert!(
+        zero.err().unwrap().contains("max_batch 0"),
+        "a worker refuses it too"
+    );
 }
 
 #[test]

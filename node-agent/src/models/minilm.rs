@@ -127,4 +127,22 @@ mod tests {
         // The pooler excluded, as sentence-transformers' model does not use it.
         assert_eq!(super::CONFIG.params(), 22_565_376);
     }
+
+    #[test]
+    fn max_batch_is_checked_by_name() {
+        use super::{Kind, MinilmSpec};
+        let spec = |max_batch| MinilmSpec {
+            dir: None,
+            max_batch,
+        };
+        assert!(spec(None).check().is_ok());
+        assert!(spec(Some(4096)).check().is_ok());
+        assert!(spec(Some(0)).check().unwrap_err().contains("max_batch 0"));
+        assert!(
+            spec(Some(4097))
+                .check()
+                .unwrap_err()
+                .contains("max_batch 4097")
+        );
+    }
 }

@@ -192,6 +192,7 @@ impl<B: ModelBackend> SentenceEncoder<B> {
         max_batch: Option<u32>,
         device: &B::Device,
     ) -> Result<Self, String> {
+        check_max_batch(max_batch)?;
         // The tokenizer is parsed while the weights are read and copied.
         let (tokenizer, weights) = std::thread::scope(|s| {
             let tokenizer = s.spawn(|| tokenizer(dir, &config, &pooling));
