@@ -19,13 +19,10 @@ use super::{
 };
 use crate::backend::{ModelBackend, kernels::Kernels};
 
-/// Sentences per forward pass on the CPU (inputs are sorted by length first, to pad little),
-/// unless the catalog sets `max_batch`.
-pub(crate) const CPU_BATCH: usize = 64;
-/// Sentences per forward pass on a GPU: wide enough to keep it busy, narrow enough that the
-/// working pool stays small beside the model (measured in docs/benchmarks.md), unless the
-/// catalog sets `max_batch`.
-pub(crate) const GPU_BATCH: usize = 64;
+/// Sentences per forward pass unless the catalog sets `max_batch` (inputs are sorted by length
+/// first, to pad little), on every backend: on a GPU wide enough to keep it busy, narrow enough
+/// that the working pool stays small beside the model (measured in docs/benchmarks.md).
+pub(crate) const DEFAULT_BATCH: usize = 64;
 /// The largest `max_batch` a catalog may set.
 pub(crate) const MAX_BATCH: u32 = 4096;
 
@@ -217,7 +214,6 @@ impl<B: ModelBackend> SentenceEncoder<B> {
             bert.transposed()
         };
         B::sync(device).map_err(|e| e.to_string())?;
-        let default = if B::ACCELERATOR { GPU_BATCH } else { CPU_BATCH };
         Ok(Self {
             max_len: max_len(&config, &pooling),
             bert,
@@ -225,7 +221,7 @@ impl<B: ModelBackend> SentenceEncoder<B> {
             pooling,
             tokenizer,
             device: device.clone(),
-            batch: max_batch.map_or(default, |b| b as usize),
+            batch: max_batch.map_or(DEFAULT_BATCH, |b| b as usize),
             read_bytes,
         })
     }
