@@ -2,221 +2,34 @@
 //!
 //! burn's own path creates a tensor from a host vector: the file read into pageable memory,
 //! then one synchronous copy per tensor (0.38 GB/s for a 2.5 GB checkpoint on an H100). Here
-//! every device buffer is allocated first; then one lane per host core takes the next chunk of
-//! the files, reads it (`pread` from the page cache, straight into the lane's staging buffer:
-//! one host copy) and queues its copy to the device on the lane's own stream, reading the next
-//! chunk into its other buffer while that copy runs. No lane waits for another. The staging
-//! buffers are one pinned allocation shared by the lanes; a small checkpoint is staged in
-//! pageable memory instead (pinning costs more than it saves there), with fewer lanes. A tensor
+//! the tensors are allocated in file order, a group of about [`GROUP`] bytes at a time, while
+//! the lanes ([`super::cuda_lanes`]) copy the groups already allocated: allocation (one
+//! `cuMemAlloc` per tensor: 32-52 ms for checkpoints of 2.5 to 8 GB on an H200) runs beside
+//! the copies instead of before them, and the staging memory is pinned on a thread of its own
+//! meanwhile. A tensor
 //! stored in another dtype than the one served is copied as stored and cast on the device, a
 //! bounded batch at a time (the stored copies never all live beside the cast ones).
 
-#![allow(unsafe_code)]
-
-use std::{
-    ffi::c_void,
-    fs::File,
-    path::PathBuf,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    time::Instant,
-};
+use std::{fs::File, path::PathBuf, time::Instant};
 
 use burn::{
     backend::cuda::CudaDevice,
-    cubecl::{Runtime, cuda::CudaRuntime},
+    cubecl::{Runtime, cuda::CudaRuntime, server::Handle},
     prelude::Backend,
     tensor::ops::FloatTensorOps,
 };
 use burn_cubecl::tensor::CubeTensor;
-use cudarc::driver::{result, sys};
 
 use super::{
     Gpu,
-    upload::{Source, read},
+    cuda_lanes::{Allocated, Chunk, PAGEABLE_BELOW, Staging, copy, lanes_for, shape},
+    upload::Source,
 };
 
-/// Bytes a lane reads and copies at a time.
-const CHUNK: usize = 2 << 20;
-/// Staging buffers per lane: one being filled while the other's copy runs.
-const BUFFERS: usize = 2;
-/// Lanes at most (host threads reading and queueing copies), and the bytes that justify one.
-const MAX_LANES: usize = 16;
-const BYTES_PER_LANE: usize = 16 << 20;
-/// Checkpoints smaller than this are staged in pageable memory (measured on an H100: pinning
-/// the lanes' buffers took longer than copying all-MiniLM-L6-v2's 90 MB from pageable memory).
-const PAGEABLE_BELOW: usize = 256 << 20;
 /// Bytes of stored tensors on the device at once, waiting to be cast.
 const CAST_BATCH: usize = 1 << 30;
-
-fn driver(what: &str, e: result::DriverError) -> String {
-    format!("CUDA {what}: {e}")
-}
-
-/// The device's primary context (the one burn's CUDA backend runs in), retained while the
-/// lanes use it.
-struct Context {
-    ctx: sys::CUcontext,
-    device: sys::CUdevice,
-}
-
-// SAFETY: a CUDA context may be made current on any thread; it is released only on drop,
-// after every lane has ended (they are scoped).
-unsafe impl Send for Context {}
-// SAFETY: as above.
-unsafe impl Sync for Context {}
-
-impl Context {
-    fn retain(index: usize) -> Result<Self, String> {
-        let device = result::device::get(index as i32).map_err(|e| driver("device", e))?;
-        // SAFETY: `device` is a valid device.
-        let ctx =
-            unsafe { result::primary_ctx::retain(device) }.map_err(|e| driver("context", e))?;
-        Ok(Self { ctx, device })
-    }
-
-    /// Makes the context current on the calling thread.
-    fn enter(&self) -> Result<(), String> {
-        // SAFETY: the context is retained for `self`'s life.
-        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| driver("context", e))
-    }
-}
-
-impl Drop for Context {
-    fn drop(&mut self) {
-        // SAFETY: retained in `retain`, released once.
-        let _ = unsafe { result::primary_ctx::release(self.device) };
-    }
-}
-
-/// The lanes' staging memory: one pinned allocation, or pageable memory.
-enum Region {
-    Pinned(*mut u8),
-    Pageable(Vec<u8>),
-}
-
-impl Region {
-    fn new(bytes: usize, pinned: bool) -> Result<Self, String> {
-        if !pinned {
-            return Ok(Self::Pageable(vec![0; bytes]));
-        }
-        // SAFETY: a plain pinned host allocation; freed on drop. Each lane zeroes its part
-        // before reading into it.
-        let ptr = unsafe { result::malloc_host(bytes, 0) }
-            .map_err(|e| driver("pinned host allocation", e))?;
-        Ok(Self::Pinned(ptr.cast()))
-    }
-
-    fn base(&mut self) -> Shared {
-        Shared(match self {
-            Self::Pinned(p) => *p,
-            Self::Pageable(v) => v.as_mut_ptr(),
-        })
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        if let Self::Pinned(p) = self {
-            // SAFETY: from `malloc_host`; dropped after every lane's stream has finished
-            // (the lanes are scoped inside its life).
-            let _ = unsafe { result::free_host(p.cast::<c_void>()) };
-        }
-    }
-}
-
-/// A pointer the lanes share: each uses a disjoint part.
-#[derive(Clone, Copy)]
-struct Shared(*mut u8);
-// SAFETY: each lane reads and writes only its own part of the region, which outlives them.
-unsafe impl Send for Shared {}
-// SAFETY: as above.
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The address `offset` bytes in (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut u8 {
-        self.0.wrapping_add(offset)
-    }
-}
-
-/// A staging buffer and the event recorded after the copy that last read it.
-struct Buffer {
-    ptr: *mut u8,
-    event: sys::CUevent,
-}
-
-/// One lane's stream and its staging buffers' events, released on drop after the stream has
-/// finished.
-struct Lane {
-    stream: sys::CUstream,
-    buffers: Vec<Buffer>,
-}
-
-impl Lane {
-    /// A lane staging in the [`BUFFERS`] chunks from `part` on.
-    fn new(part: *mut u8) -> Result<Self, String> {
-        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
-            .map_err(|e| driver("stream", e))?;
-        let mut lane = Self {
-            stream,
-            buffers: Vec::with_capacity(BUFFERS),
-        };
-        // SAFETY: the region holds BUFFERS chunks for each lane from `part` on.
-        unsafe { std::ptr::write_bytes(part, 0, BUFFERS * CHUNK) };
-        for b in 0..BUFFERS {
-            let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-                .map_err(|e| driver("event", e))?;
-            lane.buffers.push(Buffer {
-                ptr: part.wrapping_add(b * CHUNK),
-                event,
-            });
-        }
-        Ok(lane)
-    }
-}
-
-impl Drop for Lane {
-    fn drop(&mut self) {
-        // SAFETY: the stream and events were created by `new` and are released once, after
-        // the stream's last copy has finished reading the buffers.
-        unsafe {
-            let _ = result::stream::synchronize(self.stream);
-            for b in &self.buffers {
-                let _ = result::event::destroy(b.event);
-            }
-            let _ = result::stream::destroy(self.stream);
-        }
-    }
-}
-
-/// One contiguous range of a file bound for a device address.
-struct Chunk {
-    file: usize,
-    offset: u64,
-    len: usize,
-    dst: u64,
-}
-
-/// Cuts the sources into chunks of at most [`CHUNK`] bytes, in file order.
-fn chunks(sources: &[Source], dst: &[u64]) -> Vec<Chunk> {
-    let mut order: Vec<usize> = (0..sources.len()).collect();
-    order.sort_by_key(|&i| (sources[i].file, sources[i].offset));
-    order
-        .into_iter()
-        .flat_map(|i| {
-            let s = &sources[i];
-            (0..s.len).step_by(CHUNK).map(move |done| Chunk {
-                file: s.file,
-                offset: s.offset + done as u64,
-                len: CHUNK.min(s.len - done),
-                dst: dst[i] + done as u64,
-            })
-        })
-        .collect()
-}
+/// Bytes of tensors allocated before the lanes may copy into them.
+const GROUP: usize = 256 << 20;
 
 /// Creates the tensors `sources` describe on `device` (see the module's documentation).
 pub(crate) fn upload(
@@ -239,22 +52,78 @@ pub(crate) fn upload(
         bytes += sources[i].len;
         batches.last_mut().expect("one batch at least").push(i);
     }
+    let total: usize = sources.iter().map(|s| s.len).sum();
     let mut made: Vec<Option<CubeTensor<CudaRuntime>>> = vec![None; sources.len()];
-    for batch in batches.iter().filter(|b| !b.is_empty()) {
-        for (i, t) in batch
-            .iter()
-            .zip(upload_batch(device, files, paths, sources, batch)?)
-        {
-            made[*i] = Some(t);
+    let mut clock = Clock::default();
+    std::thread::scope(|s| -> Result<(), String> {
+        // Pinned staging memory (pinning takes milliseconds per tens of MiB) is prepared on a
+        // thread of its own while the first group is allocated; pageable memory for a small
+        // checkpoint, right here. It serves every batch.
+        let (mut pending, mut staging) = (None, None);
+        if total >= PAGEABLE_BELOW {
+            pending = Some(s.spawn(|| Staging::prepare(device.index, total)));
+        } else {
+            staging = Some(Staging::prepare(device.index, total)?);
         }
-    }
-    let bytes: usize = sources.iter().map(|s| s.len).sum();
+        for batch in batches.iter().filter(|b| !b.is_empty()) {
+            let plan = Plan::new(sources, batch);
+            let allocated = Allocated::new(plan.order.len());
+            let mut handles = Vec::with_capacity(plan.order.len());
+            let mut groups = plan.groups(sources).into_iter();
+            let at = Instant::now();
+            if let Some(first) = groups.next() {
+                allocate(
+                    device,
+                    sources,
+                    &plan.order[first],
+                    &mut handles,
+                    &allocated,
+                )?;
+            }
+            clock.first_group += at.elapsed();
+            let at = Instant::now();
+            if let Some(p) = pending.take() {
+                staging = Some(p.join().expect("preparing the staging does not panic")?);
+            }
+            let staging = staging.as_ref().expect("prepared before the first copy");
+            clock.wait_staging += at.elapsed();
+            let at = Instant::now();
+            copy(
+                staging,
+                files,
+                paths,
+                &plan.chunks(sources),
+                &allocated,
+                || {
+                    groups.try_for_each(|g| {
+                        allocate(device, sources, &plan.order[g], &mut handles, &allocated)
+                    })
+                },
+            )?;
+            clock.copy += at.elapsed();
+            let at = Instant::now();
+            for (&i, t) in plan
+                .order
+                .iter()
+                .zip(finish(device, sources, &plan.order, handles)?)
+            {
+                made[i] = Some(t);
+            }
+            clock.cast += at.elapsed();
+        }
+        Ok(())
+    })?;
     tracing::debug!(
-        bytes,
-        lanes = lanes_for(bytes),
+        bytes = total,
+        lanes = lanes_for(total),
+        shape = ?shape(),
         cast_batches = batches.len() - 1,
         ms = crate::units::ms(started.elapsed()),
-        gb_per_s = bytes as f64 / started.elapsed().as_secs_f64() / 1e9,
+        first_group_ms = crate::units::ms(clock.first_group),
+        wait_staging_ms = crate::units::ms(clock.wait_staging),
+        copy_ms = crate::units::ms(clock.copy),
+        cast_ms = crate::units::ms(clock.cast),
+        gb_per_s = total as f64 / started.elapsed().as_secs_f64() / 1e9,
         "weights on the device"
     );
     Ok(made
@@ -263,45 +132,118 @@ pub(crate) fn upload(
         .collect())
 }
 
-/// Creates the tensors `batch` (indices into `sources`) names.
-fn upload_batch(
+/// Where an upload's time went, for the debug log.
+#[derive(Default)]
+struct Clock {
+    first_group: std::time::Duration,
+    wait_staging: std::time::Duration,
+    copy: std::time::Duration,
+    cast: std::time::Duration,
+}
+
+/// A batch's tensors (indices into the sources) in file order: the order they are allocated
+/// and copied in.
+struct Plan {
+    order: Vec<usize>,
+}
+
+impl Plan {
+    fn new(sources: &[Source], batch: &[usize]) -> Self {
+        let mut order = batch.to_vec();
+        order.sort_by_key(|&i| (sources[i].file, sources[i].offset));
+        Self { order }
+    }
+
+    /// Ranges of `order` of about [`GROUP`] bytes each (a tensor larger than that alone).
+    fn groups(&self, sources: &[Source]) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (at, &i) in self.order.iter().enumerate() {
+            if bytes >= GROUP {
+                out.push(start..at);
+                (start, bytes) = (at, 0);
+            }
+            bytes += sources[i].len;
+        }
+        if start < self.order.len() {
+            out.push(start..self.order.len());
+        }
+        out
+    }
+
+    /// The sources cut into chunks of at most the staging's chunk size, in file order.
+    fn chunks(&self, sources: &[Source]) -> Vec<Chunk> {
+        let size = shape().chunk;
+        self.order
+            .iter()
+            .enumerate()
+            .flat_map(|(tensor, &i)| {
+                let s = &sources[i];
+                (0..s.len).step_by(size).map(move |within| Chunk {
+                    file: s.file,
+                    offset: s.offset + within as u64,
+                    len: size.min(s.len - within),
+                    tensor,
+                    within,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Allocates the tensors `group` names (indices into `sources`, next in the plan's order),
+/// keeps their handles and publishes their addresses for the lanes.
+fn allocate(
     device: &CudaDevice,
-    files: &[File],
-    paths: &[PathBuf],
     sources: &[Source],
-    batch: &[usize],
-) -> Result<Vec<CubeTensor<CudaRuntime>>, String> {
+    group: &[usize],
+    handles: &mut Vec<Handle>,
+    allocated: &Allocated,
+) -> Result<(), String> {
     let client = CudaRuntime::client(device);
     let kept = |i: usize| sources[i].stored == sources[i].dtype;
     // Tensors kept as stored are the weights themselves: allocated in the persistent pool
     // (exact sizes); the others are stored copies on the device, cast below.
-    let handles = client
+    let made = client
         .memory_persistent_allocation((), |()| {
-            batch
+            group
                 .iter()
                 .map(|&i| kept(i).then(|| client.empty(sources[i].len)))
                 .collect::<Vec<_>>()
         })
         .map_err(|e| format!("allocating the weights: {e:?}"))?;
-    let handles: Vec<_> = handles
+    let made: Vec<_> = made
         .into_iter()
-        .zip(batch)
+        .zip(group)
         .map(|(h, &i)| h.unwrap_or_else(|| client.empty(sources[i].len)))
         .collect();
-    let resources = handles
+    let addresses = made
         .iter()
-        .map(|h| client.get_resource(h.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("allocating the weights: {e:?}"))?;
-    let dst: Vec<u64> = resources.iter().map(|r| r.resource().ptr).collect();
-    let picked: Vec<Source> = batch.iter().map(|&i| sources[i].clone()).collect();
+        .map(|h| {
+            client
+                .get_resource(h.clone())
+                .map(|r| r.resource().ptr)
+                .map_err(|e| format!("allocating the weights: {e:?}"))
+        })
+        .collect::<Result<Vec<u64>, _>>()?;
     // The allocations are ordered on burn's stream; the copies run on others.
     Gpu::sync(device).map_err(|e| format!("allocating the weights: {e:?}"))?;
-    copy(device.index, files, paths, &chunks(&picked, &dst))?;
-    drop(resources);
+    handles.extend(made);
+    allocated.publish(&addresses);
+    Ok(())
+}
+
+/// The tensors `order` names, their bytes copied into `handles`: as stored, or cast.
+fn finish(
+    device: &CudaDevice,
+    sources: &[Source],
+    order: &[usize],
+    handles: Vec<Handle>,
+) -> Result<Vec<CubeTensor<CudaRuntime>>, String> {
+    let client = CudaRuntime::client(device);
     let tensors: Vec<_> = handles
         .into_iter()
-        .zip(batch)
+        .zip(order)
         .map(|(handle, &i)| {
             let s = &sources[i];
             let t = CubeTensor::new_contiguous(
@@ -311,7 +253,7 @@ fn upload_batch(
                 handle,
                 s.stored,
             );
-            if kept(i) {
+            if s.stored == s.dtype {
                 return t;
             }
             client
@@ -322,83 +264,6 @@ fn upload_batch(
     // The stored copies are freed once their casts ran: the next batch reuses their pages.
     Gpu::sync(device).map_err(|e| format!("casting the weights: {e:?}"))?;
     Ok(tensors)
-}
-
-/// Lanes for `total` bytes: one per [`BYTES_PER_LANE`], as many as the host has cores, at
-/// most [`MAX_LANES`].
-fn lanes_for(total: usize) -> usize {
-    std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .min(MAX_LANES)
-        .min(total.div_ceil(BYTES_PER_LANE))
-        .max(1)
-}
-
-/// Moves every chunk to the device through the lanes; returns once all of it is there.
-fn copy(index: usize, files: &[File], paths: &[PathBuf], chunks: &[Chunk]) -> Result<(), String> {
-    let total: usize = chunks.iter().map(|c| c.len).sum();
-    let lanes = lanes_for(total);
-    let context = Context::retain(index)?;
-    context.enter()?;
-    // Declared before the lanes' scope: freed only after every lane's stream has finished.
-    let mut region = Region::new(lanes * BUFFERS * CHUNK, total >= PAGEABLE_BELOW)?;
-    let base = region.base();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error = Mutex::new(None);
-    std::thread::scope(|s| {
-        for lane_index in 0..lanes {
-            let (context, next, failed, first_error) = (&context, &next, &failed, &first_error);
-            s.spawn(move || {
-                let run = || -> Result<(), String> {
-                    context.enter()?;
-                    let lane = Lane::new(base.at(lane_index * BUFFERS * CHUNK))?;
-                    let mut i = 0;
-                    while !failed.load(Ordering::Relaxed) {
-                        let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            break;
-                        };
-                        let b = &lane.buffers[i % BUFFERS];
-                        if i >= BUFFERS {
-                            // SAFETY: the event is this lane's.
-                            unsafe { result::event::synchronize(b.event) }
-                                .map_err(|e| driver("copy", e))?;
-                        }
-                        // SAFETY: the buffer holds CHUNK initialised bytes, `c.len` ≤ CHUNK,
-                        // and its last copy has finished (its event waited on).
-                        let buf = unsafe { std::slice::from_raw_parts_mut(b.ptr, c.len) };
-                        read(files, paths, c.file, c.offset, buf)?;
-                        // SAFETY: `dst` lies in a live device allocation with `c.len` bytes
-                        // past it; the buffer is not touched again before the event passes.
-                        unsafe {
-                            sys::cuMemcpyHtoDAsync_v2(c.dst, b.ptr.cast(), c.len, lane.stream)
-                                .result()
-                        }
-                        .map_err(|e| driver("host-to-device copy", e))?;
-                        // SAFETY: the event and the stream are this lane's.
-                        unsafe { result::event::record(b.event, lane.stream) }
-                            .map_err(|e| driver("copy", e))?;
-                        i += 1;
-                    }
-                    // SAFETY: the stream is this lane's.
-                    unsafe { result::stream::synchronize(lane.stream) }
-                        .map_err(|e| driver("copy", e))
-                };
-                if let Err(e) = run() {
-                    failed.store(true, Ordering::Relaxed);
-                    first_error
-                        .lock()
-                        .expect("no lane panics holding it")
-                        .get_or_insert(e);
-                }
-            });
-        }
-    });
-    drop(region);
-    match first_error.into_inner().expect("no lane panics holding it") {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }
 
 /// A weight drawn on the device (see [`super::ModelBackend::random_weight`]): the allocation
@@ -427,4 +292,74 @@ pub(crate) fn random_weight(
     )
     .expect("the uniform generator launches on every float dtype");
     tensor
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::DType;
+
+    use super::*;
+
+    fn source(file: usize, offset: u64, len: usize) -> Source {
+        Source {
+            file,
+            offset,
+            len,
+            stored: DType::BF16,
+            shape: vec![len / 2],
+            dtype: DType::BF16,
+        }
+    }
+
+    fn sources() -> Vec<Source> {
+        const MIB: usize = 1 << 20;
+        vec![
+            source(1, 0, 100 * MIB),
+            source(0, 700 * MIB as u64, 3 * MIB + 5),
+            source(0, 0, 600 * MIB),
+            source(1, 100 * MIB as u64, 200 * MIB),
+            source(0, 600 * MIB as u64, 100 * MIB),
+            source(1, 300 * MIB as u64, 10),
+        ]
+    }
+
+    #[test]
+    fn a_plan_takes_the_tensors_in_file_order_in_groups_that_close_at_group_bytes() {
+        let sources = sources();
+        let plan = Plan::new(&sources, &[0, 1, 2, 3, 4, 5]);
+        assert_eq!(plan.order, [2, 4, 1, 0, 3, 5]);
+        let groups = plan.groups(&sources);
+        // The 600 MiB tensor alone; then 100 + 3 + 100 MiB reach 256 only with the 200 MiB one.
+        assert_eq!(groups, [0..1, 1..5, 5..6]);
+        let bytes = |g: &std::ops::Range<usize>| -> usize {
+            plan.order[g.clone()].iter().map(|&i| sources[i].len).sum()
+        };
+        for g in &groups[..groups.len() - 1] {
+            assert!(bytes(g) >= GROUP, "{g:?} closed early");
+            let without_last = g.start..g.end - 1;
+            assert!(bytes(&without_last) < GROUP, "{g:?} closed late");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_tensor_exactly_once_within_the_chunk_size() {
+        let sources = sources();
+        let plan = Plan::new(&sources, &[5, 3, 1]);
+        let chunks = plan.chunks(&sources);
+        let size = shape().chunk;
+        for (tensor, &i) in plan.order.iter().enumerate() {
+            let mine: Vec<_> = chunks.iter().filter(|c| c.tensor == tensor).collect();
+            let mut within = 0;
+            for c in &mine {
+                assert_eq!(c.within, within, "tensor {i}: a gap or an overlap");
+                assert_eq!(c.file, sources[i].file);
+                assert_eq!(c.offset, sources[i].offset + within as u64);
+                assert!(c.len > 0 && c.len <= size);
+                within += c.len;
+            }
+            assert_eq!(within, sources[i].len, "tensor {i} not covered");
+        }
+        // In the plan's order, so the lanes wait on the allocation front only.
+        assert!(chunks.windows(2).all(|w| w[0].tensor <= w[1].tensor));
+    }
 }

@@ -4,6 +4,8 @@
 //! kernels a backend runs better than burn's generic composition ([`kernels`]).
 
 #[cfg(feature = "cuda")]
+mod cuda_lanes;
+#[cfg(feature = "cuda")]
 mod cuda_upload;
 pub(crate) mod gelu;
 pub(crate) mod kernels;

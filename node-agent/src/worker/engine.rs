@@ -133,7 +133,7 @@ impl<B: ModelBackend> Engine for BurnEngine<B> {
         let context_ms = ms(context);
         let started = Instant::now();
         // Each kind puts its weights in the allocator's persistent pool (allocations of their
-        // exact size), so the sliced pools hold only temporaries, whose pages the post-load
+        // exact size), so the dynamic pools hold only temporaries, whose pages the post-load
         // cleanup can return whole.
         let model = spec.kind.load::<B>(&self.device)?;
         B::sync(&self.device).map_err(|e| format!("creating the weights failed: {e}"))?;

@@ -1,0 +1,454 @@
+//! The lanes that move checkpoint bytes to the device (see [`super::cuda_upload`]): host
+//! threads, each reading the next chunk of the files (`pread` from the page cache, straight
+//! into its staging buffer: one host copy) and queueing its copy on its own stream, reading
+//! the next chunk into its other buffer while that copy runs. No lane waits for another; a
+//! lane waits only for its chunk's tensor to be allocated, as allocation runs beside the
+//! copies. The staging buffers are one pinned allocation shared by the lanes; a small
+//! checkpoint is staged in pageable memory instead (pinning costs more than it saves there),
+//! with fewer lanes.
+
+#![allow(unsafe_code)]
+
+use std::{
+    ffi::c_void,
+    fs::File,
+    path::PathBuf,
+    sync::{
+        Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use cudarc::driver::{result, sys};
+
+use super::upload::read;
+
+/// Bytes a lane reads and copies at a time.
+const CHUNK: usize = 2 << 20;
+/// Staging buffers per lane: one being filled while the other's copy runs.
+const BUFFERS: usize = 2;
+/// Lanes at most (host threads reading and queueing copies), and the bytes that justify one.
+const MAX_LANES: usize = 16;
+const BYTES_PER_LANE: usize = 16 << 20;
+
+/// The staging shape: the constants above, or for a benchmark's sweep
+/// `VRAMKEEPER_UPLOAD_SHAPE=<chunk KiB>,<buffers>,<lanes at most>`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shape {
+    pub(super) chunk: usize,
+    pub(super) buffers: usize,
+    pub(super) max_lanes: usize,
+}
+
+pub(super) fn shape() -> Shape {
+    static SHAPE: std::sync::OnceLock<Shape> = std::sync::OnceLock::new();
+    *SHAPE.get_or_init(|| {
+        let default = Shape {
+            chunk: CHUNK,
+            buffers: BUFFERS,
+            max_lanes: MAX_LANES,
+        };
+        let Ok(text) = std::env::var("VRAMKEEPER_UPLOAD_SHAPE") else {
+            return default;
+        };
+        let n: Vec<usize> = text
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        match n[..] {
+            [c, b, l] if c > 0 && b > 0 && l > 0 => Shape {
+                chunk: c << 10,
+                buffers: b,
+                max_lanes: l,
+            },
+            _ => {
+                tracing::warn!(
+                    text,
+                    "VRAMKEEPER_UPLOAD_SHAPE is not <chunk KiB>,<buffers>,<lanes>: ignored"
+                );
+                default
+            }
+        }
+    })
+}
+/// Checkpoints smaller than this are staged in pageable memory (measured on an H100: pinning
+/// the lanes' buffers took longer than copying all-MiniLM-L6-v2's 90 MB from pageable memory).
+pub(super) const PAGEABLE_BELOW: usize = 256 << 20;
+fn driver(what: &str, e: result::DriverError) -> String {
+    format!("CUDA {what}: {e}")
+}
+
+/// The device's primary context (the one burn's CUDA backend runs in), retained while the
+/// lanes use it.
+struct Context {
+    ctx: sys::CUcontext,
+    device: sys::CUdevice,
+}
+
+// SAFETY: a CUDA context may be made current on any thread; it is released only on drop,
+// after every lane has ended (they are scoped).
+unsafe impl Send for Context {}
+// SAFETY: as above.
+unsafe impl Sync for Context {}
+
+impl Context {
+    fn retain(index: usize) -> Result<Self, String> {
+        let device = result::device::get(index as i32).map_err(|e| driver("device", e))?;
+        // SAFETY: `device` is a valid device.
+        let ctx =
+            unsafe { result::primary_ctx::retain(device) }.map_err(|e| driver("context", e))?;
+        Ok(Self { ctx, device })
+    }
+
+    /// Makes the context current on the calling thread.
+    fn enter(&self) -> Result<(), String> {
+        // SAFETY: the context is retained for `self`'s life.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| driver("context", e))
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: retained in `retain`, released once.
+        let _ = unsafe { result::primary_ctx::release(self.device) };
+    }
+}
+
+/// The lanes' staging memory: one pinned allocation, or pageable memory (kept here only to
+/// be freed; the lanes write through `base`).
+struct Region {
+    base: *mut u8,
+    pageable: Option<Box<[u8]>>,
+}
+
+// SAFETY: the region is owned by one `Staging`; the lanes write through `base` into disjoint
+// parts of it, scoped inside its life.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn new(bytes: usize, pinned: bool) -> Result<Self, String> {
+        if !pinned {
+            let mut memory = vec![0; bytes].into_boxed_slice();
+            return Ok(Self {
+                base: memory.as_mut_ptr(),
+                pageable: Some(memory),
+            });
+        }
+        // SAFETY: a plain pinned host allocation; freed on drop. Each lane zeroes its part
+        // before reading into it.
+        let ptr = unsafe { result::malloc_host(bytes, 0) }
+            .map_err(|e| driver("pinned host allocation", e))?;
+        Ok(Self {
+            base: ptr.cast(),
+            pageable: None,
+        })
+    }
+
+    fn base(&self) -> Shared {
+        Shared(self.base)
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.pageable.is_none() {
+            // SAFETY: from `malloc_host`; dropped after every lane's stream has finished
+            // (the lanes are scoped inside its life).
+            let _ = unsafe { result::free_host(self.base.cast::<c_void>()) };
+        }
+    }
+}
+
+/// A pointer the lanes share: each uses a disjoint part.
+#[derive(Clone, Copy)]
+struct Shared(*mut u8);
+// SAFETY: each lane reads and writes only its own part of the region, which outlives them.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The address `offset` bytes in (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut u8 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// A staging buffer and the event recorded after the copy that last read it.
+struct Buffer {
+    ptr: *mut u8,
+    event: sys::CUevent,
+}
+
+/// One lane's stream and its staging buffers' events, released on drop after the stream has
+/// finished.
+struct Lane {
+    stream: sys::CUstream,
+    buffers: Vec<Buffer>,
+}
+
+impl Lane {
+    /// A lane staging in the [`BUFFERS`] chunks from `part` on.
+    fn new(part: *mut u8) -> Result<Self, String> {
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(|e| driver("stream", e))?;
+        let Shape { chunk, buffers, .. } = shape();
+        let mut lane = Self {
+            stream,
+            buffers: Vec::with_capacity(buffers),
+        };
+        // SAFETY: the region holds `buffers` chunks for each lane from `part` on.
+        unsafe { std::ptr::write_bytes(part, 0, buffers * chunk) };
+        for b in 0..buffers {
+            let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                .map_err(|e| driver("event", e))?;
+            lane.buffers.push(Buffer {
+                ptr: part.wrapping_add(b * chunk),
+                event,
+            });
+        }
+        Ok(lane)
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // SAFETY: the stream and events were created by `new` and are released once, after
+        // the stream's last copy has finished reading the buffers.
+        unsafe {
+            let _ = result::stream::synchronize(self.stream);
+            for b in &self.buffers {
+                let _ = result::event::destroy(b.event);
+            }
+            let _ = result::stream::destroy(self.stream);
+        }
+    }
+}
+
+/// Lanes for `total` bytes: one per [`BYTES_PER_LANE`], as many as the host has cores, at
+/// most [`MAX_LANES`].
+pub(super) fn lanes_for(total: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .min(shape().max_lanes)
+        .min(total.div_ceil(BYTES_PER_LANE))
+        .max(1)
+}
+
+/// What the lanes share for a whole upload: the staging memory and the context. The region
+/// is declared first, so it is freed before the context is released.
+pub(super) struct Staging {
+    region: Region,
+    lanes: usize,
+    context: Context,
+}
+
+impl Staging {
+    /// The context retained and the lanes' staging memory for `total` bytes allocated.
+    pub(super) fn prepare(index: usize, total: usize) -> Result<Self, String> {
+        let lanes = lanes_for(total);
+        let Shape { chunk, buffers, .. } = shape();
+        let context = Context::retain(index)?;
+        context.enter()?;
+        let region = Region::new(lanes * buffers * chunk, total >= PAGEABLE_BELOW)?;
+        Ok(Self {
+            region,
+            lanes,
+            context,
+        })
+    }
+}
+
+/// One contiguous range of a file bound for a part of a tensor.
+pub(super) struct Chunk {
+    pub file: usize,
+    pub offset: u64,
+    pub len: usize,
+    /// The tensor's position in the plan's allocation order.
+    pub tensor: usize,
+    /// Bytes into the tensor.
+    pub within: usize,
+}
+
+/// The tensors' device addresses, published as they are allocated (in the plan's order) for
+/// the lanes waiting on them.
+pub(super) struct Allocated {
+    dst: Vec<AtomicU64>,
+    count: Mutex<usize>,
+    changed: Condvar,
+    failed: AtomicBool,
+}
+
+impl Allocated {
+    /// Room for `tensors` addresses, none published yet.
+    pub(super) fn new(tensors: usize) -> Self {
+        Self {
+            dst: (0..tensors).map(|_| AtomicU64::new(0)).collect(),
+            count: Mutex::new(0),
+            changed: Condvar::new(),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Publishes the addresses of the next tensors in order; their memory must be usable from
+    /// any stream (the allocating stream synchronised).
+    pub(super) fn publish(&self, addresses: &[u64]) {
+        let mut count = self.count.lock().expect("no thread panics holding it");
+        for (slot, &a) in self.dst[*count..].iter().zip(addresses) {
+            slot.store(a, Ordering::Release);
+        }
+        *count += addresses.len();
+        self.changed.notify_all();
+    }
+
+    /// Ends every wait: allocation failed or the copy stops.
+    pub(super) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        let _guard = self.count.lock().expect("no thread panics holding it");
+        self.changed.notify_all();
+    }
+
+    /// The device address of `tensor` once it is allocated; `None` once allocation failed.
+    fn wait(&self, tensor: usize) -> Option<u64> {
+        let mut count = self.count.lock().expect("no thread panics holding it");
+        while *count <= tensor {
+            if self.failed.load(Ordering::Acquire) {
+                return None;
+            }
+            count = self
+                .changed
+                .wait(count)
+                .expect("no thread panics holding it");
+        }
+        Some(self.dst[tensor].load(Ordering::Acquire))
+    }
+}
+
+/// Moves every chunk to the device through the lanes, while `allocate_rest` (on the calling
+/// thread) allocates the tensors not yet published in `allocated`; returns once all of it is
+/// there, or with the first error.
+pub(super) fn copy(
+    staging: &Staging,
+    files: &[File],
+    paths: &[PathBuf],
+    chunks: &[Chunk],
+    allocated: &Allocated,
+    allocate_rest: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let Shape { chunk, buffers, .. } = shape();
+    let Staging {
+        region,
+        lanes,
+        context,
+    } = staging;
+    context.enter()?;
+    let base = region.base();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    let stop = |e: String| {
+        failed.store(true, Ordering::Relaxed);
+        allocated.fail();
+        first_error
+            .lock()
+            .expect("no lane panics holding it")
+            .get_or_insert(e);
+    };
+    std::thread::scope(|s| {
+        for lane_index in 0..*lanes {
+            let (next, failed, stop) = (&next, &failed, &stop);
+            s.spawn(move || {
+                let run = || -> Result<(), String> {
+                    context.enter()?;
+                    let lane = Lane::new(base.at(lane_index * buffers * chunk))?;
+                    let mut i = 0;
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        let Some(dst) = allocated.wait(c.tensor) else {
+                            break;
+                        };
+                        let b = &lane.buffers[i % buffers];
+                        if i >= buffers {
+                            // SAFETY: the event is this lane's.
+                            unsafe { result::event::synchronize(b.event) }
+                                .map_err(|e| driver("copy", e))?;
+                        }
+                        // SAFETY: the buffer holds `chunk` initialised bytes, `c.len` ≤ `chunk`,
+                        // and its last copy has finished (its event waited on).
+                        let buf = unsafe { std::slice::from_raw_parts_mut(b.ptr, c.len) };
+                        read(files, paths, c.file, c.offset, buf)?;
+                        // SAFETY: `dst + within` lies in a live device allocation with `c.len`
+                        // bytes past it; the buffer is not touched again before the event
+                        // passes.
+                        unsafe {
+                            sys::cuMemcpyHtoDAsync_v2(
+                                dst + c.within as u64,
+                                b.ptr.cast(),
+                                c.len,
+                                lane.stream,
+                            )
+                            .result()
+                        }
+                        .map_err(|e| driver("host-to-device copy", e))?;
+                        // SAFETY: the event and the stream are this lane's.
+                        unsafe { result::event::record(b.event, lane.stream) }
+                            .map_err(|e| driver("copy", e))?;
+                        i += 1;
+                    }
+                    // SAFETY: the stream is this lane's.
+                    unsafe { result::stream::synchronize(lane.stream) }
+                        .map_err(|e| driver("copy", e))
+                };
+                if let Err(e) = run() {
+                    stop(e);
+                }
+            });
+        }
+        if let Err(e) = allocate_rest() {
+            stop(e);
+        }
+    });
+    match first_error.into_inner().expect("no lane panics holding it") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, thread};
+
+    use super::*;
+
+    #[test]
+    fn a_lane_waits_for_its_tensor_and_gets_its_address() {
+        let allocated = Arc::new(Allocated::new(3));
+        allocated.publish(&[0x1000]);
+        assert_eq!(allocated.wait(0), Some(0x1000));
+        let waiter = {
+            let allocated = Arc::clone(&allocated);
+            thread::spawn(move || allocated.wait(2))
+        };
+        allocated.publish(&[0x2000, 0x3000]);
+        assert_eq!(waiter.join().unwrap(), Some(0x3000));
+        assert_eq!(allocated.wait(1), Some(0x2000));
+    }
+
+    #[test]
+    fn a_failed_allocation_ends_every_wait() {
+        let allocated = Arc::new(Allocated::new(2));
+        allocated.publish(&[0x1000]);
+        let waiter = {
+            let allocated = Arc::clone(&allocated);
+            thread::spawn(move || allocated.wait(1))
+        };
+        allocated.fail();
+        assert_eq!(waiter.join().unwrap(), None);
+        // What was published before stays usable.
+        assert_eq!(allocated.wait(0), Some(0x1000));
+    }
+}
