@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import statistics
 import tempfile
 
@@ -27,6 +28,17 @@ _spec.loader.exec_module(ckpt)
 
 SHAPES = ("2048,2,16", "1024,2,16", "512,2,16", "256,2,16", "1024,4,16", "512,4,16", "1024,2,8",
           "512,4,8")
+
+
+def upload_lines(log_path, start):
+    """The workers' `weights on the device` debug lines written to the agent's log from byte
+    `start` on (colour codes removed), and where the log ends."""
+    with open(log_path, errors="replace") as f:
+        f.seek(start)
+        text = f.read()
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", x) for x in text.splitlines()
+             if "weights on the device" in x]
+    return lines, start + len(text.encode(errors="replace"))
 
 
 def minilm_loads(agent, n=5):
@@ -75,6 +87,7 @@ def main():
     ckpt.log("| build, shape (chunk KiB, buffers, lanes) | 8 GB best / median GB/s | % pinned | "
              "2.47 GB best / median GB/s | % pinned | MiniLM shape weights ms |")
     runs = [(args.agent, shape) for shape in args.shapes] + [(a, None) for a in args.agents]
+    log_at = 0
     for binary, shape in runs:
         os.environ.pop("VRAMKEEPER_UPLOAD_SHAPE", None)
         if shape:
@@ -87,8 +100,9 @@ def main():
             continue
         finally:
             agent.stop()
+        lines, log_at = upload_lines(os.path.join(work, "agent.log"), log_at)
         row = {"agent": binary, "shape": shape, "l8g_gb_s": big, "l1b_gb_s": small,
-               "minilm_weights_ms": tiny}
+               "minilm_weights_ms": tiny, "worker_upload_lines": lines}
         report["rows"].append(row)
         ckpt.log(f"| {os.path.basename(binary)}, {shape or 'default'} | {max(big):.1f} / "
                  f"{statistics.median(big):.1f} | {100 * max(big) / pinned:.0f} | "

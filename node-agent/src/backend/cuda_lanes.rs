@@ -1,9 +1,8 @@
 //! The lanes that move checkpoint bytes to the device (see [`super::cuda_upload`]): host
 //! threads, each reading the next chunk of the files (`pread` from the page cache, straight
 //! into its staging buffer: one host copy) and queueing its copy on its own stream, reading
-//! the next chunk into its other buffer while that copy runs. No lane waits for another; a
-//! lane waits only for its chunk's tensor to be allocated, as allocation runs beside the
-//! copies. The staging buffers are one pinned allocation shared by the lanes; a small
+//! the next chunk into its other buffer while that copy runs. No lane waits for another. The
+//! staging buffers are one pinned allocation shared by the lanes; a small
 //! checkpoint is staged in pageable memory instead (pinning costs more than it saves there),
 //! with fewer lanes.
 
@@ -14,8 +13,8 @@ use std::{
     fs::File,
     path::PathBuf,
     sync::{
-        Condvar, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
@@ -40,6 +39,7 @@ pub(super) struct Shape {
     pub(super) max_lanes: usize,
 }
 
+/// The staging shape in use.
 pub(super) fn shape() -> Shape {
     static SHAPE: std::sync::OnceLock<Shape> = std::sync::OnceLock::new();
     *SHAPE.get_or_init(|| {
@@ -51,25 +51,36 @@ pub(super) fn shape() -> Shape {
         let Ok(text) = std::env::var("VRAMKEEPER_UPLOAD_SHAPE") else {
             return default;
         };
-        let n: Vec<usize> = text
-            .split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect();
-        match n[..] {
-            [c, b, l] if c > 0 && b > 0 && l > 0 => Shape {
-                chunk: c << 10,
-                buffers: b,
-                max_lanes: l,
-            },
-            _ => {
+        match parse_shape(&text) {
+            Some(shape) => shape,
+            None => {
                 tracing::warn!(
                     text,
-                    "VRAMKEEPER_UPLOAD_SHAPE is not <chunk KiB>,<buffers>,<lanes>: ignored"
+                    "VRAMKEEPER_UPLOAD_SHAPE is not <chunk KiB 4..=65536>,<buffers 1..=8>,\
+                     <lanes 1..=64>: ignored"
                 );
                 default
             }
         }
     })
+}
+
+/// `<chunk KiB>,<buffers>,<lanes at most>`, each field a number within its bounds.
+fn parse_shape(text: &str) -> Option<Shape> {
+    let n = text
+        .split(',')
+        .map(|x| x.trim().parse::<usize>().ok())
+        .collect::<Option<Vec<_>>>()?;
+    match n[..] {
+        [c, b, l] if (4..=65536).contains(&c) && (1..=8).contains(&b) && (1..=64).contains(&l) => {
+            Some(Shape {
+                chunk: c << 10,
+                buffers: b,
+                max_lanes: l,
+            })
+        }
+        _ => None,
+    }
 }
 /// Checkpoints smaller than this are staged in pageable memory (measured on an H100: pinning
 /// the lanes' buffers took longer than copying all-MiniLM-L6-v2's 90 MB from pageable memory).
@@ -118,7 +129,7 @@ impl Drop for Context {
 /// be freed; the lanes write through `base`).
 struct Region {
     base: *mut u8,
-    pageable: Option<Box<[u8]>>,
+    pageable: Option<Vec<u8>>,
 }
 
 // SAFETY: the region is owned by one `Staging`; the lanes write through `base` into disjoint
@@ -130,7 +141,8 @@ unsafe impl Sync for Region {}
 impl Region {
     fn new(bytes: usize, pinned: bool) -> Result<Self, String> {
         if !pinned {
-            let mut memory = vec![0; bytes].into_boxed_slice();
+            // A Vec, not a Box: moving it does not invalidate `base`, its heap pointer.
+            let mut memory = vec![0; bytes];
             return Ok(Self {
                 base: memory.as_mut_ptr(),
                 pageable: Some(memory),
@@ -261,81 +273,21 @@ impl Staging {
     }
 }
 
-/// One contiguous range of a file bound for a part of a tensor.
+/// One contiguous range of a file bound for a device address.
 pub(super) struct Chunk {
     pub file: usize,
     pub offset: u64,
     pub len: usize,
-    /// The tensor's position in the plan's allocation order.
-    pub tensor: usize,
-    /// Bytes into the tensor.
-    pub within: usize,
+    pub dst: u64,
 }
 
-/// The tensors' device addresses, published as they are allocated (in the plan's order) for
-/// the lanes waiting on them.
-pub(super) struct Allocated {
-    dst: Vec<AtomicU64>,
-    count: Mutex<usize>,
-    changed: Condvar,
-    failed: AtomicBool,
-}
-
-impl Allocated {
-    /// Room for `tensors` addresses, none published yet.
-    pub(super) fn new(tensors: usize) -> Self {
-        Self {
-            dst: (0..tensors).map(|_| AtomicU64::new(0)).collect(),
-            count: Mutex::new(0),
-            changed: Condvar::new(),
-            failed: AtomicBool::new(false),
-        }
-    }
-
-    /// Publishes the addresses of the next tensors in order; their memory must be usable from
-    /// any stream (the allocating stream synchronised).
-    pub(super) fn publish(&self, addresses: &[u64]) {
-        let mut count = self.count.lock().expect("no thread panics holding it");
-        for (slot, &a) in self.dst[*count..].iter().zip(addresses) {
-            slot.store(a, Ordering::Release);
-        }
-        *count += addresses.len();
-        self.changed.notify_all();
-    }
-
-    /// Ends every wait: allocation failed or the copy stops.
-    pub(super) fn fail(&self) {
-        self.failed.store(true, Ordering::Release);
-        let _guard = self.count.lock().expect("no thread panics holding it");
-        self.changed.notify_all();
-    }
-
-    /// The device address of `tensor` once it is allocated; `None` once allocation failed.
-    fn wait(&self, tensor: usize) -> Option<u64> {
-        let mut count = self.count.lock().expect("no thread panics holding it");
-        while *count <= tensor {
-            if self.failed.load(Ordering::Acquire) {
-                return None;
-            }
-            count = self
-                .changed
-                .wait(count)
-                .expect("no thread panics holding it");
-        }
-        Some(self.dst[tensor].load(Ordering::Acquire))
-    }
-}
-
-/// Moves every chunk to the device through the lanes, while `allocate_rest` (on the calling
-/// thread) allocates the tensors not yet published in `allocated`; returns once all of it is
-/// there, or with the first error.
+/// Moves every chunk to the device through the lanes; returns once all of it is there, or
+/// with the first error.
 pub(super) fn copy(
     staging: &Staging,
     files: &[File],
     paths: &[PathBuf],
     chunks: &[Chunk],
-    allocated: &Allocated,
-    allocate_rest: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
     let Shape { chunk, buffers, .. } = shape();
     let Staging {
@@ -350,7 +302,6 @@ pub(super) fn copy(
     let first_error = Mutex::new(None);
     let stop = |e: String| {
         failed.store(true, Ordering::Relaxed);
-        allocated.fail();
         first_error
             .lock()
             .expect("no lane panics holding it")
@@ -368,9 +319,6 @@ pub(super) fn copy(
                         let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
                         };
-                        let Some(dst) = allocated.wait(c.tensor) else {
-                            break;
-                        };
                         let b = &lane.buffers[i % buffers];
                         if i >= buffers {
                             // SAFETY: the event is this lane's.
@@ -381,17 +329,11 @@ pub(super) fn copy(
                         // and its last copy has finished (its event waited on).
                         let buf = unsafe { std::slice::from_raw_parts_mut(b.ptr, c.len) };
                         read(files, paths, c.file, c.offset, buf)?;
-                        // SAFETY: `dst + within` lies in a live device allocation with `c.len`
-                        // bytes past it; the buffer is not touched again before the event
-                        // passes.
+                        // SAFETY: `dst` lies in a live device allocation with `c.len` bytes
+                        // past it; the buffer is not touched again before the event passes.
                         unsafe {
-                            sys::cuMemcpyHtoDAsync_v2(
-                                dst + c.within as u64,
-                                b.ptr.cast(),
-                                c.len,
-                                lane.stream,
-                            )
-                            .result()
+                            sys::cuMemcpyHtoDAsync_v2(c.dst, b.ptr.cast(), c.len, lane.stream)
+                                .result()
                         }
                         .map_err(|e| driver("host-to-device copy", e))?;
                         // SAFETY: the event and the stream are this lane's.
@@ -408,9 +350,6 @@ pub(super) fn copy(
                 }
             });
         }
-        if let Err(e) = allocate_rest() {
-            stop(e);
-        }
     });
     match first_error.into_inner().expect("no lane panics holding it") {
         Some(e) => Err(e),
@@ -420,35 +359,29 @@ pub(super) fn copy(
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Arc, thread};
-
     use super::*;
 
     #[test]
-    fn a_lane_waits_for_its_tensor_and_gets_its_address() {
-        let allocated = Arc::new(Allocated::new(3));
-        allocated.publish(&[0x1000]);
-        assert_eq!(allocated.wait(0), Some(0x1000));
-        let waiter = {
-            let allocated = Arc::clone(&allocated);
-            thread::spawn(move || allocated.wait(2))
-        };
-        allocated.publish(&[0x2000, 0x3000]);
-        assert_eq!(waiter.join().unwrap(), Some(0x3000));
-        assert_eq!(allocated.wait(1), Some(0x2000));
-    }
-
-    #[test]
-    fn a_failed_allocation_ends_every_wait() {
-        let allocated = Arc::new(Allocated::new(2));
-        allocated.publish(&[0x1000]);
-        let waiter = {
-            let allocated = Arc::clone(&allocated);
-            thread::spawn(move || allocated.wait(1))
-        };
-        allocated.fail();
-        assert_eq!(waiter.join().unwrap(), None);
-        // What was published before stays usable.
-        assert_eq!(allocated.wait(0), Some(0x1000));
+    fn a_benchmark_shape_is_taken_only_whole_and_within_bounds() {
+        let s = parse_shape("1024, 4,8").expect("a valid shape");
+        assert_eq!((s.chunk, s.buffers, s.max_lanes), (1 << 20, 4, 8));
+        for bad in [
+            "",
+            "2048,2",
+            "2048,2,16,1",
+            "2048,x,16",
+            "2048,,16",
+            "0,2,16",
+            "3,2,16",
+            "65537,2,16",
+            "2048,0,16",
+            "2048,9,16",
+            "2048,2,0",
+            "2048,2,65",
+            "-1,2,16",
+            "99999999999999999999,2,16",
+        ] {
+            assert!(parse_shape(bad).is_none(), "{bad:?} was taken");
+        }
     }
 }

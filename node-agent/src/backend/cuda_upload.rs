@@ -2,13 +2,11 @@
 //!
 //! burn's own path creates a tensor from a host vector: the file read into pageable memory,
 //! then one synchronous copy per tensor (0.38 GB/s for a 2.5 GB checkpoint on an H100). Here
-//! the tensors are allocated in file order, a group of about [`GROUP`] bytes at a time, while
-//! the lanes ([`super::cuda_lanes`]) copy the groups already allocated: allocation (one
-//! `cuMemAlloc` per tensor: 32-52 ms for checkpoints of 2.5 to 8 GB on an H200) runs beside
-//! the copies instead of before them, and the staging memory is pinned on a thread of its own
-//! meanwhile. A tensor
-//! stored in another dtype than the one served is copied as stored and cast on the device, a
-//! bounded batch at a time (the stored copies never all live beside the cast ones).
+//! every device buffer is allocated first (in cubecl's persistent pool: exact sizes), while the
+//! staging memory is pinned on a thread of its own; then the lanes ([`super::cuda_lanes`]) move
+//! the files' bytes through it. A tensor stored in another dtype than the one served is copied
+//! as stored and cast on the device, a bounded batch at a time: the stored copies of one batch
+//! are freed, and their pages returned, before the next batch is allocated.
 
 use std::{fs::File, path::PathBuf, time::Instant};
 
@@ -22,14 +20,12 @@ use burn_cubecl::tensor::CubeTensor;
 
 use super::{
     Gpu,
-    cuda_lanes::{Allocated, Chunk, PAGEABLE_BELOW, Staging, copy, lanes_for, shape},
+    cuda_lanes::{Chunk, PAGEABLE_BELOW, Staging, copy, lanes_for, shape},
     upload::Source,
 };
 
 /// Bytes of stored tensors on the device at once, waiting to be cast.
 const CAST_BATCH: usize = 1 << 30;
-/// Bytes of tensors allocated before the lanes may copy into them.
-const GROUP: usize = 256 << 20;
 
 /// Creates the tensors `sources` describe on `device` (see the module's documentation).
 pub(crate) fn upload(
@@ -56,57 +52,33 @@ pub(crate) fn upload(
     let mut made: Vec<Option<CubeTensor<CudaRuntime>>> = vec![None; sources.len()];
     let mut clock = Clock::default();
     std::thread::scope(|s| -> Result<(), String> {
-        // Pinned staging memory (pinning takes milliseconds per tens of MiB) is prepared on a
-        // thread of its own while the first group is allocated; pageable memory for a small
-        // checkpoint, right here. It serves every batch.
+        // Pinned staging memory is prepared on a thread of its own while the device buffers
+        // are allocated; pageable memory for a small checkpoint, right here. It serves every
+        // batch.
+        let at = Instant::now();
         let (mut pending, mut staging) = (None, None);
         if total >= PAGEABLE_BELOW {
             pending = Some(s.spawn(|| Staging::prepare(device.index, total)));
         } else {
             staging = Some(Staging::prepare(device.index, total)?);
         }
+        clock.staging += at.elapsed();
         for batch in batches.iter().filter(|b| !b.is_empty()) {
-            let plan = Plan::new(sources, batch);
-            let allocated = Allocated::new(plan.order.len());
-            let mut handles = Vec::with_capacity(plan.order.len());
-            let mut groups = plan.groups(sources).into_iter();
             let at = Instant::now();
-            if let Some(first) = groups.next() {
-                allocate(
-                    device,
-                    sources,
-                    &plan.order[first],
-                    &mut handles,
-                    &allocated,
-                )?;
-            }
-            clock.first_group += at.elapsed();
+            let buffers = allocate(device, sources, batch)?;
+            clock.allocate += at.elapsed();
             let at = Instant::now();
             if let Some(p) = pending.take() {
                 staging = Some(p.join().expect("preparing the staging does not panic")?);
             }
             let staging = staging.as_ref().expect("prepared before the first copy");
-            clock.wait_staging += at.elapsed();
+            clock.staging += at.elapsed();
             let at = Instant::now();
-            copy(
-                staging,
-                files,
-                paths,
-                &plan.chunks(sources),
-                &allocated,
-                || {
-                    groups.try_for_each(|g| {
-                        allocate(device, sources, &plan.order[g], &mut handles, &allocated)
-                    })
-                },
-            )?;
+            let picked: Vec<&Source> = batch.iter().map(|&i| &sources[i]).collect();
+            copy(staging, files, paths, &chunks(&picked, &buffers.dst))?;
             clock.copy += at.elapsed();
             let at = Instant::now();
-            for (&i, t) in plan
-                .order
-                .iter()
-                .zip(finish(device, sources, &plan.order, handles)?)
-            {
+            for (&i, t) in batch.iter().zip(finish(device, sources, batch, buffers)?) {
                 made[i] = Some(t);
             }
             clock.cast += at.elapsed();
@@ -119,8 +91,8 @@ pub(crate) fn upload(
         shape = ?shape(),
         cast_batches = batches.len() - 1,
         ms = crate::units::ms(started.elapsed()),
-        first_group_ms = crate::units::ms(clock.first_group),
-        wait_staging_ms = crate::units::ms(clock.wait_staging),
+        allocate_ms = crate::units::ms(clock.allocate),
+        staging_ms = crate::units::ms(clock.staging),
         copy_ms = crate::units::ms(clock.copy),
         cast_ms = crate::units::ms(clock.cast),
         gb_per_s = total as f64 / started.elapsed().as_secs_f64() / 1e9,
@@ -132,92 +104,44 @@ pub(crate) fn upload(
         .collect())
 }
 
-/// Where an upload's time went, for the debug log.
+/// Where an upload's time went, summed over its batches, for the debug log: allocating the
+/// device buffers; the staging memory (pageable: preparing it; pinned: waiting for the thread
+/// that pins it, after the first allocation); copying; casting (with the stored copies'
+/// cleanup).
 #[derive(Default)]
 struct Clock {
-    first_group: std::time::Duration,
-    wait_staging: std::time::Duration,
+    allocate: std::time::Duration,
+    staging: std::time::Duration,
     copy: std::time::Duration,
     cast: std::time::Duration,
 }
 
-/// A batch's tensors (indices into the sources) in file order: the order they are allocated
-/// and copied in.
-struct Plan {
-    order: Vec<usize>,
+/// A batch's device buffers, allocated and not yet filled.
+struct Buffers {
+    handles: Vec<Handle>,
+    dst: Vec<u64>,
 }
 
-impl Plan {
-    fn new(sources: &[Source], batch: &[usize]) -> Self {
-        let mut order = batch.to_vec();
-        order.sort_by_key(|&i| (sources[i].file, sources[i].offset));
-        Self { order }
-    }
-
-    /// Ranges of `order` of about [`GROUP`] bytes each (a tensor larger than that alone).
-    fn groups(&self, sources: &[Source]) -> Vec<std::ops::Range<usize>> {
-        let mut out = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (at, &i) in self.order.iter().enumerate() {
-            if bytes >= GROUP {
-                out.push(start..at);
-                (start, bytes) = (at, 0);
-            }
-            bytes += sources[i].len;
-        }
-        if start < self.order.len() {
-            out.push(start..self.order.len());
-        }
-        out
-    }
-
-    /// The sources cut into chunks of at most the staging's chunk size, in file order.
-    fn chunks(&self, sources: &[Source]) -> Vec<Chunk> {
-        let size = shape().chunk;
-        self.order
-            .iter()
-            .enumerate()
-            .flat_map(|(tensor, &i)| {
-                let s = &sources[i];
-                (0..s.len).step_by(size).map(move |within| Chunk {
-                    file: s.file,
-                    offset: s.offset + within as u64,
-                    len: size.min(s.len - within),
-                    tensor,
-                    within,
-                })
-            })
-            .collect()
-    }
-}
-
-/// Allocates the tensors `group` names (indices into `sources`, next in the plan's order),
-/// keeps their handles and publishes their addresses for the lanes.
-fn allocate(
-    device: &CudaDevice,
-    sources: &[Source],
-    group: &[usize],
-    handles: &mut Vec<Handle>,
-    allocated: &Allocated,
-) -> Result<(), String> {
+/// Allocates the device buffers of `batch` (indices into `sources`).
+fn allocate(device: &CudaDevice, sources: &[Source], batch: &[usize]) -> Result<Buffers, String> {
     let client = CudaRuntime::client(device);
     let kept = |i: usize| sources[i].stored == sources[i].dtype;
     // Tensors kept as stored are the weights themselves: allocated in the persistent pool
     // (exact sizes); the others are stored copies on the device, cast below.
-    let made = client
+    let handles = client
         .memory_persistent_allocation((), |()| {
-            group
+            batch
                 .iter()
                 .map(|&i| kept(i).then(|| client.empty(sources[i].len)))
                 .collect::<Vec<_>>()
         })
         .map_err(|e| format!("allocating the weights: {e:?}"))?;
-    let made: Vec<_> = made
+    let handles: Vec<_> = handles
         .into_iter()
-        .zip(group)
+        .zip(batch)
         .map(|(h, &i)| h.unwrap_or_else(|| client.empty(sources[i].len)))
         .collect();
-    let addresses = made
+    let dst = handles
         .iter()
         .map(|h| {
             client
@@ -228,22 +152,41 @@ fn allocate(
         .collect::<Result<Vec<u64>, _>>()?;
     // The allocations are ordered on burn's stream; the copies run on others.
     Gpu::sync(device).map_err(|e| format!("allocating the weights: {e:?}"))?;
-    handles.extend(made);
-    allocated.publish(&addresses);
-    Ok(())
+    Ok(Buffers { handles, dst })
 }
 
-/// The tensors `order` names, their bytes copied into `handles`: as stored, or cast.
+/// Cuts the sources into chunks of at most the staging's chunk size, in file order.
+fn chunks(sources: &[&Source], dst: &[u64]) -> Vec<Chunk> {
+    let size = shape().chunk;
+    let mut order: Vec<usize> = (0..sources.len()).collect();
+    order.sort_by_key(|&i| (sources[i].file, sources[i].offset));
+    order
+        .into_iter()
+        .flat_map(|i| {
+            let s = sources[i];
+            (0..s.len).step_by(size).map(move |done| Chunk {
+                file: s.file,
+                offset: s.offset + done as u64,
+                len: size.min(s.len - done),
+                dst: dst[i] + done as u64,
+            })
+        })
+        .collect()
+}
+
+/// The tensors of `batch`, their bytes copied into `buffers`: as stored, or cast.
 fn finish(
     device: &CudaDevice,
     sources: &[Source],
-    order: &[usize],
-    handles: Vec<Handle>,
+    batch: &[usize],
+    buffers: Buffers,
 ) -> Result<Vec<CubeTensor<CudaRuntime>>, String> {
     let client = CudaRuntime::client(device);
-    let tensors: Vec<_> = handles
+    let mut cast = false;
+    let tensors: Vec<_> = buffers
+        .handles
         .into_iter()
-        .zip(order)
+        .zip(batch)
         .map(|(handle, &i)| {
             let s = &sources[i];
             let t = CubeTensor::new_contiguous(
@@ -256,13 +199,20 @@ fn finish(
             if s.stored == s.dtype {
                 return t;
             }
+            cast = true;
             client
                 .memory_persistent_allocation(t, |t| Gpu::float_cast(t, s.dtype.into()))
                 .expect("the device is up: it just took the weights")
         })
         .collect();
-    // The stored copies are freed once their casts ran: the next batch reuses their pages.
     Gpu::sync(device).map_err(|e| format!("casting the weights: {e:?}"))?;
+    if cast {
+        // The stored copies are freed once their casts ran; cubecl's exact-size pages would be
+        // reused only by tensors of their size class, so they go back now, before the next
+        // batch is allocated.
+        Gpu::memory_cleanup(device);
+        Gpu::sync(device).map_err(|e| format!("casting the weights: {e:?}"))?;
+    }
     Ok(tensors)
 }
 
@@ -311,55 +261,49 @@ mod tests {
         }
     }
 
-    fn sources() -> Vec<Source> {
+    #[test]
+    fn chunks_cover_every_tensor_exactly_once_in_file_order() {
         const MIB: usize = 1 << 20;
-        vec![
+        let sources = [
             source(1, 0, 100 * MIB),
             source(0, 700 * MIB as u64, 3 * MIB + 5),
-            source(0, 0, 600 * MIB),
-            source(1, 100 * MIB as u64, 200 * MIB),
-            source(0, 600 * MIB as u64, 100 * MIB),
-            source(1, 300 * MIB as u64, 10),
-        ]
-    }
-
-    #[test]
-    fn a_plan_takes_the_tensors_in_file_order_in_groups_that_close_at_group_bytes() {
-        let sources = sources();
-        let plan = Plan::new(&sources, &[0, 1, 2, 3, 4, 5]);
-        assert_eq!(plan.order, [2, 4, 1, 0, 3, 5]);
-        let groups = plan.groups(&sources);
-        // The 600 MiB tensor alone; then 100 + 3 + 100 MiB reach 256 only with the 200 MiB one.
-        assert_eq!(groups, [0..1, 1..5, 5..6]);
-        let bytes = |g: &std::ops::Range<usize>| -> usize {
-            plan.order[g.clone()].iter().map(|&i| sources[i].len).sum()
-        };
-        for g in &groups[..groups.len() - 1] {
-            assert!(bytes(g) >= GROUP, "{g:?} closed early");
-            let without_last = g.start..g.end - 1;
-            assert!(bytes(&without_last) < GROUP, "{g:?} closed late");
-        }
-    }
-
-    #[test]
-    fn chunks_cover_every_tensor_exactly_once_within_the_chunk_size() {
-        let sources = sources();
-        let plan = Plan::new(&sources, &[5, 3, 1]);
-        let chunks = plan.chunks(&sources);
+            source(0, 0, 6 * MIB),
+            source(1, 100 * MIB as u64, 10),
+        ];
+        let picked: Vec<&Source> = sources.iter().collect();
+        let dst = [0x1000_0000, 0x2000_0000, 0x3000_0000, 0x4000_0000];
+        let chunks = chunks(&picked, &dst);
         let size = shape().chunk;
-        for (tensor, &i) in plan.order.iter().enumerate() {
-            let mine: Vec<_> = chunks.iter().filter(|c| c.tensor == tensor).collect();
-            let mut within = 0;
-            for c in &mine {
-                assert_eq!(c.within, within, "tensor {i}: a gap or an overlap");
-                assert_eq!(c.file, sources[i].file);
-                assert_eq!(c.offset, sources[i].offset + within as u64);
+        for (i, s) in sources.iter().enumerate() {
+            let tensor = dst[i]..dst[i] + s.len as u64;
+            let mut done = 0;
+            for c in chunks.iter().filter(|c| tensor.contains(&c.dst)) {
+                assert_eq!(c.file, s.file, "tensor {i}: the wrong file");
+                assert_eq!(
+                    c.dst,
+                    tensor.start + done as u64,
+                    "tensor {i}: a gap or an overlap"
+                );
+                assert_eq!(
+                    c.offset,
+                    s.offset + done as u64,
+                    "tensor {i}: the wrong bytes"
+                );
                 assert!(c.len > 0 && c.len <= size);
-                within += c.len;
+                done += c.len;
             }
-            assert_eq!(within, sources[i].len, "tensor {i} not covered");
+            assert_eq!(done, s.len, "tensor {i} not covered");
         }
-        // In the plan's order, so the lanes wait on the allocation front only.
-        assert!(chunks.windows(2).all(|w| w[0].tensor <= w[1].tensor));
+        let total = |lens: &mut dyn Iterator<Item = usize>| lens.sum::<usize>();
+        assert_eq!(
+            total(&mut chunks.iter().map(|c| c.len)),
+            total(&mut sources.iter().map(|s| s.len))
+        );
+        // In file order, so the page cache is read front to back.
+        assert!(
+            chunks
+                .windows(2)
+                .all(|w| (w[0].file, w[0].offset) < (w[1].file, w[1].offset))
+        );
     }
 }
