@@ -82,9 +82,16 @@ fn parse_shape(text: &str) -> Option<Shape> {
         _ => None,
     }
 }
+
 /// Checkpoints smaller than this are staged in pageable memory (measured on an H100: pinning
 /// the lanes' buffers took longer than copying all-MiniLM-L6-v2's 90 MB from pageable memory).
-pub(super) const PAGEABLE_BELOW: usize = 256 << 20;
+const PAGEABLE_BELOW: usize = 256 << 20;
+
+/// Whether `total` bytes are staged in pinned memory (else pageable).
+pub(super) fn pins(total: usize) -> bool {
+    total >= PAGEABLE_BELOW
+}
+
 fn driver(what: &str, e: result::DriverError) -> String {
     format!("CUDA {what}: {e}")
 }
@@ -202,7 +209,7 @@ struct Lane {
 }
 
 impl Lane {
-    /// A lane staging in the [`BUFFERS`] chunks from `part` on.
+    /// A lane staging in the shape's `buffers` chunks from `part` on.
     fn new(part: *mut u8) -> Result<Self, String> {
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(|e| driver("stream", e))?;
@@ -264,7 +271,7 @@ impl Staging {
         let Shape { chunk, buffers, .. } = shape();
         let context = Context::retain(index)?;
         context.enter()?;
-        let region = Region::new(lanes * buffers * chunk, total >= PAGEABLE_BELOW)?;
+        let region = Region::new(lanes * buffers * chunk, pins(total))?;
         Ok(Self {
             region,
             lanes,

@@ -20,7 +20,7 @@ use burn_cubecl::tensor::CubeTensor;
 
 use super::{
     Gpu,
-    cuda_lanes::{Chunk, PAGEABLE_BELOW, Staging, copy, lanes_for, shape},
+    cuda_lanes::{Chunk, Staging, copy, lanes_for, pins, shape},
     upload::Source,
 };
 
@@ -56,12 +56,11 @@ pub(crate) fn upload(
         // are allocated; pageable memory for a small checkpoint, right here. It serves every
         // batch.
         let at = Instant::now();
-        let (mut pending, mut staging) = (None, None);
-        if total >= PAGEABLE_BELOW {
-            pending = Some(s.spawn(|| Staging::prepare(device.index, total)));
-        } else {
-            staging = Some(Staging::prepare(device.index, total)?);
-        }
+        let mut pending = pins(total).then(|| s.spawn(|| Staging::prepare(device.index, total)));
+        let mut staging = match pending {
+            Some(_) => None,
+            None => Some(Staging::prepare(device.index, total)?),
+        };
         clock.staging += at.elapsed();
         for batch in batches.iter().filter(|b| !b.is_empty()) {
             let at = Instant::now();
