@@ -84,7 +84,8 @@ class Worker:
         self.sock_path = os.path.join(tempfile.mkdtemp(prefix="vk-sock-"), "bench.sock")
         self.proc = subprocess.Popen(
             [agent, "worker", "--agent-id", "bench", "--instance", "bench", "--socket",
-             self.sock_path, "--backend", backend, "--device-index", "0", "--cache-dir", cache])
+             self.sock_path, "--backend", backend, "--device-index", "0", "--cache-dir", cache,
+             "--log-dir", os.path.dirname(self.sock_path)])
         deadline = time.time() + 60
         while True:
             try:

@@ -2,9 +2,9 @@
 //! threads, each reading the next chunk of the files (`pread` from the page cache, straight
 //! into its staging buffer: one host copy) and queueing its copy on its own stream, reading
 //! the next chunk into its other buffer while that copy runs. No lane waits for another. The
-//! staging buffers are one pinned allocation shared by the lanes; a small
-//! checkpoint is staged in pageable memory instead (pinning costs more than it saves there),
-//! with fewer lanes.
+//! staging buffers are one pinned region shared by the lanes; a checkpoint of a few MB
+//! is staged in pageable memory instead (pinning costs more than it saves there), with fewer
+//! lanes.
 
 #![allow(unsafe_code)]
 
@@ -83,9 +83,10 @@ fn parse_shape(text: &str) -> Option<Shape> {
     }
 }
 
-/// Checkpoints smaller than this are staged in pageable memory (measured on an H100: pinning
-/// the lanes' buffers took longer than copying all-MiniLM-L6-v2's 90 MB from pageable memory).
-const PAGEABLE_BELOW: usize = 256 << 20;
+/// Checkpoints smaller than this are staged in pageable memory, where a copy of a few MB takes
+/// about as long as pinning a lane's buffers. Above it pinning pays: all-MiniLM-L6-v2's 90 MB
+/// crossed from pageable memory at 5-7 GB/s on an H200 (docs/benchmarks.md).
+const PAGEABLE_BELOW: usize = 16 << 20;
 
 /// Whether `total` bytes are staged in pinned memory (else pageable).
 pub(super) fn pins(total: usize) -> bool {
@@ -132,11 +133,26 @@ impl Drop for Context {
     }
 }
 
-/// The lanes' staging memory: one pinned allocation, or pageable memory (kept here only to
-/// be freed; the lanes write through `base`).
+/// The lanes' staging memory, zeroed: pinned or pageable.
+///
+/// Pinned memory is mapped and its pages touched by host threads first, in parallel and
+/// outside the driver, and only then registered with the driver, which pins pages already
+/// there (~3 ms for 64 MiB on an H200's host). `cuMemHostAlloc` faulted every page in under
+/// the driver's lock instead (~33 ms for 64 MiB), and the device allocation running beside it
+/// waited that long.
 struct Region {
     base: *mut u8,
-    pageable: Option<Vec<u8>>,
+    bytes: usize,
+    memory: Memory,
+}
+
+/// Where a region's bytes live.
+enum Memory {
+    /// A `Vec`, kept only to be freed: the lanes write through `base` (moving a `Vec` does not
+    /// move its heap buffer).
+    Pageable { _owned: Vec<u8> },
+    /// An anonymous mapping, registered with the driver unless the driver refused.
+    Mapped { registered: bool },
 }
 
 // SAFETY: the region is owned by one `Staging`; the lanes write through `base` into disjoint
@@ -146,23 +162,65 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    fn new(bytes: usize, pinned: bool) -> Result<Self, String> {
+    /// `bytes` of staging, pinned or not; pinned pages are touched by `threads` threads.
+    fn new(bytes: usize, pinned: bool, threads: usize) -> Result<Self, String> {
         if !pinned {
-            // A Vec, not a Box: moving it does not invalidate `base`, its heap pointer.
             let mut memory = vec![0; bytes];
             return Ok(Self {
                 base: memory.as_mut_ptr(),
-                pageable: Some(memory),
+                bytes,
+                memory: Memory::Pageable { _owned: memory },
             });
         }
-        // SAFETY: a plain pinned host allocation; freed on drop. Each lane zeroes its part
-        // before reading into it.
-        let ptr = unsafe { result::malloc_host(bytes, 0) }
-            .map_err(|e| driver("pinned host allocation", e))?;
-        Ok(Self {
+        // SAFETY: a private anonymous mapping of `bytes` (zeroed, page-aligned), unmapped on
+        // drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mapping {bytes} bytes of staging memory: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut region = Self {
             base: ptr.cast(),
-            pageable: None,
-        })
+            bytes,
+            memory: Memory::Mapped { registered: false },
+        };
+        // Huge pages where the kernel grants them: fewer pages to fault in and to pin. Without
+        // this advice the H200 host's loads of 2.47 GB fell from 69-70 % to 65 % of pinned,
+        // and MiniLM's from 11-19 ms to 14-27 ms (docs/benchmarks.md). Advice only: refused,
+        // the mapping keeps small pages.
+        // SAFETY: the range is the mapping just made.
+        let _ = unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) };
+        let base = region.base();
+        let part = bytes.div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|s| {
+            for start in (0..bytes).step_by(part) {
+                let len = part.min(bytes - start);
+                // SAFETY: each thread writes its own disjoint range of the mapping.
+                s.spawn(move || unsafe { std::ptr::write_bytes(base.at(start), 0, len) });
+            }
+        });
+        // SAFETY: the range is mapped and its pages present; unregistered on drop.
+        match unsafe { sys::cuMemHostRegister_v2(ptr, bytes, 0).result() } {
+            Ok(()) => region.memory = Memory::Mapped { registered: true },
+            // Some platforms refuse registration (confidential computing, some virtual
+            // machines): the copies still work from pageable memory, slower.
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the driver refused to pin the staging memory: copying from pageable memory"
+            ),
+        }
+        Ok(region)
     }
 
     fn base(&self) -> Shared {
@@ -172,10 +230,21 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if self.pageable.is_none() {
-            // SAFETY: from `malloc_host`; dropped after every lane's stream has finished
-            // (the lanes are scoped inside its life).
-            let _ = unsafe { result::free_host(self.base.cast::<c_void>()) };
+        let Memory::Mapped { registered } = self.memory else {
+            return;
+        };
+        // SAFETY: mapped (and registered if `registered`) in `new`; dropped after every lane's
+        // stream has finished (the lanes are scoped inside its life), with the context current
+        // (`Staging`'s drop).
+        unsafe {
+            if registered
+                && let Err(e) = sys::cuMemHostUnregister(self.base.cast::<c_void>()).result()
+            {
+                // Pages the driver still counts as pinned must not be reused: left mapped.
+                tracing::warn!(error = %e, bytes = self.bytes, "staging memory not unregistered: kept");
+                return;
+            }
+            libc::munmap(self.base.cast::<c_void>(), self.bytes);
         }
     }
 }
@@ -218,8 +287,6 @@ impl Lane {
             stream,
             buffers: Vec::with_capacity(buffers),
         };
-        // SAFETY: the region holds `buffers` chunks for each lane from `part` on.
-        unsafe { std::ptr::write_bytes(part, 0, buffers * chunk) };
         for b in 0..buffers {
             let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
                 .map_err(|e| driver("event", e))?;
@@ -264,6 +331,13 @@ pub(super) struct Staging {
     context: Context,
 }
 
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The region is unregistered with the context current, on whichever thread drops it.
+        let _ = self.context.enter();
+    }
+}
+
 impl Staging {
     /// The context retained and the lanes' staging memory for `total` bytes allocated.
     pub(super) fn prepare(index: usize, total: usize) -> Result<Self, String> {
@@ -271,7 +345,7 @@ impl Staging {
         let Shape { chunk, buffers, .. } = shape();
         let context = Context::retain(index)?;
         context.enter()?;
-        let region = Region::new(lanes * buffers * chunk, pins(total))?;
+        let region = Region::new(lanes * buffers * chunk, pins(total), lanes)?;
         Ok(Self {
             region,
             lanes,

@@ -3,10 +3,12 @@
 //! burn's own path creates a tensor from a host vector: the file read into pageable memory,
 //! then one synchronous copy per tensor (0.38 GB/s for a 2.5 GB checkpoint on an H100). Here
 //! every device buffer is allocated first (in cubecl's persistent pool: exact sizes), while the
-//! staging memory is pinned on a thread of its own; then the lanes ([`super::cuda_lanes`]) move
-//! the files' bytes through it. A tensor stored in another dtype than the one served is copied
-//! as stored and cast on the device, a bounded batch at a time: the stored copies of one batch
-//! are freed, and their pages returned, before the next batch is allocated.
+//! staging memory is prepared beside it (its pages touched by host threads, then registered
+//! with the driver: pinned by `cuMemHostAlloc`, it held the driver's lock for ~33 ms and the
+//! allocation waited); then the lanes ([`super::cuda_lanes`]) move the files' bytes through
+//! it. A tensor stored in another dtype than the one served is copied as stored and cast on
+//! the device, a bounded batch at a time: the stored copies of one batch are freed, and their
+//! pages returned, before the next batch is allocated.
 
 use std::{fs::File, path::PathBuf, time::Instant};
 

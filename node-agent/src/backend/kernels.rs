@@ -10,6 +10,7 @@ use burn::{
     prelude::*,
     tensor::{activation, module, ops::AttentionModuleOptions},
 };
+use rayon::prelude::*;
 
 /// Backend-specific versions of MiniLM's heaviest non-GEMM operations.
 pub trait Kernels: Backend {
@@ -70,7 +71,9 @@ impl Kernels for Flex<f32> {
 
     /// The heads are split and merged by copying whole `d`-runs between buffers (flex's
     /// generic strided copy went element by element, a fifth of MiniLM's time), and the
-    /// attention itself is flex's fused, GEMM-backed op.
+    /// attention itself is flex's fused, GEMM-backed op. Flex runs that op's heads one after
+    /// another on one thread, so the sentences are cut into one group per thread, each split,
+    /// attended and merged on its own.
     fn self_attention(
         q: Tensor<Self, 2>,
         k: Tensor<Self, 2>,
@@ -81,21 +84,41 @@ impl Kernels for Flex<f32> {
         let device = q.device();
         let width = q.dims()[1];
         let d = width / heads;
-        let split = |t: Tensor<Self, 2>| {
-            let out = swap_middle(&f32_values(t), [b, s, heads, d]);
-            Tensor::<Self, 4>::from_data(TensorData::new(out, [b, heads, s, d]), &device)
-        };
-        // Flex broadcasts a bias over heads without copying, but wants its last two dims whole.
-        let bias = bias.expand([b, 1, s, s]);
-        let attended = module::attention(
-            split(q),
-            split(k),
-            split(v),
-            None,
-            Some(bias),
-            AttentionModuleOptions::default(),
+        let (q, k, v, bias) = (
+            f32_values(q),
+            f32_values(k),
+            f32_values(v),
+            f32_values(bias),
         );
-        let out = swap_middle(&f32_values(attended), [b, heads, s, d]);
+        // Values per sentence, and sentences per group.
+        let per = s * width;
+        let group = b.div_ceil(rayon::current_num_threads()).max(1);
+        let mut out = vec![0.0f32; b * per];
+        out.par_chunks_mut(group * per)
+            .enumerate()
+            .for_each(|(g, out)| {
+                let (first, n) = (g * group, out.len() / per);
+                let split = |t: &[f32]| {
+                    let mine = &t[first * per..(first + n) * per];
+                    let values = swap_middle(mine, [n, s, heads, d]);
+                    Tensor::<Self, 4>::from_data(TensorData::new(values, [n, heads, s, d]), &device)
+                };
+                // Flex broadcasts a bias over heads without copying, but wants its last two
+                // dims whole.
+                let bias = bias[first * s..(first + n) * s].to_vec();
+                let bias =
+                    Tensor::<Self, 4>::from_data(TensorData::new(bias, [n, 1, 1, s]), &device)
+                        .expand([n, 1, s, s]);
+                let attended = module::attention(
+                    split(&q),
+                    split(&k),
+                    split(&v),
+                    None,
+                    Some(bias),
+                    AttentionModuleOptions::default(),
+                );
+                swap_middle_into(&f32_values(attended), [n, heads, s, d], out);
+            });
         Tensor::from_data(TensorData::new(out, [b * s, width]), &device)
     }
 }
@@ -110,14 +133,20 @@ fn f32_values<const D: usize>(t: Tensor<Flex<f32>, D>) -> Vec<f32> {
 
 /// `[b, x, y, d]` row-major to `[b, y, x, d]`, moving whole `d`-runs: sentence-major
 /// `[b, s, heads, d]` to head-major `[b, heads, s, d]`, and back with the middle dims swapped.
-fn swap_middle(from: &[f32], [b, x, y, d]: [usize; 4]) -> Vec<f32> {
-    assert_eq!(
-        from.len(),
-        b * x * y * d,
-        "swap_middle: {} values",
-        from.len()
-    );
+fn swap_middle(from: &[f32], shape: [usize; 4]) -> Vec<f32> {
     let mut to = vec![0.0f32; from.len()];
+    swap_middle_into(from, shape, &mut to);
+    to
+}
+
+/// [`swap_middle`] into `to`, of the same length.
+fn swap_middle_into(from: &[f32], [b, x, y, d]: [usize; 4], to: &mut [f32]) {
+    assert!(
+        from.len() == b * x * y * d && to.len() == from.len(),
+        "swap_middle: {} values into {}",
+        from.len(),
+        to.len()
+    );
     for (src, dst) in from
         .chunks_exact(x * y * d)
         .zip(to.chunks_exact_mut(x * y * d))
@@ -130,7 +159,6 @@ fn swap_middle(from: &[f32], [b, x, y, d]: [usize; 4]) -> Vec<f32> {
             }
         }
     }
-    to
 }
 
 #[cfg(feature = "cuda")]
@@ -161,13 +189,20 @@ mod tests {
         pad[s + 5..2 * s].fill(-1e4);
         pad[3 * s - 1] = -1e4;
         let bias = Tensor::<Cpu, 1>::from_floats(pad.as_slice(), &device).reshape([b, 1, 1, s]);
-        let fused = <Cpu as Kernels>::self_attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            bias.clone(),
-            [b, s, heads],
-        );
+        // Two threads, whatever the host: three sentences make groups of two and one.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let fused = pool.install(|| {
+            <Cpu as Kernels>::self_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                bias.clone(),
+                [b, s, heads],
+            )
+        });
         let generic = composed_self_attention(q, k, v, bias, [b, s, heads]);
         assert_eq!(fused.dims(), [b * s, heads * d]);
         let diff = max_abs_diff(fused, generic);

@@ -3,6 +3,7 @@
 //! Each kind is one file implementing [`Kind`] (`synthetic.rs`, `minilm.rs`, `hf.rs`, `server.rs`), listed once in
 //! [`ModelKind`] and in [`each_kind!`]; everything else reaches a kind through them.
 
+mod batches;
 pub(crate) mod bert_net;
 pub(crate) mod catalog;
 pub(crate) mod chat_template;

@@ -8,21 +8,28 @@ use std::path::Path;
 
 use burn::{prelude::*, tensor::DType};
 use serde_json::Value;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use super::{
+    batches,
     bert_net::{self, Bert},
     hf_config::BertConfig,
     hf_weights,
     kind::Loaded,
     working,
 };
-use crate::backend::{ModelBackend, kernels::Kernels};
+use crate::backend::ModelBackend;
 
-/// Sentences per forward pass unless the catalog sets `max_batch` (inputs are sorted by length
-/// first, to pad little), on every backend: on a GPU wide enough to keep it busy, narrow enough
-/// that the working pool stays small beside the model (measured in docs/benchmarks.md).
+/// Sentences per forward pass at most unless the catalog sets `max_batch` (inputs are sorted
+/// by length first, to pad little), on every backend: on a GPU wide enough to keep it busy,
+/// narrow enough that the working pool stays small beside the model (measured in
+/// docs/benchmarks.md).
 pub(crate) const DEFAULT_BATCH: usize = 64;
+/// What one more forward pass costs the CPU beside its rows, in token rows (see
+/// [`batches`]). On the 2-core machine (`scripts/bench-embeddings.py`) a token row costs
+/// ~0.17 ms in wide passes and a one-sentence pass of ~17 tokens ~7 ms: ~24 rows more. Batches
+/// of 32 ran at 303-324 sentences/s with 16 to 64 here, 249 with one pass.
+const CPU_PASS_ROWS: u64 = 24;
 /// The largest `max_batch` a catalog may set.
 pub(crate) const MAX_BATCH: u32 = 4096;
 
@@ -160,7 +167,7 @@ pub(crate) struct SentenceEncoder<B: Backend> {
     pooling: Pooling,
     tokenizer: Tokenizer,
     device: B::Device,
-    /// Sentences per forward pass.
+    /// Sentences per forward pass at most.
     batch: usize,
     /// Tokens of the longest input (longer ones are truncated).
     max_len: usize,
@@ -235,8 +242,8 @@ fn max_len(config: &BertConfig, pooling: &Pooling) -> usize {
         .min(config.max_positions)
 }
 
-/// The checkpoint's tokenizer, truncating at the encoder's length and padding batches to
-/// their longest sentence.
+/// The checkpoint's tokenizer, truncating at the encoder's length and never padding (each
+/// pass pads to its own longest with id 0, masked out: [`SentenceEncoder::embed`]).
 fn tokenizer(dir: &Path, config: &BertConfig, pooling: &Pooling) -> Result<Tokenizer, String> {
     let path = dir.join("tokenizer.json");
     let mut tokenizer =
@@ -248,48 +255,64 @@ fn tokenizer(dir: &Path, config: &BertConfig, pooling: &Pooling) -> Result<Token
             ..Default::default()
         }))
         .map_err(|e| format!("tokenizer truncation: {e}"))?;
-    tokenizer.with_padding(Some(PaddingParams {
-        strategy: PaddingStrategy::BatchLongest,
-        ..Default::default()
-    }));
+    tokenizer.with_padding(None);
     Ok(tokenizer)
 }
 
-impl<B: Kernels> SentenceEncoder<B> {
+impl<B: ModelBackend> SentenceEncoder<B> {
     /// Embeddings and token counts (after truncation, special tokens included), in the order
     /// of `texts`.
     pub(crate) fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| format!("tokenization failed: {e}"))?;
+        // Longest first, so that each pass pads little; answers go back in input order.
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        // Sort by length so that each batch pads little; answers go back in input order.
-        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+        let lengths: Vec<usize> = order
+            .iter()
+            .map(|&i| encodings[i].get_ids().len())
+            .collect();
+        if let Some(i) = lengths.iter().position(|&n| n == 0) {
+            return Err(format!(
+                "input {} has no tokens after tokenization",
+                order[i]
+            ));
+        }
+        // On an accelerator a pass's time hardly follows its rows: passes of `batch`, as few
+        // as there can be, and of the same few shapes.
+        let passes = if B::ACCELERATOR {
+            batches::even(texts.len(), self.batch)
+        } else {
+            batches::plan(&lengths, self.batch, CPU_PASS_ROWS)
+        };
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut counts = vec![0u32; texts.len()];
-        for chunk in order.chunks(self.batch) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            let (v, c) = self.embed_batch(&batch)?;
-            for ((&i, v), c) in chunk.iter().zip(v).zip(c) {
+        for pass in passes {
+            let chunk = &order[pass];
+            let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            for (&i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
                 vectors[i] = v;
-                counts[i] = c;
+                counts[i] = encodings[i].get_ids().len() as u32;
             }
         }
         Ok((vectors, counts))
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<(Vec<Vec<f32>>, Vec<u32>), String> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| format!("tokenization failed: {e}"))?;
+    /// The vectors of `encodings` (longest first), in one forward pass padded to the first.
+    fn embed_batch(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, String> {
         let b = encodings.len();
         let s = encodings.first().map_or(0, |e| e.get_ids().len());
         let dim = self.config.hidden;
         let mut ids = Vec::with_capacity(b * s);
         let mut mask = Vec::with_capacity(b * s);
-        let mut counts = Vec::with_capacity(b);
-        for e in &encodings {
+        for e in encodings {
+            let n = e.get_ids().len();
             ids.extend(e.get_ids().iter().map(|&t| t as i64));
-            mask.extend(e.get_attention_mask().iter().map(|&m| m as f32));
-            counts.push(e.get_attention_mask().iter().sum::<u32>());
+            ids.resize(ids.len() + s - n, 0);
+            mask.extend(std::iter::repeat_n(1.0f32, n));
+            mask.resize(mask.len() + s - n, 0.0);
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, s]), &self.device);
         let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &self.device);
@@ -321,7 +344,7 @@ impl<B: Kernels> SentenceEncoder<B> {
             .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| format!("reading embeddings: {e:?}"))?;
-        Ok((flat.chunks(dim).map(<[f32]>::to_vec).collect(), counts))
+        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
     }
 }
 
