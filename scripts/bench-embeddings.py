@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Embedding throughput, side by side on one machine: vramkeeper's MiniLM worker called
 directly (framed JSON on its Unix socket), the same through the agent's HTTP API, and
-sentence-transformers with PyTorch. Prints a Markdown table and writes JSON.
+sentence-transformers with PyTorch, taking turns (`--rounds` of `--seconds` each, so that a drift
+of the machine's speed reaches every side; ratios are the median of the rounds' ratios). Prints
+a Markdown table and writes JSON.
 
     scripts/bench-embeddings.py --agent target/release/vramkeeper-agent \
         --model-dir ~/.cache/vramkeeper/models/all-minilm-l6-v2-0.1.0 [--device cpu|cuda]
@@ -16,6 +18,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -61,10 +64,10 @@ def cosine(a, b):
     return dot / (na * nb)
 
 
-def rate(fn, batch, texts, min_seconds):
-    """Sentences per second of fn(batch_of_texts), after a warm-up pass over the corpus (every
-    input shape compiles its kernels once on a GPU, for PyTorch and burn alike)."""
-    for i in range(0, 256, batch):
+def rate(fn, batch, texts, min_seconds, warm=True):
+    """Sentences per second of fn(batch_of_texts), after a warm-up pass over the corpus when
+    `warm` (every input shape compiles its kernels once on a GPU, for PyTorch and burn alike)."""
+    for i in range(0, 256 if warm else 0, batch):
         fn(texts[i:i + batch])
     done, calls, start = 0, 0, time.perf_counter()
     while True:
@@ -158,7 +161,8 @@ def main():
     p.add_argument("--model-dir", required=True)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batches", default="1,32,256")
-    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--seconds", type=float, default=3.0, help="each side's turn, per round")
+    p.add_argument("--rounds", type=int, default=3, help="turns of each side per batch size")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--cache", help="the agent's cache directory (kept kernels); a temporary one if absent")
     args = p.parse_args()
@@ -187,21 +191,33 @@ def main():
         vectors = worker.embed([s["text"] for s in ref])
         results["min_cosine_vs_reference"] = float(min(
             cosine(v, s["embedding"]) for v, s in zip(vectors, ref)))
+        # Each side in turn, round after round, so that a drift of the machine's speed reaches
+        # both: ratios are the median of the rounds' ratios.
         for b in batches:
-            direct = rate(worker.embed, b, texts, args.seconds)
-            results["rows"].append({"batch": b, "vramkeeper_direct": direct})
+            direct, st_a = [], []
+            for r in range(args.rounds):
+                direct.append(rate(worker.embed, b, texts, args.seconds, warm=r == 0))
+                st_a.append(rate(st_embed, b, texts, args.seconds, warm=r == 0))
+            results["rows"].append({"batch": b, "direct_rounds": direct, "st_rounds_direct": st_a})
         worker.close()
         os.makedirs(os.path.join(cache, "agent"), exist_ok=True)
         agent = Agent(args.agent, args.device, args.model_dir, os.path.join(cache, "agent"), kernels)
         try:
             for row in results["rows"]:
-                row["vramkeeper_http"] = rate(agent.embed, row["batch"], texts, args.seconds)
+                http, st_b = [], []
+                for r in range(args.rounds):
+                    http.append(rate(agent.embed, row["batch"], texts, args.seconds, warm=r == 0))
+                    st_b.append(rate(st_embed, row["batch"], texts, args.seconds, warm=False))
+                row["http_rounds"], row["st_rounds_http"] = http, st_b
         finally:
             agent.close()
+    median = statistics.median
     for row in results["rows"]:
-        row["sentence_transformers"] = rate(st_embed, row["batch"], texts, args.seconds)
-        row["ratio_direct"] = row["vramkeeper_direct"] / row["sentence_transformers"]
-        row["ratio_http"] = row["vramkeeper_http"] / row["sentence_transformers"]
+        row["vramkeeper_direct"] = median(row["direct_rounds"])
+        row["vramkeeper_http"] = median(row["http_rounds"])
+        row["sentence_transformers"] = median(row["st_rounds_direct"] + row["st_rounds_http"])
+        row["ratio_direct"] = median(a / b for a, b in zip(row["direct_rounds"], row["st_rounds_direct"]))
+        row["ratio_http"] = median(a / b for a, b in zip(row["http_rounds"], row["st_rounds_http"]))
 
     print(f"\nEmbeddings, all-MiniLM-L6-v2, {args.device} ({machine}); sentences/s, "
           f"min cosine vs reference {results['min_cosine_vs_reference']:.6f}\n")
