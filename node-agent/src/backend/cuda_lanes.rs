@@ -85,7 +85,7 @@ fn parse_shape(text: &str) -> Option<Shape> {
 
 /// Checkpoints smaller than this are staged in pageable memory, where a copy of a few MB takes
 /// about as long as pinning a lane's buffers. Above it pinning pays: all-MiniLM-L6-v2's 90 MB
-/// crossed from pageable memory at 5-7 GB/s on an H200 (docs/benchmarks.md).
+/// crossed from pageable memory at 4.5-7 GB/s on an H200 (docs/benchmarks.md).
 const PAGEABLE_BELOW: usize = 16 << 20;
 
 /// Whether `total` bytes are staged in pinned memory (else pageable).
