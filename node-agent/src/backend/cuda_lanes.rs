@@ -362,14 +362,15 @@ pub(super) struct Chunk {
     pub dst: u64,
 }
 
-/// Moves every chunk to the device through the lanes; returns once all of it is there, or
-/// with the first error.
-pub(super) fn copy(
+/// Moves every chunk to the device through the lanes, running `beside` on the calling thread
+/// meanwhile; returns what it made once all of it is there, or the first error.
+pub(super) fn copy<T>(
     staging: &Staging,
     files: &[File],
     paths: &[PathBuf],
     chunks: &[Chunk],
-) -> Result<(), String> {
+    beside: impl FnOnce() -> T,
+) -> Result<T, String> {
     let Shape { chunk, buffers, .. } = shape();
     let Staging {
         region,
@@ -388,7 +389,7 @@ pub(super) fn copy(
             .expect("no lane panics holding it")
             .get_or_insert(e);
     };
-    std::thread::scope(|s| {
+    let made = std::thread::scope(|s| {
         for lane_index in 0..*lanes {
             let (next, failed, stop) = (&next, &failed, &stop);
             s.spawn(move || {
@@ -431,10 +432,11 @@ pub(super) fn copy(
                 }
             });
         }
+        beside()
     });
     match first_error.into_inner().expect("no lane panics holding it") {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(made),
     }
 }
 

@@ -30,13 +30,15 @@ pub trait ModelBackend: kernels::Kernels {
     /// Test-only: leaves `bytes` in the allocator's pool, as freed-but-kept memory.
     fn pooled_leak(device: &Self::Device, bytes: u64);
     /// Creates the tensors `sources` describe from the bytes of `files` (opened from `paths`),
-    /// in their order.
-    fn upload(
+    /// in their order; runs `beside` on the calling thread meanwhile (on CUDA while the bytes
+    /// are in flight, when that thread would only wait) and returns what it made.
+    fn upload<T>(
         device: &Self::Device,
         files: &[File],
         paths: &[PathBuf],
         sources: &[upload::Source],
-    ) -> Result<Vec<Self::FloatTensorPrimitive>, String>;
+        beside: impl FnOnce() -> T,
+    ) -> Result<(Vec<Self::FloatTensorPrimitive>, T), String>;
     /// A tensor of `shape` uniform in `[-scale, scale)`, drawn by the device's own generator
     /// (seeded with `Backend::seed`) into an allocation of its exact size: a weight that shares
     /// no pool page with anything else, so that nothing around it stays reserved.
@@ -73,13 +75,18 @@ impl ModelBackend for Cpu {
         glibc::fragment(bytes);
     }
 
-    fn upload(
+    fn upload<T>(
         device: &Self::Device,
         files: &[File],
         paths: &[PathBuf],
         sources: &[upload::Source],
-    ) -> Result<Vec<Self::FloatTensorPrimitive>, String> {
-        upload::through_host::<Self>(device, files, paths, sources)
+        beside: impl FnOnce() -> T,
+    ) -> Result<(Vec<Self::FloatTensorPrimitive>, T), String> {
+        let made = beside();
+        Ok((
+            upload::through_host::<Self>(device, files, paths, sources)?,
+            made,
+        ))
     }
 }
 
@@ -179,13 +186,14 @@ mod cuda {
             let _ = Gpu::sync(device);
         }
 
-        fn upload(
+        fn upload<T>(
             device: &CudaDevice,
             files: &[File],
             paths: &[PathBuf],
             sources: &[Source],
-        ) -> Result<Vec<Self::FloatTensorPrimitive>, String> {
-            super::cuda_upload::upload(device, files, paths, sources)
+            beside: impl FnOnce() -> T,
+        ) -> Result<(Vec<Self::FloatTensorPrimitive>, T), String> {
+            super::cuda_upload::upload(device, files, paths, sources, beside)
         }
 
         fn random_weight(

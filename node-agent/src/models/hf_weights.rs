@@ -213,6 +213,19 @@ pub(crate) fn load<B: ModelBackend, M: Module<B>>(
     dtype: DType,
     device: &B::Device,
 ) -> Result<(M, u64), String> {
+    load_beside(module, dir, remaps, dtype, device, || ()).map(|(m, bytes, ())| (m, bytes))
+}
+
+/// [`load`], running `beside` meanwhile on this thread (see [`ModelBackend::upload`]: on
+/// CUDA, while the bytes are in flight) and returning what it made too.
+pub(crate) fn load_beside<B: ModelBackend, M: Module<B>, T>(
+    module: M,
+    dir: &Path,
+    remaps: &[(&str, &str)],
+    dtype: DType,
+    device: &B::Device,
+    beside: impl FnOnce() -> T,
+) -> Result<(M, u64, T), String> {
     let remaps: Vec<(Regex, &str)> = remaps
         .iter()
         .map(|(from, to)| (Regex::new(from).expect("remap patterns are valid"), *to))
@@ -287,7 +300,7 @@ pub(crate) fn load<B: ModelBackend, M: Module<B>>(
         ));
     }
     let bytes = sources.iter().map(|s| s.len as u64).sum();
-    let created = B::upload(device, &opened, &paths, &sources)?;
+    let (created, made) = B::upload(device, &opened, &paths, &sources, beside)?;
     let mut place = Place::<B> {
         stack: Vec::new(),
         tensors: wanted
@@ -301,5 +314,5 @@ pub(crate) fn load<B: ModelBackend, M: Module<B>>(
     if let Some(path) = place.tensors.keys().next() {
         return Err(format!("{path} was read but has no place in the model"));
     }
-    Ok((module, bytes))
+    Ok((module, bytes, made))
 }

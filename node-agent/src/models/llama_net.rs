@@ -226,19 +226,32 @@ impl<B: ModelBackend> Decoder<B> {
         transpose: bool,
         device: &B::Device,
     ) -> Result<(Self, u64), String> {
-        let (net, bytes) =
-            hf_weights::load(Net::init(&config, device), dir, &REMAPS, dtype, device)?;
-        let net = if transpose { net.transposed() } else { net };
-        let (cos, sin) = if B::ACCELERATOR {
-            device_rotation_tables(&config, dtype, device)
-        } else {
-            let (cos, sin) = rotation_tables(&config);
-            let table = |v: Vec<f32>| {
-                let data = TensorData::new(v, [config.context, config.head_dim]);
-                Tensor::<B, 2>::from_data(data, device).cast(dtype)
-            };
-            (table(cos), table(sin))
+        // The rotation tables are made while the weights' bytes are in flight; on a GPU their
+        // kernels are also waited for then (queued, they would run at the next flush, after
+        // the copy).
+        let tables = || {
+            if B::ACCELERATOR {
+                let tables = device_rotation_tables(&config, dtype, device);
+                B::sync(device).map(|()| tables)
+            } else {
+                let (cos, sin) = rotation_tables(&config);
+                let table = |v: Vec<f32>| {
+                    let data = TensorData::new(v, [config.context, config.head_dim]);
+                    Tensor::<B, 2>::from_data(data, device).cast(dtype)
+                };
+                Ok((table(cos), table(sin)))
+            }
         };
+        let (net, bytes, tables) = hf_weights::load_beside(
+            Net::init(&config, device),
+            dir,
+            &REMAPS,
+            dtype,
+            device,
+            tables,
+        )?;
+        let (cos, sin) = tables.map_err(|e| format!("making the rotation tables failed: {e}"))?;
+        let net = if transpose { net.transposed() } else { net };
         Ok((
             Self {
                 net,
