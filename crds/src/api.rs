@@ -658,6 +658,8 @@ pub enum ErrorCode {
     CrossOrigin,
     /// Over the per-credential request rate (429).
     RateLimited,
+    /// A load the device has no room for, even after evicting every model it may (409).
+    InsufficientMemory,
     /// A model failed to load (502).
     LoadFailed,
     /// A worker failed while serving (502).
@@ -684,6 +686,7 @@ impl ErrorCode {
             Self::OverLimit => "over_limit",
             Self::InvalidValue => "invalid_value",
             Self::TooBigForDevice => "too_big_for_device",
+            Self::InsufficientMemory => "insufficient_memory",
             Self::NoRoute => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Busy => "busy",
@@ -717,6 +720,7 @@ mod error_code_tests {
             ErrorCode::UnknownModel,
             ErrorCode::NotDesired,
             ErrorCode::TooBigForDevice,
+            ErrorCode::InsufficientMemory,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

@@ -39,6 +39,9 @@ pub enum DeviceChoice {
     Cpu,
 }
 
+/// The most MiB a memory option takes (1 PiB): its bytes fit in a u64 with room to add.
+const MAX_MIB: u64 = 1 << 30;
+
 /// The agent's options.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -184,6 +187,19 @@ pub struct ServeArgs {
     /// MiB above the pre-load level that still counts as released.
     #[arg(long, env = "VRAMKEEPER_RELEASE_TOLERANCE_MIB", default_value_t = 64)]
     pub release_tolerance_mib: u64,
+
+    /// MiB kept free beyond a model's footprint when admitting a load (a request's working
+    /// memory comes on top of the footprint).
+    #[arg(long, env = "VRAMKEEPER_HEADROOM_MIB", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(..=MAX_MIB))]
+    pub headroom_mib: u64,
+
+    /// The CPU device's memory, in MiB: its total, so that admission and ghost accounting work
+    /// under a budget as on a GPU. Free is the budget less what the workers hold (or the
+    /// host's available memory, if less). Refused with a GPU.
+    #[arg(long, env = "VRAMKEEPER_MEMORY_BUDGET_MIB",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_MIB))]
+    pub memory_budget_mib: Option<u64>,
 
     /// This node's name. When set and a cluster is reachable (in-cluster service account or a
     /// kubeconfig), the agent reports into the status of the GpuModels with this `spec.nodeName`.

@@ -84,8 +84,14 @@ pub(crate) fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         .clone()
         .unwrap_or_else(|| derive_agent_id(&state_dir));
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let detected = probe::detect(&agent_id, args.device, args.kill_foreign_matching.clone())
-        .context("refusing to start")?;
+    let budget = args.memory_budget_mib.map(|m| m << 20);
+    let detected = probe::detect(
+        &agent_id,
+        args.device,
+        args.kill_foreign_matching.clone(),
+        budget,
+    )
+    .context("refusing to start")?;
     tracing::info!(reason = %detected.reason, "device");
     let names: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
     let indices: Vec<u32> = detected.probes.iter().map(|p| p.info().index).collect();
@@ -98,6 +104,7 @@ pub(crate) fn build(args: &ServeArgs) -> anyhow::Result<Arc<App>> {
         drain_timeout: Duration::from_secs_f64(args.drain_timeout_s),
         verify_timeout: Duration::from_millis(args.verify_timeout_ms),
         release_tolerance: args.release_tolerance_mib << 20,
+        headroom: args.headroom_mib << 20,
         idle_unload: args
             .idle_unload_s
             .map(|s| secs(s, "--idle-unload-s"))

@@ -32,6 +32,8 @@ pub mod event_reason {
     pub const UNKNOWN_MODEL: &str = "UnknownModel";
     /// An unload or load failed.
     pub const SWITCH_FAILED: &str = "SwitchFailed";
+    /// The agent has no room for the model.
+    pub const INSUFFICIENT_MEMORY: &str = "InsufficientMemory";
     /// Zombie memory was found.
     pub const ZOMBIE_MEMORY: &str = "ZombieMemory";
     /// A free ran.
@@ -244,9 +246,25 @@ async fn failed(ctx: &Context, gm: &GpuModel, action: &str, reason: &str, e: Err
         ctx.agents.forget_token();
     }
     tracing::warn!(gpumodel = %gm.name_any(), action, error = %e, "agent call failed");
+    let no_room = matches!(
+        e.inner(),
+        Error::AgentRejected {
+            code: ErrorCode::InsufficientMemory,
+            ..
+        }
+    );
+    let reason = if no_room {
+        event_reason::INSUFFICIENT_MEMORY
+    } else {
+        reason
+    };
     publish(ctx, gm, EventType::Warning, reason, action, e.to_string()).await;
     Executed {
-        outcome: Outcome::Failed(e.to_string()),
+        outcome: if no_room {
+            Outcome::NoRoom(e.to_string())
+        } else {
+            Outcome::Failed(e.to_string())
+        },
         error: Some(e),
         remediation: None,
     }

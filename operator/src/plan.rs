@@ -201,6 +201,9 @@ pub enum Outcome {
     Busy(String),
     /// The agent does not know the model (404).
     UnknownModel(String),
+    /// The agent has no room for the model, even after evicting what it may (409
+    /// `insufficient_memory`); its words carry the figures.
+    NoRoom(String),
     /// The agent call failed otherwise.
     Failed(String),
 }

@@ -154,7 +154,9 @@ impl ApiError {
                 DeviceError::TooBigForDevice { .. } | DeviceError::NothingLoaded(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
-                DeviceError::Busy { .. } | DeviceError::NotDesired { .. } => StatusCode::CONFLICT,
+                DeviceError::Busy { .. }
+                | DeviceError::NotDesired { .. }
+                | DeviceError::InsufficientMemory { .. } => StatusCode::CONFLICT,
                 DeviceError::LoadFailed { .. } | DeviceError::Worker { .. } => {
                     StatusCode::BAD_GATEWAY
                 }

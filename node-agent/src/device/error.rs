@@ -50,6 +50,31 @@ pub enum DeviceError {
         /// The device's total memory.
         total_mb: f64,
     },
+    /// A load the device has no room for: its footprint plus the headroom exceeds the memory
+    /// free now plus what the models it may evict hold. Nothing was changed.
+    #[error(
+        "{model} needs {needed_mb:.0} MiB on device {gpu} ({}footprint plus headroom), but \
+         {free_mb:.0} MiB is free and the models that may make way for it hold {evictable_mb:.0} \
+         MiB ({kept_mb:.0} MiB more is held by models that stay: pinned or serving); nothing was \
+         changed",
+        if *estimated { "estimated " } else { "measured " }
+    )]
+    InsufficientMemory {
+        /// The model.
+        model: String,
+        /// The device.
+        gpu: u32,
+        /// Its footprint plus the headroom.
+        needed_mb: f64,
+        /// Whether the footprint is an estimate (never loaded on this device).
+        estimated: bool,
+        /// Free now.
+        free_mb: f64,
+        /// What the models that may be evicted hold.
+        evictable_mb: f64,
+        /// What the others hold.
+        kept_mb: f64,
+    },
     /// The device's operation queue turned the operation away: full, or the wait passed its
     /// bound. Says what runs and what waits ahead.
     #[error(
@@ -140,6 +165,7 @@ impl DeviceError {
         match self {
             Self::UnknownModel { .. } => ErrorCode::UnknownModel,
             Self::TooBigForDevice { .. } => ErrorCode::TooBigForDevice,
+            Self::InsufficientMemory { .. } => ErrorCode::InsufficientMemory,
             Self::Busy { .. } => ErrorCode::Busy,
             Self::NotDesired { .. } => ErrorCode::NotDesired,
             Self::NothingLoaded(_) => ErrorCode::InvalidValue,

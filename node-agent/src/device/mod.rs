@@ -8,6 +8,7 @@
 //! ones wait for the switch. Every worker is watched: its exit is known at once, and
 //! one that stops answering is marked hung and replaced at the next request (`health`).
 
+mod admission;
 mod error;
 mod faults;
 mod foreign;
@@ -16,6 +17,9 @@ mod managed;
 mod process_tree;
 mod queue;
 mod remediate;
+mod residency;
+#[cfg(test)]
+mod residency_tests;
 mod sampler;
 mod serve;
 mod status;
@@ -73,6 +77,8 @@ pub(crate) struct DeviceConfig {
     pub verify_timeout: Duration,
     /// How far above the pre-load level memory may stay and the release still count.
     pub release_tolerance: u64,
+    /// Kept free beyond a model's footprint when a load is admitted.
+    pub headroom: u64,
     /// Unload a model that served nothing for this long.
     pub idle_unload: Option<Duration>,
     /// How long an operation may wait for its turn in the device's queue.

@@ -18,7 +18,7 @@ use vramkeeper_crds::{
     },
 };
 
-use super::{Active, Device, DeviceError, OpGuard, Result, SpawnHook};
+use super::{Active, Device, DeviceError, OpGuard, Result, SpawnHook, residency::Mode};
 use crate::{
     models::{ModelKind, ModelSpec},
     probe::{BackendKind, process},
@@ -97,6 +97,16 @@ impl Device {
             .is_some_and(|a| a.spec.name == model && a.healthy());
         if serving {
             return Ok(self.already_active(model, trigger));
+        }
+        // Refused before anything is unloaded. An inference call adds its model (with one
+        // resident per device, in place of the other, drained first); a switch replaces.
+        let mode = match trigger {
+            SwitchTrigger::Auto => Mode::Add { drain_busy: true },
+            _ => Mode::Replace,
+        };
+        if let Err(e) = self.admit(&spec, mode).await {
+            tracing::warn!(gpu = self.info.index, model, error = %e, "load refused");
+            return Err(e);
         }
         self.set_busy(format!(
             "switching {} → {model}",

@@ -129,6 +129,12 @@ pub(crate) enum DetectError {
     /// The CUDA driver library is missing or too old.
     #[error("--device cuda: CUDA is unusable: {0}")]
     Cuda(String),
+    /// `--memory-budget-mib` with GPUs: a GPU's memory is its own.
+    #[error(
+        "--memory-budget-mib sets the CPU device's memory, but NVML found GPU(s) to manage; \
+         drop it, or pass --device cpu"
+    )]
+    BudgetOnGpu,
 }
 
 /// Picks the devices. `cpu`: the CPU. `auto`: every usable NVML GPU when NVIDIA's driver
@@ -136,14 +142,17 @@ pub(crate) enum DetectError {
 /// (NVML, the CUDA driver's version, MIG). GPUs in MIG mode are never managed.
 /// `foreign`: on the CPU device, processes whose command line matches it are listed as holders
 /// of device memory (their resident memory), like other tenants' processes on a GPU.
+/// `budget` (bytes): the CPU device's total memory; refused when GPUs are managed.
 pub(crate) fn detect(
     agent_id: &str,
     choice: DeviceChoice,
     foreign: Option<regex::Regex>,
+    budget: Option<u64>,
 ) -> Result<Detected, DetectError> {
     let cpu = |reason: String| Detected {
         probes: vec![
-            Arc::new(procfs::ProcfsProbe::new(agent_id, foreign.clone())) as Arc<dyn DeviceProbe>,
+            Arc::new(procfs::ProcfsProbe::new(agent_id, foreign.clone(), budget))
+                as Arc<dyn DeviceProbe>,
         ],
         reason,
         gpus_required: false,
@@ -173,6 +182,9 @@ pub(crate) fn detect(
     }
     if required {
         check_cuda_driver(&inventory.cuda_driver).map_err(DetectError::Cuda)?;
+    }
+    if budget.is_some() {
+        return Err(DetectError::BudgetOnGpu);
     }
     let names: Vec<String> = inventory
         .gpus

@@ -1,6 +1,7 @@
 //! Integration tests of the node agent: a real agent process on 127.0.0.1 with real worker
 //! processes on the CPU, driven over HTTP (one test binary, a module per area).
 
+mod admission;
 mod checkpoints;
 mod devices;
 mod embeddings;

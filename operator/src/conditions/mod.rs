@@ -277,7 +277,7 @@ impl<'a> Facts<'a> {
     /// The agent's words when its call failed.
     fn failed(&self) -> Option<&'a str> {
         match self.outcome {
-            Outcome::UnknownModel(m) | Outcome::Failed(m) => Some(m),
+            Outcome::UnknownModel(m) | Outcome::Failed(m) | Outcome::NoRoom(m) => Some(m),
             _ => None,
         }
     }
@@ -302,10 +302,12 @@ fn ready(f: &Facts<'_>, refused: Option<&UnknownModelStatus>) -> Verdict {
             .map_or_else(|| format!("the agent does not know {want}"), str::to_string);
         (reason::UNKNOWN_MODEL, m)
     } else if let Some(e) = failed {
-        (
-            reason::STEP_FAILED,
-            format!("{} failed: {e}", f.plan.step.name()),
-        )
+        let r = if matches!(f.outcome, Outcome::NoRoom(_)) {
+            reason::INSUFFICIENT_MEMORY
+        } else {
+            reason::STEP_FAILED
+        };
+        (r, format!("{} failed: {e}", f.plan.step.name()))
     } else if !f.in_sync {
         (
             reason::SWITCHING,
@@ -467,7 +469,7 @@ fn zombie_memory(f: &Facts<'_>) -> Verdict {
 fn phase(f: &Facts<'_>, ready: bool, switching: bool) -> Phase {
     let load_failed = matches!(
         (&f.plan.step, f.outcome),
-        (Step::Load { .. }, Outcome::Failed(_))
+        (Step::Load { .. }, Outcome::Failed(_) | Outcome::NoRoom(_))
     );
     if f.degraded {
         Phase::Degraded

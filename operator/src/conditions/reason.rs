@@ -20,6 +20,8 @@ pub const AGENT_BUSY: &str = "AgentBusy";
 pub const UNKNOWN_MODEL: &str = "UnknownModel";
 /// An agent call failed.
 pub const STEP_FAILED: &str = "StepFailed";
+/// The agent has no room for the model (the figures in the message).
+pub const INSUFFICIENT_MEMORY: &str = "InsufficientMemory";
 /// A switch is under way or pending.
 pub const SWITCHING: &str = "Switching";
 /// Unloading the active model.

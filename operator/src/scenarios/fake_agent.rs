@@ -31,6 +31,8 @@ pub struct Script {
     pub busy_answers: u32,
     /// Answer acting calls with this status (a broken agent).
     pub fail_with: Option<u16>,
+    /// Answer switches with 409 `insufficient_memory` and these words (no room).
+    pub no_room: Option<String>,
     /// The token acting calls must carry.
     pub token: Option<String>,
     /// The time a free or reset reports.
@@ -116,6 +118,7 @@ impl FakeAgent {
             unknown: vec![],
             busy_answers: 0,
             fail_with: None,
+            no_room: None,
             token: None,
             remediation_at: "2027-01-15T08:00:00Z".into(),
             free_clears: false,
@@ -183,6 +186,9 @@ fn admit(s: &mut Script, path: &str, headers: &HeaderMap, body: &Value) -> Optio
     }
     if let Some(status) = s.fail_with {
         return Some(error(status, "internal", "the worker crashed"));
+    }
+    if let (Some(words), "/v1/models/switch") = (&s.no_room, path) {
+        return Some(error(409, "insufficient_memory", words));
     }
     if s.busy_answers > 0 {
         s.busy_answers -= 1;

@@ -199,6 +199,42 @@ async fn the_token_comes_from_the_secret_and_is_cached() {
     w.reconcile(&gm, vec![]).await.unwrap();
 }
 
+/// The calls of a reconcile whose first load the agent refused: progress, a Warning event
+/// (`event_reason`) with the agent's words, and the status Failed with Ready's `ready_reason`.
+fn refused_load(
+    gm: &GpuModel,
+    ready_reason: &str,
+    event_reason: &'static str,
+    error: &str,
+) -> Vec<Call> {
+    let status = owned(
+        "Failed",
+        1,
+        vec![
+            cond("Ready", false, ready_reason, T0, 1),
+            cond("Switching", true, "Loading", T0, 1),
+            cond("ZombieMemory", false, "BelowThreshold", T0, 1),
+            cond("Degraded", false, "AsExpected", T0, 1),
+        ],
+    );
+    vec![
+        Call::Progress {
+            gm: gm.clone(),
+            phase: "Switching",
+            condition: ("Switching", "True", "Loading"),
+        },
+        Call::Event {
+            at: T0,
+            name: "gm-a",
+            type_: "Warning",
+            reason: event_reason,
+            action: "Load",
+            note: error.to_string(),
+        },
+        Call::Status(gm.clone(), status),
+    ]
+}
+
 #[tokio::test]
 async fn agent_errors_back_off_exponentially_and_are_counted() {
     let w0 = world(device(), Setup::default()).await;
@@ -209,36 +245,8 @@ async fn agent_errors_back_off_exponentially_and_are_counted() {
         "agent {} answered 500 (internal): the worker crashed",
         w.agent.url
     );
-    let status = owned(
-        "Failed",
-        1,
-        vec![
-            cond("Ready", false, "StepFailed", T0, 1),
-            cond("Switching", true, "Loading", T0, 1),
-            cond("ZombieMemory", false, "BelowThreshold", T0, 1),
-            cond("Degraded", false, "AsExpected", T0, 1),
-        ],
-    );
     let e = w
-        .reconcile(
-            &gm,
-            vec![
-                Call::Progress {
-                    gm: gm.clone(),
-                    phase: "Switching",
-                    condition: ("Switching", "True", "Loading"),
-                },
-                Call::Event {
-                    at: T0,
-                    name: "gm-a",
-                    type_: "Warning",
-                    reason: "SwitchFailed",
-                    action: "Load",
-                    note: error.clone(),
-                },
-                Call::Status(gm.clone(), status),
-            ],
-        )
+        .reconcile(&gm, refused_load(&gm, "StepFailed", "SwitchFailed", &error))
         .await
         .unwrap_err();
     assert_eq!(e.metric_label(), "agent_rejected");
@@ -259,6 +267,32 @@ async fn agent_errors_back_off_exponentially_and_are_counted() {
         metrics
             .contains("vramkeeper_operator_agent_calls_total{action=\"load\",result=\"error\"} 1")
     );
+}
+
+#[tokio::test]
+async fn a_load_the_agent_has_no_room_for_is_insufficient_memory_with_its_figures() {
+    let w0 = world(device(), Setup::default()).await;
+    let words = "tiny-a needs 2310 MiB on device 0 (estimated footprint plus headroom), but 900 \
+                 MiB is free and the models that may make way for it hold 700 MiB (0 MiB more is \
+                 held by models that stay: pinned or serving); nothing was changed";
+    w0.agent.edit(|s| s.no_room = Some(words.into()));
+    let mut w = w0;
+    let gm = gpumodel("gm-a").model("tiny-a");
+    let error = format!(
+        "agent {} answered 409 (insufficient_memory): {words}",
+        w.agent.url
+    );
+    let e = w
+        .reconcile(
+            &gm,
+            refused_load(&gm, "InsufficientMemory", "InsufficientMemory", &error),
+        )
+        .await
+        .unwrap_err();
+    // Retried with backoff, like any refusal: memory may come back.
+    assert_eq!(e.metric_label(), "agent_rejected");
+    let ready = &w.written()["status"]["conditions"][0];
+    assert_eq!(ready["message"], format!("load failed: {error}"), "{ready}");
 }
 
 #[tokio::test]

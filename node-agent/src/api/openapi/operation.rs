@@ -138,7 +138,9 @@ fn error_response(route: &Route, status: u16) -> Value {
         403 => "A browser page of another origin (its Origin header) may not call this route.",
         404 => "Unknown model or device.",
         409 => {
-            "The device is busy with another switch, unload, free or reset (code `busy`); or, \
+            "The device is busy with another switch, unload, free or reset (code `busy`); the \
+                model's footprint plus the headroom does not fit in the free memory plus what the \
+                models it may replace hold (code `insufficient_memory`, with the figures); or, \
                 on inference routes, the model named is not the one the device's GpuModel wants \
                 (code `not_desired`): the request would switch it away."
         }
