@@ -151,38 +151,56 @@ struct Buffers {
 /// Where each weight starts in a shared allocation: a multiple of this (cudaMalloc's own).
 const ALIGN: usize = 256;
 
+/// The most bytes one shared allocation holds: kernels index a tensor by the size of its
+/// allocation, and one past 2^32 elements would make every kernel reading a weight use 64-bit
+/// indices (a tensor larger than this gets an allocation of its own).
+const SHARED_MAX: usize = 2 << 30;
+
 /// Allocates the device buffers of `batch` (indices into `sources`).
 fn allocate(device: &CudaDevice, sources: &[Source], batch: &[usize]) -> Result<Buffers, String> {
     let client = CudaRuntime::client(device);
     let kept = |i: usize| sources[i].stored == sources[i].dtype;
-    // Tensors kept as stored are the weights themselves: one allocation in the persistent
-    // pool (its exact size; one call instead of one per tensor, a few milliseconds less for
-    // a checkpoint of hundreds), each weight a slice of it, all freed with the last of them.
+    // Tensors kept as stored are the weights themselves: a few allocations in the persistent
+    // pool (their exact sizes; a few calls instead of one per tensor, milliseconds less for a
+    // checkpoint of hundreds), each weight a slice of one, freed with the last of its slices.
     // The others are stored copies on the device, cast below and freed each on its own.
-    let mut offsets = Vec::with_capacity(batch.len());
-    let mut total = 0;
+    let mut groups: Vec<usize> = Vec::new();
+    let mut place = Vec::with_capacity(batch.len());
     for &i in batch {
-        offsets.push(total);
-        if kept(i) {
-            total += sources[i].len.div_ceil(ALIGN) * ALIGN;
+        if !kept(i) {
+            place.push(None);
+            continue;
+        }
+        let len = sources[i].len.div_ceil(ALIGN) * ALIGN;
+        let n = groups.len();
+        match groups.last_mut() {
+            Some(total) if *total + len <= SHARED_MAX => {
+                place.push(Some((n - 1, *total)));
+                *total += len;
+            }
+            _ => {
+                place.push(Some((n, 0)));
+                groups.push(len);
+            }
         }
     }
-    let shared = (total > 0)
-        .then(|| {
-            client
-                .memory_persistent_allocation((), |()| client.empty(total))
-                .map_err(|e| format!("allocating the weights: {e:?}"))
+    let shared = client
+        .memory_persistent_allocation((), |()| {
+            groups
+                .iter()
+                .map(|&total| client.empty(total))
+                .collect::<Vec<_>>()
         })
-        .transpose()?;
+        .map_err(|e| format!("allocating the weights: {e:?}"))?;
     let handles: Vec<_> = batch
         .iter()
-        .zip(&offsets)
-        .map(|(&i, &at)| match &shared {
-            Some(all) if kept(i) => all
+        .zip(&place)
+        .map(|(&i, place)| match *place {
+            Some((group, at)) => shared[group]
                 .clone()
                 .offset_start(at as u64)
-                .offset_end((total - at - sources[i].len) as u64),
-            _ => client.empty(sources[i].len),
+                .offset_end((groups[group] - at - sources[i].len) as u64),
+            None => client.empty(sources[i].len),
         })
         .collect();
     let dst = handles

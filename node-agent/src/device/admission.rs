@@ -25,37 +25,43 @@ fn overhead(backend: BackendKind) -> u64 {
 
 impl Device {
     /// The model's footprint: measured at its last load on this device, else its weights plus
-    /// the backend's overhead, flagged as an estimate.
+    /// the backend's overhead, flagged as an estimate. A measured 0 (a device that could not
+    /// attribute memory to the worker) is no measurement.
     pub(crate) fn footprint(&self, spec: &ModelSpec) -> Candidate {
         let measured = self.with_state(|s| {
             s.tracker
                 .models
                 .get(&spec.name)
                 .and_then(|r| r.expected_bytes)
+                .filter(|&b| b > 0)
         });
         Candidate {
             model: spec.name.clone(),
-            footprint: measured
-                .unwrap_or_else(|| spec.estimated_bytes() + overhead(self.info.backend)),
+            footprint: measured.unwrap_or_else(|| {
+                spec.estimated_bytes()
+                    .saturating_add(overhead(self.info.backend))
+            }),
             estimated: measured.is_none(),
         }
     }
 
     /// Whether `spec` may be loaded now, `mode` saying what becomes of the resident model:
     /// the models to evict first, or `InsufficientMemory` with the figures. Decided on a
-    /// fresh reading (the last one if the probe fails; with none at all the load is admitted,
-    /// and the release check still guards it).
+    /// fresh reading; without one (the probe failing) the load is admitted, and the release
+    /// check still guards it.
     pub(crate) async fn admit(&self, spec: &ModelSpec, mode: Mode) -> Result<Vec<String>> {
         let candidate = self.footprint(spec);
         let fresh = self.read().await.ok();
         let decided = self.with_state(|s| {
-            let reading = fresh.as_ref().or(s.reading.as_ref())?;
+            let reading = fresh.as_ref()?;
             let residents: Vec<Resident> = s
                 .active
                 .iter()
                 .map(|a| Resident {
                     model: a.model().to_string(),
-                    holds: reading.usage_of(a.pid()),
+                    // What its exit frees: at least its measured footprint, also where the
+                    // device cannot attribute memory to its pid (NVML without host pids).
+                    holds: reading.usage_of(a.pid()).max(a.expected_bytes),
                     pinned: false,
                     busy: a.in_flight.load(Ordering::Relaxed) > 0,
                     last_used: *a.last_used.lock().unwrap(),

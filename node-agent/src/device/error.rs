@@ -23,6 +23,14 @@ fn managed_wants(desired: &Option<String>, deleting: bool) -> String {
     }
 }
 
+fn kept_text(kept_mb: f64) -> String {
+    if kept_mb > 0.0 {
+        format!(" ({kept_mb:.0} MiB more is held by models that stay: pinned or serving)")
+    } else {
+        String::new()
+    }
+}
+
 /// Why a device operation did not happen, or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -55,9 +63,9 @@ pub enum DeviceError {
     #[error(
         "{model} needs {needed_mb:.0} MiB on device {gpu} ({}footprint plus headroom), but \
          {free_mb:.0} MiB is free and the models that may make way for it hold {evictable_mb:.0} \
-         MiB ({kept_mb:.0} MiB more is held by models that stay: pinned or serving); nothing was \
-         changed",
-        if *estimated { "estimated " } else { "measured " }
+         MiB{}; nothing was changed",
+        if *estimated { "estimated " } else { "measured " },
+        kept_text(*kept_mb)
     )]
     InsufficientMemory {
         /// The model.

@@ -115,15 +115,17 @@ pub(crate) fn decide(
         return Decision::Admit { evict: names(n) };
     }
     let needed = candidate.footprint.saturating_add(room.headroom);
-    let evictable_bytes: u64 = order.iter().map(|r| r.holds).sum();
+    let evictable_bytes = order.iter().fold(0u64, |n, r| n.saturating_add(r.holds));
     let first = match mode {
         // A switch evicts every other resident whatever it frees.
-        Mode::Replace => Some(order.len()).filter(|_| room.free + evictable_bytes >= needed),
+        Mode::Replace => {
+            Some(order.len()).filter(|_| room.free.saturating_add(evictable_bytes) >= needed)
+        }
         Mode::Add { .. } => {
             let mut freed = room.free;
             (0..=order.len()).find(|&n| {
                 if n > 0 {
-                    freed += order[n - 1].holds;
+                    freed = freed.saturating_add(order[n - 1].holds);
                 }
                 freed >= needed && residents.len() - n < room.max_resident.max(1)
             })
@@ -138,8 +140,7 @@ pub(crate) fn decide(
             evictable: evictable_bytes,
             kept: residents
                 .iter()
-                .map(|r| r.holds)
-                .sum::<u64>()
+                .fold(0u64, |n, r| n.saturating_add(r.holds))
                 .saturating_sub(evictable_bytes),
             resident: residents.len(),
             max_resident: room.max_resident,
