@@ -120,7 +120,7 @@ pub(crate) fn upload<T>(
     let made_beside = match made_beside {
         Some(m) => m,
         // Nothing was copied.
-        None => beside.take().expect("run only while copying")(),
+        None => beside.take().expect("run at most once, while copying")(),
     };
     let made = made
         .into_iter()

@@ -1,6 +1,6 @@
-//! A load's admission on this device: the facts [`residency::decide`] needs, read from the
-//! latest reading, the resident worker and the model's records; a refusal as the API answers
-//! it. Checked before anything is unloaded, so a refused load changes nothing.
+//! A load's admission on this device: the facts [`residency::decide`] needs, from a fresh
+//! reading, the loaded worker and the model's records; a refusal as the API answers it.
+//! Checked before anything is unloaded, so a refused load changes nothing.
 
 use std::sync::atomic::Ordering;
 
@@ -11,7 +11,7 @@ use super::{
 use crate::{models::ModelSpec, probe::BackendKind, units::mib};
 
 /// Models resident on a device at once (several per device are the rest of issue 17).
-pub(crate) const MAX_RESIDENT: usize = 1;
+const MAX_RESIDENT: usize = 1;
 
 /// A worker's memory beside its weights, before a first load measured it: a CUDA context
 /// with cubecl's kernels (584 MiB measured on an H200) and a CPU worker's own pages (13-14
@@ -27,7 +27,7 @@ impl Device {
     /// The model's footprint: measured at its last load on this device, else its weights plus
     /// the backend's overhead, flagged as an estimate. A measured 0 (a device that could not
     /// attribute memory to the worker) is no measurement.
-    pub(crate) fn footprint(&self, spec: &ModelSpec) -> Candidate {
+    fn footprint(&self, spec: &ModelSpec) -> Candidate {
         let measured = self.with_state(|s| {
             s.tracker
                 .models
@@ -45,11 +45,12 @@ impl Device {
         }
     }
 
-    /// Whether `spec` may be loaded now, `mode` saying what becomes of the resident model:
-    /// the models to evict first, or `InsufficientMemory` with the figures. Decided on a
-    /// fresh reading; without one (the probe failing) the load is admitted, and the release
-    /// check still guards it.
-    pub(crate) async fn admit(&self, spec: &ModelSpec, mode: Mode) -> Result<Vec<String>> {
+    /// Whether `spec` may be loaded now, `mode` saying what becomes of the loaded model, or
+    /// `InsufficientMemory` with the figures. (With one model per device the switch evicts it
+    /// itself; the decision's eviction list serves several.) Decided on a fresh reading;
+    /// without one (the probe failing) the load is admitted, and the release check still
+    /// guards it.
+    pub(crate) async fn admit(&self, spec: &ModelSpec, mode: Mode) -> Result<()> {
         let candidate = self.footprint(spec);
         let fresh = self.read().await.ok();
         let decided = self.with_state(|s| {
@@ -75,8 +76,7 @@ impl Device {
             Some(residency::decide(&residents, &candidate, room, mode))
         });
         match decided {
-            None => Ok(Vec::new()),
-            Some(Decision::Admit { evict }) => Ok(evict),
+            None | Some(Decision::Admit { .. }) => Ok(()),
             Some(Decision::Refuse(s)) => Err(DeviceError::InsufficientMemory {
                 model: spec.name.clone(),
                 gpu: self.info.index,
